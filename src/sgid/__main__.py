@@ -1,0 +1,5 @@
+import sys
+
+from sgid.cli import main
+
+sys.exit(main())

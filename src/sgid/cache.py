@@ -1,0 +1,67 @@
+"""A persistent cache of captions and similarities (SQLite, one file, safe across processes and kill -9).
+
+Keys are content hashes: the image's sha256, the model's identity and every decoding setting that changes the
+result. A second run with other generation settings (noise, steps, prompt, weights) reuses them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+_TABLES = ("captions", "similarities")
+
+
+def cache_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+class Cache:
+    """``Cache(path)`` persists to ``path``; ``Cache(None)`` keeps nothing (``--no-cache``)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self.hits = 0
+        self.misses = 0
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            for table in _TABLES:
+                self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def get_many(self, table: str, keys: Iterable[str]) -> dict[str, Any]:
+        keys = list(keys)
+        found: dict[str, Any] = {}
+        if self._db is not None and keys:
+            assert table in _TABLES
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk)
+                found.update((key, json.loads(value)) for key, value in rows)
+        self.hits += len(found)
+        self.misses += len(keys) - len(found)
+        return found
+
+    def put_many(self, table: str, items: dict[str, Any]) -> None:
+        """Store all items in one transaction: after a crash either all of them are there or none."""
+        if self._db is None or not items:
+            return
+        assert table in _TABLES
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO {table} (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in items.items()],
+            )
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

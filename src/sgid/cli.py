@@ -1,0 +1,47 @@
+"""The ``sgid`` command line. Bad input gives one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from sgid import __version__
+from sgid.commands import COMMANDS
+from sgid.errors import SgidError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a one-line :class:`SgidError` instead of usage text and exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SgidError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="sgid",
+        description="Semantic-guided generative image augmentation (SGID) and its honest evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"sgid {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    for name in COMMANDS:
+        importlib.import_module(f"sgid.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args) or 0)
+    except SgidError as exc:
+        print(f"sgid: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sgid: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

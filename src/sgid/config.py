@@ -1,0 +1,168 @@
+"""The augmentation run's settings, validated up front (before any model is loaded).
+
+Defaults are the paper's (§4.2 and appendix I); a test pins each of them. ``AugmentConfig.build`` layers
+defaults ← ``--preset`` ← explicit options, so explicit flags always win over a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sgid.errors import SgidError
+from sgid.presets import PRESETS
+from sgid.stages.caption import CaptionSettings
+from sgid.stages.guidance import GuidanceMap, parse_guidance
+from sgid.stages.prompt import DEFAULT_LABEL_TEMPLATE, PROMPT_MODES
+from sgid.stages.score import SIMILARITY_MODES
+
+CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
+
+#: Settings that do not change what a run produces; they may differ when a run is resumed.
+EXECUTION_ONLY = frozenset(
+    {"batch_size", "device", "quiet", "overwrite", "cache_dir", "out_dir", "caption_cache"}
+)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    input_dir: Path
+    out_dir: Path
+    method: str = "sgid"
+    # models
+    models: str = "default"
+    captioner: str | None = None
+    scorer: str | None = None
+    sd_model: str | None = None
+    instruct_model: str | None = None
+    safety_checker: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    # step 1: captions and similarity (§3.1)
+    caption: str = "clip"
+    captions: CaptionSettings = field(default_factory=CaptionSettings)
+    similarity: str = "cosine"
+    caption_batch_size: int = 8
+    # step 2: prompt, weighting, guidance, noise (§3.2)
+    prompt: str = "complete"
+    label_template: str = DEFAULT_LABEL_TEMPLATE
+    prompt_weighting: bool = True
+    label_weight: float = 1.5
+    caption_weight: float = 0.9
+    guidance: str = "paper"
+    diffusers_guidance: bool = False
+    negative_prompt: str = ""
+    noise: float = 0.5
+    steps: int = 100
+    multiplier: int = 1
+    seed: int = 0
+    # input / output
+    preset: str | None = None
+    label_names: Path | None = None
+    max_pixels: int = 89_478_485
+    min_side: int = 8
+    keep_generation_size: bool = False
+    include_originals: bool = False
+    method_options: tuple[tuple[str, Any], ...] = ()
+    # execution
+    batch_size: int = 4
+    cache_dir: Path | None = None
+    caption_cache: bool = True
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.noise, "--noise", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+        _check(self.steps, "--steps", lambda v: v >= 1, "must be >= 1")
+        _check(self.multiplier, "--multiplier", lambda v: v >= 1, "must be >= 1")
+        _check(self.batch_size, "--batch-size", lambda v: v >= 1, "must be >= 1")
+        _check(self.caption_batch_size, "--caption-batch-size", lambda v: v >= 1, "must be >= 1")
+        _check(self.label_weight, "--label-weight", lambda v: v >= 0, "must be >= 0")
+        _check(self.caption_weight, "--caption-weight", lambda v: v >= 0, "must be >= 0")
+        _check(self.max_pixels, "--max-pixels", lambda v: v >= 1, "must be >= 1")
+        _check(self.min_side, "--min-side", lambda v: v >= 1, "must be >= 1")
+        _choice(self.caption, "--caption", CAPTION_STRATEGIES)
+        _choice(self.prompt, "--prompt", PROMPT_MODES)
+        _choice(self.similarity, "--similarity", SIMILARITY_MODES)
+        if self.preset is not None:
+            PRESETS.get(self.preset)
+        from sgid.methods import METHODS
+
+        METHODS.get(self.method)
+        from sgid.models.loading import MODEL_PRESETS
+
+        MODEL_PRESETS.get(self.models)
+        parse_guidance(self.guidance)
+        if "{label}" not in self.label_template:
+            raise SgidError(f"--label-template must contain {{label}}: {self.label_template!r}")
+        if self.caption == "beam" and not self.captions.beam_captions:
+            raise SgidError("--caption beam needs beam captions (--beam-captions > 0)")
+        if self.caption == "nucleus" and not self.captions.nucleus_captions:
+            raise SgidError("--caption nucleus needs nucleus captions (--nucleus-captions > 0)")
+
+    @classmethod
+    def build(cls, input_dir: str | Path, out_dir: str | Path, preset: str | None = None, **options: Any) -> AugmentConfig:
+        """Defaults, then the preset's settings, then every option that is not ``None``."""
+        caption_fields = {f.name for f in dataclasses.fields(CaptionSettings)}
+        caption_options = {k: options.pop(k) for k in list(options) if k in caption_fields}
+        settings: dict[str, Any] = dict(PRESETS.get(preset)) if preset else {}
+        settings.update({k: v for k, v in options.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(f"unknown augment options: {', '.join(unknown)}")
+        captions = CaptionSettings(**{k: v for k, v in caption_options.items() if v is not None})
+        for name in ("label_names", "cache_dir"):
+            if settings.get(name) is not None:
+                settings[name] = Path(settings[name])
+        if isinstance(settings.get("guidance"), (int, float)):
+            settings["guidance"] = repr(float(settings["guidance"]))
+        return cls(input_dir=Path(input_dir), out_dir=Path(out_dir), preset=preset, captions=captions, **settings)
+
+    @property
+    def guidance_map(self) -> GuidanceMap:
+        return parse_guidance(self.guidance)
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(w_l, w_c) actually applied: (1, 1) when prompt weighting is off."""
+        return (self.label_weight, self.caption_weight) if self.prompt_weighting else (1.0, 1.0)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.method_options).get(name, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["method_options"] = {k: v for k, v in self.method_options}
+        return _jsonable(data)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that determine the output; a resumed run must match them exactly."""
+        data = self.to_dict()
+        for name in EXECUTION_ONLY:
+            data.pop(name, None)
+        data["input_dir"] = str(Path(self.input_dir).resolve())
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _check(value: float, flag: str, ok, rule: str) -> None:  # type: ignore[no-untyped-def]
+    if isinstance(value, float) and math.isnan(value) or not ok(value):
+        raise SgidError(f"invalid {flag} {value!r}: {rule}")
+
+
+def _choice(value: str, flag: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SgidError(f"invalid {flag} {value!r}; choose from: {', '.join(choices)}")

@@ -1,0 +1,42 @@
+"""Errors a user can act on.
+
+Every error that is the user's to fix (a bad option, a missing folder, weights that cannot be found) is a
+:class:`SgidError`. The command line prints its message as one line on stderr and exits with code 2; the
+Python API lets it propagate.
+"""
+
+from __future__ import annotations
+
+
+class SgidError(Exception):
+    """A problem with the user's input, options or environment, reported as one line (exit code 2)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        # Keep it to one line: the CLI prints exactly this.
+        super().__init__(" ".join(str(message).split()))
+
+
+class ModelLoadError(SgidError):
+    """A model's weights could not be loaded (not downloaded, wrong path, not safetensors)."""
+
+
+class RunDirError(SgidError):
+    """The output directory holds a different run or something that is not an sgid run."""
+
+
+class MissingDependencyError(SgidError, ImportError):
+    """An optional dependency is needed; the message names the extra to install."""
+
+
+def require(module: str, extra: str):  # type: ignore[no-untyped-def]
+    """Import ``module`` or fail with a message naming the ``pip install 'sgid[extra]'`` to run."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra installed
+        raise MissingDependencyError(
+            f"{module} is needed for this; install it with: pip install 'sgid[{extra}]' ({exc})"
+        ) from exc

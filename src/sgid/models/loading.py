@@ -1,0 +1,228 @@
+"""Load the three models SGID needs, by hub id or local directory.
+
+* safetensors only (``use_safetensors=True``), never remote code (``trust_remote_code=False``);
+* cuda + fp16 when a GPU is there, else cpu + fp32 (both overridable);
+* every loader is cached per process, so a model is loaded once however many stages use it;
+* when weights cannot be had, :class:`~sgid.errors.ModelLoadError` says which model and how to point at a
+  local copy, before any work starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sgid.errors import ModelLoadError, SgidError
+from sgid.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to load: ``name`` is what the manifest records, ``path`` is what ``from_pretrained`` gets."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    captioner: ModelRef
+    scorer: ModelRef
+    generator: ModelRef
+    instruct: ModelRef
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    captioner: str
+    scorer: str
+    generator: str
+    instruct: str
+    tiny: bool = False
+
+
+#: ``--models`` presets. ``default`` is the paper's models; ``tiny`` builds random-weight stand-ins offline.
+MODEL_PRESETS: Registry[ModelPreset] = Registry("models preset")
+MODEL_PRESETS.add(
+    "default",
+    ModelPreset(
+        captioner="Salesforce/blip-image-captioning-base",
+        scorer="openai/clip-vit-base-patch32",
+        generator="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        instruct="timbrooks/instruct-pix2pix",
+    ),
+)
+MODEL_PRESETS.add("tiny", ModelPreset("tiny:blip", "tiny:clip", "tiny:sd", "tiny:pix2pix", tiny=True))
+
+TINY_WARNING = (
+    "--models tiny: random-weight stand-in models; captions are word salad and images are noise. "
+    "Use it to test the pipeline, never to judge augmentation."
+)
+
+
+def default_cache_dir() -> Path:
+    """``$SGID_CACHE``, else ``$XDG_CACHE_HOME/sgid``, else ``~/.cache/sgid``."""
+    if os.environ.get("SGID_CACHE"):
+        return Path(os.environ["SGID_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "sgid"
+
+
+def resolve_models(
+    preset: str,
+    *,
+    cache_dir: Path,
+    captioner: str | None = None,
+    scorer: str | None = None,
+    generator: str | None = None,
+    instruct: str | None = None,
+) -> ModelChoice:
+    """Turn a preset plus per-model overrides into loadable references (building tiny models if asked)."""
+    chosen = MODEL_PRESETS.get(preset)
+    names = {
+        "captioner": captioner or chosen.captioner,
+        "scorer": scorer or chosen.scorer,
+        "generator": generator or chosen.generator,
+        "instruct": instruct or chosen.instruct,
+    }
+    refs: dict[str, ModelRef] = {}
+    tiny_paths: dict[str, Path] | None = None
+    for role, name in names.items():
+        if name.startswith("tiny:"):
+            if tiny_paths is None:
+                from sgid.models.tiny import ensure_tiny_models
+
+                tiny_paths = ensure_tiny_models(cache_dir)
+            component = name.split(":", 1)[1]
+            if component not in tiny_paths:
+                raise SgidError(f"unknown tiny model {name!r}; choose from: tiny:{', tiny:'.join(tiny_paths)}")
+            refs[role] = ModelRef(name=name, path=str(tiny_paths[component]))
+        else:
+            refs[role] = ModelRef(name=name, path=os.path.expanduser(name))
+    return ModelChoice(**refs)
+
+
+def is_tiny(choice: ModelChoice) -> bool:
+    return any(ref.name.startswith("tiny:") for ref in (choice.captioner, choice.scorer, choice.generator))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise SgidError(f"invalid --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SgidError(f"--device {device} asked for, but no CUDA GPU is available; use --device cpu")
+    return resolved
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise SgidError(f"invalid --dtype {dtype!r}; choose from: auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _quiet_hub_progress() -> None:
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+
+
+def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:  # type: ignore[no-untyped-def]
+    _quiet_hub_progress()
+    local = Path(ref.path)
+    if ref.path.startswith((".", "/", "~")) and not local.exists():
+        raise ModelLoadError(f"cannot load the {role} {ref.name!r}: no such directory {local}")
+    try:
+        return loader()
+    except (OSError, ValueError, EnvironmentError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        hint = (
+            f"download it where the Hugging Face hub is reachable (hf download {ref.name}) and pass "
+            f"{flag} /path/to/local/copy"
+            if not local.exists()
+            else f"check that {local} holds a complete checkpoint with .safetensors weights"
+        )
+        raise ModelLoadError(f"cannot load the {role} {ref.name!r}: {reason}; {hint}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def load_captioner(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    """BLIP captioning model and processor."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    def load():  # type: ignore[no-untyped-def]
+        model = BlipForConditionalGeneration.from_pretrained(
+            ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype
+        )
+        processor = BlipProcessor.from_pretrained(ref.path, trust_remote_code=False)
+        return model.to(device).eval(), processor
+
+    return _load("captioner", ref, "--captioner", load)
+
+
+@functools.lru_cache(maxsize=8)
+def load_scorer(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    """CLIP model and processor for image–text and image–image similarity."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    def load():  # type: ignore[no-untyped-def]
+        model = CLIPModel.from_pretrained(ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype)
+        processor = CLIPProcessor.from_pretrained(ref.path, trust_remote_code=False)
+        return model.to(device).eval(), processor
+
+    return _load("scorer", ref, "--scorer", load)
+
+
+def _pipeline_kwargs(dtype: torch.dtype, safety_checker: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
+    if not safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return kwargs
+
+
+@functools.lru_cache(maxsize=4)
+def load_sd_pipeline(ref: ModelRef, kind: str, device: torch.device, dtype: torch.dtype, safety_checker: bool):  # type: ignore[no-untyped-def]
+    """A Stable Diffusion pipeline (``img2img``, ``text2img`` or ``instruct``) from a diffusers folder or hub id,
+    or from a single ``.safetensors`` checkpoint file."""
+    import diffusers
+
+    classes = {
+        "img2img": diffusers.StableDiffusionImg2ImgPipeline,
+        "text2img": diffusers.StableDiffusionPipeline,
+        "instruct": diffusers.StableDiffusionInstructPix2PixPipeline,
+    }
+    cls = classes[kind]
+    flag = "--instruct-model" if kind == "instruct" else "--sd-model"
+
+    def load():  # type: ignore[no-untyped-def]
+        kwargs = _pipeline_kwargs(dtype, safety_checker)
+        if ref.path.endswith(".safetensors"):
+            if not Path(ref.path).is_file():
+                raise OSError(f"no such file {ref.path}")
+            pipe = cls.from_single_file(ref.path, **kwargs)
+        elif ref.path.endswith((".ckpt", ".bin", ".pt")):
+            raise ValueError("only .safetensors checkpoints are loaded (pickle files can run code)")
+        else:
+            pipe = cls.from_pretrained(ref.path, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
+
+    return _load("Stable Diffusion model" if kind != "instruct" else "InstructPix2Pix model", ref, flag, load)

@@ -1,0 +1,260 @@
+"""The ``tiny`` model preset: random-weight BLIP, CLIP and Stable Diffusion built from configs.
+
+Built the way diffusers' and transformers' own tests build their dummy components, saved once (safetensors)
+into the local cache, and from then on loaded through the same ``from_pretrained`` path as real checkpoints.
+Everything runs offline on a CPU in seconds. The weights are random: captions are word salad and images are
+noise. The tiny preset exists to exercise the pipeline, never to judge it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sgid.models.vocab import bert_vocab_file, clip_vocab_files
+
+#: Bump when the tiny components change so stale caches are rebuilt.
+TINY_VERSION = "1"
+TINY_SEED = 0
+WIDTH = 32  # hidden size of every tiny transformer
+IMAGE_SIZE = 30  # BLIP/CLIP vision input (diffusers/transformers tests use 30 with patch 2)
+
+COMPONENTS = ("blip", "clip", "sd", "pix2pix")
+
+
+def tiny_root(cache_dir: Path) -> Path:
+    return cache_dir / "tiny-models" / f"v{TINY_VERSION}"
+
+
+def ensure_tiny_models(cache_dir: Path) -> dict[str, Path]:
+    """Build the tiny components into ``cache_dir`` unless present; return their local directories."""
+    root = tiny_root(cache_dir)
+    paths = {name: root / name for name in COMPONENTS}
+    builders = {"blip": build_blip, "clip": build_clip, "sd": build_sd, "pix2pix": build_pix2pix}
+    for name, path in paths.items():
+        if not (path / ".complete").exists():
+            _build_atomically(path, builders[name])
+    return paths
+
+
+def _build_atomically(target: Path, build) -> None:  # type: ignore[no-untyped-def]
+    """Build into a temporary sibling and rename, so concurrent builders never see half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            build(staging)
+        (staging / ".complete").write_text("ok\n")
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / ".complete").exists():  # someone else's half-built copy: replace it
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _clip_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_files(folder / "_vocab")
+    tokenizer = CLIPTokenizer(vocab=str(vocab), merges=str(merges), model_max_length=77)
+    shutil.rmtree(folder / "_vocab")
+    return tokenizer
+
+
+def _clip_text_config(tokenizer):  # type: ignore[no-untyped-def]
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=WIDTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _clip_vision_config():  # type: ignore[no-untyped-def]
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=2,
+        hidden_size=WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=WIDTH,
+    )
+
+
+def _clip_image_processor(size: int = IMAGE_SIZE):  # type: ignore[no-untyped-def]
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def build_blip(folder: Path) -> None:
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    tokenizer = BertTokenizer(vocab=str(bert_vocab_file(folder / "_vocab")), bos_token="[DEC]")
+    shutil.rmtree(folder / "_vocab")
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": WIDTH,
+        "encoder_hidden_size": WIDTH,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+        "bos_token_id": tokenizer.convert_tokens_to_ids("[DEC]"),
+        "pad_token_id": tokenizer.pad_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    vision_config = {
+        "hidden_size": WIDTH,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": IMAGE_SIZE,
+        "patch_size": 2,
+        "projection_dim": WIDTH,
+    }
+    config = BlipConfig(text_config=text_config, vision_config=vision_config, projection_dim=WIDTH)
+    model = BlipForConditionalGeneration(config).eval()
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        tokenizer=tokenizer,
+    )
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+
+
+def build_clip(folder: Path) -> None:
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    tokenizer = _clip_tokenizer(folder)
+    config = CLIPConfig(
+        text_config=_clip_text_config(tokenizer).to_dict(),
+        vision_config=_clip_vision_config().to_dict(),
+        projection_dim=WIDTH,
+    )
+    model = CLIPModel(config).eval()
+    processor = CLIPProcessor(image_processor=_clip_image_processor(), tokenizer=tokenizer)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+
+
+def _unet(in_channels: int):  # type: ignore[no-untyped-def]
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=WIDTH,
+    )
+
+
+def _vae():  # type: ignore[no-untyped-def]
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=64,
+    )
+
+
+def _sd1_scheduler():  # type: ignore[no-untyped-def]
+    """Stable Diffusion 1.5's own scheduler configuration (PNDM, scaled-linear betas)."""
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+
+
+def _text_encoder_and_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
+    from transformers import CLIPTextModel
+
+    tokenizer = _clip_tokenizer(folder)
+    return CLIPTextModel(_clip_text_config(tokenizer)).eval(), tokenizer
+
+
+def build_sd(folder: Path) -> None:
+    """A tiny Stable Diffusion img2img/text2img checkpoint, with a tiny (disabled-by-default) safety checker."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    text_encoder, tokenizer = _text_encoder_and_tokenizer(folder)
+    safety_config = CLIPConfig(
+        text_config=_clip_text_config(tokenizer).to_dict(),
+        vision_config=_clip_vision_config().to_dict(),
+        projection_dim=WIDTH,
+    )
+    pipe = StableDiffusionImg2ImgPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=_unet(in_channels=4),
+        scheduler=_sd1_scheduler(),
+        safety_checker=StableDiffusionSafetyChecker(safety_config).eval(),
+        feature_extractor=_clip_image_processor(),
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def build_pix2pix(folder: Path) -> None:
+    """A tiny InstructPix2Pix checkpoint: the UNet takes 8 channels (noisy latents + image latents)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    text_encoder, tokenizer = _text_encoder_and_tokenizer(folder)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=_unet(in_channels=8),
+        scheduler=EulerAncestralDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)

@@ -1,0 +1,47 @@
+"""The record that flows through the stages.
+
+One :class:`Sample` per augmented image to make (a source image and its index k). Stages fill fields in order
+(read → caption → score → prompt → generate → write) with :func:`dataclasses.replace`; a stage reads only
+fields that earlier stages set. Pixels are not carried: they are read when needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgid.dataset import Source
+from sgid.stages.caption import Caption
+from sgid.stages.prompt import Prompt
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What reading and captioning learned about one source image."""
+
+    sha256: str
+    size: tuple[int, int]  # (width, height), EXIF rotation applied
+    captions: tuple[Caption, ...] = ()  # every candidate caption, with its similarity
+
+
+@dataclass(frozen=True)
+class Sample:
+    source: Source
+    k: int
+    seed: int  # the generation seed (noise, VAE sampling, scheduler)
+    info: SourceInfo | None = None  # None for methods that use no source image
+    # prompt stage
+    caption: Caption | None = None
+    prompt: Prompt | None = None
+    negative_prompt: str = ""
+    label_weight: float = 1.0
+    caption_weight: float = 1.0
+    guidance_scale: float = 1.0
+    # generation
+    kind: str = "img2img"  # which generator: img2img, text2img, instruct
+    strength: float | None = None  # the noise rate n (img2img)
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific manifest fields
+
+    @property
+    def similarity(self) -> float | None:
+        return None if self.caption is None else self.caption.similarity
