@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from sgid import __version__
-from sgid.commands import COMMANDS
+from sgid.commands import command_modules
 from sgid.errors import SgidError
 
 
@@ -26,7 +26,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sgid {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-    for name in COMMANDS:
+    for name in command_modules():
         importlib.import_module(f"sgid.commands.{name}").register(subparsers)
     return parser
 

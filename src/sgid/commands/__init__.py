@@ -1,6 +1,13 @@
 """One module per ``sgid`` subcommand, each with ``register(subparsers)`` and ``run(args) -> int``.
 
-Command modules import only argparse-level things at import time; heavy imports happen inside ``run``.
+Modules here are discovered automatically (sorted by name). They import only argparse-level things at import
+time; heavy imports (torch, diffusers) happen inside ``run``.
 """
 
-COMMANDS = ("augment",)
+from __future__ import annotations
+
+import pkgutil
+
+
+def command_modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))

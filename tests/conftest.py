@@ -1,0 +1,96 @@
+"""Shared offline fixtures: tiny random-weight models built once per test session, and image folders.
+
+Everything runs with HF_HUB_OFFLINE=1; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide sgid cache (tiny models are built here once). Tests get it through SGID_CACHE."""
+    path = tmp_path_factory.mktemp("sgid-cache")
+    os.environ["SGID_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(cache_dir: Path):
+    """The tiny model references (ModelChoice) for --models tiny."""
+    from sgid.models.loading import resolve_models
+
+    return resolve_models("tiny", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def scorer(tiny):
+    from sgid.models.loading import load_scorer
+    from sgid.stages.score import ClipScorer
+
+    model, processor = load_scorer(tiny.scorer, CPU, torch.float32)
+    return ClipScorer(model, processor)
+
+
+@pytest.fixture(scope="session")
+def captioner(tiny):
+    from sgid.models.loading import load_captioner
+    from sgid.stages.caption import Captioner
+
+    model, processor = load_captioner(tiny.captioner, CPU, torch.float32)
+    return Captioner(model, processor)
+
+
+@pytest.fixture(scope="session")
+def img2img_pipe(tiny):
+    from sgid.models.loading import load_sd_pipeline
+
+    return load_sd_pipeline(tiny.generator, "img2img", CPU, torch.float32, False)
+
+
+def noise_image(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
+    """A deterministic RGB test image."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
+    """root/<class>/<i>.png with ``classes[name]`` images per class."""
+    for c_index, (name, count) in enumerate(sorted(classes.items())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            noise_image(seed * 1000 + c_index * 100 + i, size).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two classes, three 32x32 images each."""
+    return make_image_folder(tmp_path / "input", {"cat": 3, "golden_retriever": 3})
+
+
+FAST = {"models": "tiny", "steps": 4, "quiet": True}
+
+
+@pytest.fixture(scope="session")
+def augmented_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """One finished ``sgid augment --models tiny`` run (2 classes x 3 images, multiplier 2), shared read-only."""
+    from sgid.pipeline import augment
+
+    root = tmp_path_factory.mktemp("augmented")
+    source = make_image_folder(root / "input", {"cat": 3, "golden_retriever": 3})
+    augment(source, root / "out", multiplier=2, cache_dir=cache_dir, **FAST)
+    return root / "out"
