@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -82,7 +83,7 @@ def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "input", {"cat": 3, "golden_retriever": 3})
 
 
-FAST = {"models": "tiny", "steps": 4, "quiet": True}
+FAST: dict[str, Any] = {"models": "tiny", "steps": 4, "quiet": True}
 
 
 @pytest.fixture(scope="session")

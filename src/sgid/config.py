@@ -22,9 +22,7 @@ from sgid.stages.score import SIMILARITY_MODES
 CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
 
 #: Settings that do not change what a run produces; they may differ when a run is resumed.
-EXECUTION_ONLY = frozenset(
-    {"batch_size", "device", "quiet", "overwrite", "cache_dir", "out_dir", "caption_cache"}
-)
+EXECUTION_ONLY = frozenset({"batch_size", "device", "quiet", "overwrite", "cache_dir", "out_dir", "caption_cache"})
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,9 @@ class AugmentConfig:
             raise SgidError("--caption nucleus needs nucleus captions (--nucleus-captions > 0)")
 
     @classmethod
-    def build(cls, input_dir: str | Path, out_dir: str | Path, preset: str | None = None, **options: Any) -> AugmentConfig:
+    def build(
+        cls, input_dir: str | Path, out_dir: str | Path, preset: str | None = None, **options: Any
+    ) -> AugmentConfig:
         """Defaults, then the preset's settings, then every option that is not ``None``."""
         caption_fields = {f.name for f in dataclasses.fields(CaptionSettings)}
         caption_options = {k: options.pop(k) for k in list(options) if k in caption_fields}

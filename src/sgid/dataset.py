@@ -48,9 +48,7 @@ def read_label_names(path: Path) -> dict[str, str]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SgidError(f"label-names file {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-        ):
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             raise SgidError(f"label-names file {path} must be a JSON object mapping folder names to label text")
         return dict(data)
     if path.suffix.lower() in (".csv", ".tsv"):
@@ -74,13 +72,9 @@ def scan(root: Path, label_names: dict[str, str] | None = None) -> Listing:
         raise SgidError(f"input folder not found: {root}")
     if not root.is_dir():
         raise SgidError(f"input is not a folder: {root}")
-    class_dirs = sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
-    )
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if not class_dirs:
-        raise SgidError(
-            f"no class folders in {root}: expected one subfolder per class (e.g. {root}/cat/1.jpg)"
-        )
+        raise SgidError(f"no class folders in {root}: expected one subfolder per class (e.g. {root}/cat/1.jpg)")
     names = label_names or {}
     unknown = sorted(set(names) - {p.name for p in class_dirs})
     if unknown:

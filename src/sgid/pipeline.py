@@ -12,7 +12,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ from sgid.progress import bar, note
 from sgid.runstore import RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
-from sgid.stages.caption import Caption
 from sgid.stages.bundle import Stages, load_stages
+from sgid.stages.caption import Caption
 
 MANIFEST_FLUSH_SECONDS = 30.0
 
@@ -76,8 +76,12 @@ class Augmenter:
         listing = self._scan()
         _check_out_dir(c, listing)
         choice = resolve_models(
-            c.models, cache_dir=self.cache_dir, captioner=c.captioner, scorer=c.scorer,
-            generator=c.sd_model, instruct=c.instruct_model,
+            c.models,
+            cache_dir=self.cache_dir,
+            captioner=c.captioner,
+            scorer=c.scorer,
+            generator=c.sd_model,
+            instruct=c.instruct_model,
         )
         store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
         store.check()
@@ -88,17 +92,18 @@ class Augmenter:
         cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
         with store.session():
             done_before = len(store.rows)
-            input_errors = [{"source": rel, "k": None, "reason": reason} for rel, reason in listing.skipped]
+            store.input_errors = [{"source": rel, "k": None, "reason": why} for rel, why in listing.skipped]
             # 3. Read, caption and score
             infos, read_errors = self._read_and_caption(listing, store, stages, cache)
-            input_errors += read_errors
+            store.input_errors += read_errors
             # 4. Plan and generate
             context = MethodContext(config=c, infos=infos, labels=listing.labels)
             generated = self._generate(listing, infos, context, store, stages)
             if c.include_originals:
                 self._write_originals(listing, infos, store)
-            store.write_manifests(input_errors)
-            failed = len(input_errors) + len(store.output_errors)
+            # 5. Write the manifests
+            store.write_manifests()
+            failed = len(store.input_errors) + len(store.output_errors)
             total = len(store.rows)
         cache.close()
         summary = RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
@@ -127,11 +132,14 @@ class Augmenter:
             return list(listing.sources)
         k_range = range(self.config.multiplier)
         return [
-            s for s in listing.sources
+            s
+            for s in listing.sources
             if not all(store.is_done(item_key(s.relpath, k, self.method.name)) for k in k_range)
         ]
 
-    def _read_and_caption(self, listing: Listing, store: RunStore, stages: Stages, cache: Cache) -> tuple[dict[str, SourceInfo], list[dict[str, Any]]]:
+    def _read_and_caption(
+        self, listing: Listing, store: RunStore, stages: Stages, cache: Cache
+    ) -> tuple[dict[str, SourceInfo], list[dict[str, Any]]]:
         c = self.config
         wanted = {s.relpath for s in self._sources_to_read(listing, store)}
         infos: dict[str, SourceInfo] = {}
@@ -158,15 +166,21 @@ class Augmenter:
         progress.close()
         return infos, errors
 
-    def _captions(self, loaded: list[tuple[Source, LoadedImage]], stages: Stages, cache: Cache) -> dict[str, tuple[Caption, ...]]:
+    def _captions(
+        self, loaded: list[tuple[Source, LoadedImage]], stages: Stages, cache: Cache
+    ) -> dict[str, tuple[Caption, ...]]:
         """Captions with similarities for one group, from the cache or computed for the whole group at once."""
         c = self.config
         assert stages.captioner is not None and stages.scorer is not None
         seeds = {s.relpath: derive_seed(c.seed, s.relpath, "captions") for s, _ in loaded}
         keys = {
             s.relpath: cache_key(
-                image=img.sha256, model=stages.captioner_id, settings=vars(c.captions), seed=seeds[s.relpath],
-                scorer=stages.scorer_id, similarity=c.similarity,
+                image=img.sha256,
+                model=stages.captioner_id,
+                settings=vars(c.captions),
+                seed=seeds[s.relpath],
+                scorer=stages.scorer_id,
+                similarity=c.similarity,
             )
             for s, img in loaded
         }
@@ -189,7 +203,9 @@ class Augmenter:
         }
 
     # -- phase 2: plan and generate ------------------------------------------------------------------------
-    def _pending(self, listing: Listing, infos: dict[str, SourceInfo], context: MethodContext, store: RunStore) -> list[Sample]:
+    def _pending(
+        self, listing: Listing, infos: dict[str, SourceInfo], context: MethodContext, store: RunStore
+    ) -> list[Sample]:
         c = self.config
         samples = []
         for source in listing.sources:
@@ -203,7 +219,14 @@ class Augmenter:
                 samples.append(self.method.plan(Sample(source=source, k=k, seed=seed, info=info), context))
         return samples
 
-    def _generate(self, listing: Listing, infos: dict[str, SourceInfo], context: MethodContext, store: RunStore, stages: Stages) -> int:
+    def _generate(
+        self,
+        listing: Listing,
+        infos: dict[str, SourceInfo],
+        context: MethodContext,
+        store: RunStore,
+        stages: Stages,
+    ) -> int:
         c = self.config
         pending = self._pending(listing, infos, context, store)
         names = output_names(listing.sources, self.method.name)
@@ -214,20 +237,27 @@ class Augmenter:
             outputs = stages.generate(batch, self._pixels(batch, stages))
             for sample, (image, flagged) in zip(batch, outputs, strict=True):
                 key = item_key(sample.source.relpath, sample.k, self.method.name)
-                row = self.manifest_row(sample, stages, f"{sample.source.class_name}/{names[sample.source.relpath]}_{sample.k}.png", image)
                 if flagged:
-                    store.commit_output_error(key, {
-                        "source": sample.source.relpath, "k": sample.k, "method": self.method.name,
-                        "reason": "the safety checker flagged the generated image (blacked out); not kept",
-                    })
+                    store.commit_output_error(
+                        key,
+                        {
+                            "source": sample.source.relpath,
+                            "k": sample.k,
+                            "method": self.method.name,
+                            "reason": "the safety checker flagged the generated image (blacked out); not kept",
+                        },
+                    )
                     continue
-                if sample.info is not None and not c.keep_generation_size and image.size != sample.info.size:
+                generated_size = image.size
+                if sample.info is not None and not c.keep_generation_size:
                     image = resize(image, sample.info.size)
+                file_name = f"{sample.source.class_name}/{names[sample.source.relpath]}_{sample.k}.png"
+                row = self.manifest_row(sample, stages, file_name, image.size, generated_size)
                 store.commit_image(key, row, png_bytes(image))
                 made += 1
             progress.update(len(batch))
             if time.monotonic() - last_flush > MANIFEST_FLUSH_SECONDS:
-                store.write_manifests([])
+                store.write_manifests()
                 last_flush = time.monotonic()
         progress.close()
         return made
@@ -257,7 +287,14 @@ class Augmenter:
             images.append(resize(loaded.image, self._target_size(sample, stages)))
         return images
 
-    def manifest_row(self, sample: Sample, stages: Stages, file_name: str, image: Image.Image) -> dict[str, Any]:
+    def manifest_row(
+        self,
+        sample: Sample,
+        stages: Stages,
+        file_name: str,
+        size: tuple[int, int],
+        generated_size: tuple[int, int],
+    ) -> dict[str, Any]:
         c = self.config
         info = sample.info
         row: dict[str, Any] = {
@@ -271,7 +308,8 @@ class Augmenter:
             "seed": sample.seed,
             "run_seed": c.seed,
             "captions": [
-                {"text": t.text, "strategy": t.strategy, "similarity": t.similarity} for t in (info.captions if info else ())
+                {"text": t.text, "strategy": t.strategy, "similarity": t.similarity}
+                for t in (info.captions if info else ())
             ],
             "caption": sample.caption.text if sample.caption else None,
             "caption_strategy": c.caption if sample.caption else None,
@@ -289,10 +327,10 @@ class Augmenter:
             "noise_rate": sample.strength,
             "steps": c.steps,
             "denoising_steps": int(c.steps * sample.strength) if sample.strength is not None else c.steps,
-            "width": info.size[0] if info and not c.keep_generation_size else image.width,
-            "height": info.size[1] if info and not c.keep_generation_size else image.height,
-            "generation_width": image.width,
-            "generation_height": image.height,
+            "width": size[0],
+            "height": size[1],
+            "generation_width": generated_size[0],
+            "generation_height": generated_size[1],
             "captioner_model": stages.captioner_id if sample.caption else None,
             "scorer_model": stages.scorer_id if sample.caption else None,
             "generator_model": stages.generator_id(sample.kind),
@@ -311,11 +349,20 @@ class Augmenter:
             suffix = source.path.suffix.lower()
             file_name = f"{source.class_name}/{names[source.relpath]}{suffix}"
             copy_or_link(source.path, store.out / file_name)
-            store.commit_row(key, {
-                "file_name": file_name, "label": source.class_name, "label_text": source.label,
-                "source": source.relpath, "source_sha256": info.sha256, "k": None, "method": "original",
-                "width": info.size[0], "height": info.size[1],
-            })
+            store.commit_row(
+                key,
+                {
+                    "file_name": file_name,
+                    "label": source.class_name,
+                    "label_text": source.label,
+                    "source": source.relpath,
+                    "source_sha256": info.sha256,
+                    "k": None,
+                    "method": "original",
+                    "width": info.size[0],
+                    "height": info.size[1],
+                },
+            )
 
 
 def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
@@ -323,6 +370,7 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
 
     Two sources differing only by extension (``a.jpg``, ``a.png``) keep the extension to stay distinct.
     """
+
     def stem(source: Source, with_ext: bool) -> str:
         inner = source.relpath.split("/", 1)[1]
         base = inner if with_ext else inner.rsplit(".", 1)[0]
@@ -331,9 +379,7 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
     plain: dict[tuple[str, str], int] = {}
     for s in sources:
         plain[(s.class_name, stem(s, False))] = plain.get((s.class_name, stem(s, False)), 0) + 1
-    return {
-        s.relpath: f"{stem(s, plain[(s.class_name, stem(s, False))] > 1)}_{method}" for s in sources
-    }
+    return {s.relpath: f"{stem(s, plain[(s.class_name, stem(s, False))] > 1)}_{method}" for s in sources}
 
 
 def _check_out_dir(config: AugmentConfig, listing: Listing) -> None:

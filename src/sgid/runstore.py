@@ -60,13 +60,16 @@ def item_key(source: str, k: int | None, method: str) -> str:
 class RunStore:
     """Owns OUT while a run writes to it (an exclusive lock keeps a second run out)."""
 
-    def __init__(self, out_dir: Path, run_info: dict[str, Any], identity: dict[str, Any], *, overwrite: bool = False) -> None:
+    def __init__(
+        self, out_dir: Path, run_info: dict[str, Any], identity: dict[str, Any], *, overwrite: bool = False
+    ) -> None:
         self.out = Path(out_dir)
         self.run_info = run_info
         self.identity = identity
         self.overwrite = overwrite
         self.rows: dict[str, dict[str, Any]] = {}  # item key -> manifest row (or output-error row)
         self.output_errors: dict[str, dict[str, Any]] = {}
+        self.input_errors: list[dict[str, Any]] = []  # inputs that could not be used, found afresh each run
         self._journal: IO[str] | None = None
         self._lock: IO[str] | None = None
 
@@ -77,7 +80,9 @@ class RunStore:
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise RunDirError(f"another sgid run is writing to {self.out}; wait for it or choose another --out") from None
+            raise RunDirError(
+                f"another sgid run is writing to {self.out}; wait for it or choose another --out"
+            ) from None
         run_file = self.out / RUN_FILE
         self.check()
         if run_file.exists() and self.overwrite:
@@ -191,12 +196,12 @@ class RunStore:
         os.fsync(self._journal.fileno())
 
     # -- manifests ---------------------------------------------------------------------------------------
-    def write_manifests(self, input_errors: list[dict[str, Any]]) -> None:
+    def write_manifests(self) -> None:
         """Rebuild metadata.jsonl and errors.jsonl from the journal, sorted, and replace them atomically."""
         rows = sorted(self.rows.values(), key=_row_order)
         manifest = "".join(dumps(r) + "\n" for r in rows)
         atomic_write(self.out / MANIFEST, manifest.encode("utf-8"))
-        errors = sorted([*input_errors, *self.output_errors.values()], key=_row_order)
+        errors = sorted([*self.input_errors, *self.output_errors.values()], key=_row_order)
         atomic_write(self.out / ERRORS, "".join(dumps(e) + "\n" for e in errors).encode("utf-8"))
 
     def close(self) -> None:

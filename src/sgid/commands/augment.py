@@ -10,11 +10,17 @@ HELP = "augment a labelled image folder (one subfolder per class)"
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models")
-    group.add_argument("--models", default=None, help="model preset: default (the paper's: BLIP base, CLIP ViT-B/32, "
-                       "SD v1.5) or tiny (random-weight stand-ins, offline, for testing) [default: default]")
+    group.add_argument(
+        "--models",
+        default=None,
+        help="model preset: default (the paper's: BLIP base, CLIP ViT-B/32, "
+        "SD v1.5) or tiny (random-weight stand-ins, offline, for testing) [default: default]",
+    )
     group.add_argument("--captioner", help="BLIP captioning model: hub id or local folder")
     group.add_argument("--scorer", help="CLIP model for similarities: hub id or local folder")
-    group.add_argument("--sd-model", help="Stable Diffusion 1.x/2.x: hub id, diffusers folder or single .safetensors file")
+    group.add_argument(
+        "--sd-model", help="Stable Diffusion 1.x/2.x: hub id, diffusers folder or single .safetensors file"
+    )
     group.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:N [default: auto]")
     group.add_argument("--dtype", default=None, help="auto (fp16 on cuda, fp32 otherwise), fp32, fp16, bf16")
     group.add_argument("--cache-dir", help="where tiny models and the caption cache live [default: ~/.cache/sgid]")
@@ -25,69 +31,138 @@ def register(subparsers: Any) -> None:
     p.add_argument("input", help="input folder: INPUT/<class>/<image>")
     p.add_argument("--out", "-o", required=True, help="output folder (imagefolder + metadata.jsonl)")
     p.add_argument("--method", default=None, help="augmentation method [default: sgid]")
-    p.add_argument("--preset", default=None, help="dataset preset from the paper's table 8: cifar10, cifar100, "
-                   "caltech101, stanford_cars, flowers102, oxford_pets, dtd (explicit flags override it)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="dataset preset from the paper's table 8: cifar10, cifar100, "
+        "caltech101, stanford_cars, flowers102, oxford_pets, dtd (explicit flags override it)",
+    )
     add_model_options(p)
-    p.add_argument("--safety-checker", action="store_true", default=None,
-                   help="run SD's safety checker; flagged (blacked-out) outputs are not kept and are listed in errors.jsonl")
+    p.add_argument(
+        "--safety-checker",
+        action="store_true",
+        default=None,
+        help="run SD's safety checker; flagged (blacked-out) outputs are not kept and are listed in errors.jsonl",
+    )
 
     cap = p.add_argument_group("step 1: captions and similarity (paper §3.1)")
-    cap.add_argument("--caption", default=None, help="which caption goes into the prompt: clip (most similar of all), "
-                     "beam or nucleus (seeded random pick from that set) [default: clip]")
-    cap.add_argument("--similarity", default=None, help="cosine (paper) or softmax over the candidates [default: cosine]")
+    cap.add_argument(
+        "--caption",
+        default=None,
+        help="which caption goes into the prompt: clip (most similar of all), "
+        "beam or nucleus (seeded random pick from that set) [default: clip]",
+    )
+    cap.add_argument(
+        "--similarity", default=None, help="cosine (paper) or softmax over the candidates [default: cosine]"
+    )
     cap.add_argument("--beam-captions", type=int, default=None, help="beam-search captions per image [default: 10]")
     cap.add_argument("--num-beams", type=int, default=None, help="beam width; must be >= --beam-captions [default: 10]")
-    cap.add_argument("--nucleus-captions", type=int, default=None, help="nucleus-sampled captions per image [default: 10]")
+    cap.add_argument(
+        "--nucleus-captions", type=int, default=None, help="nucleus-sampled captions per image [default: 10]"
+    )
     cap.add_argument("--top-p", type=float, default=None, help="nucleus sampling p [default: 0.9]")
     cap.add_argument("--top-k", type=int, default=None, help="top-k before nucleus; 0 disables [default: 0]")
     cap.add_argument("--min-length", type=int, default=None, help="caption min length, BLIP's convention [default: 5]")
     cap.add_argument("--max-length", type=int, default=None, help="caption max length [default: 20]")
     cap.add_argument("--repetition-penalty", type=float, default=None, help="[default: 1.0]")
     cap.add_argument("--caption-batch-size", type=int, default=None, help="images per BLIP/CLIP call [default: 8]")
-    cap.add_argument("--no-cache", dest="caption_cache", action="store_false", default=None,
-                     help="do not read or write the caption/similarity cache")
+    cap.add_argument(
+        "--no-cache",
+        dest="caption_cache",
+        action="store_false",
+        default=None,
+        help="do not read or write the caption/similarity cache",
+    )
 
     gen = p.add_argument_group("step 2: prompt, guidance, generation (paper §3.2)")
-    gen.add_argument("--prompt", default=None, help="complete ('A picture of a [label], [caption]'), label, caption "
-                     "or none (table 3) [default: complete]")
+    gen.add_argument(
+        "--prompt",
+        default=None,
+        help="complete ('A picture of a [label], [caption]'), label, caption or none (table 3) [default: complete]",
+    )
     gen.add_argument("--label-template", default=None, help="textual label l [default: 'A picture of a {label}']")
-    gen.add_argument("--prompt-weighting", action=argparse.BooleanOptionalAction, default=None,
-                     help="multiply label/caption rows of the text encoding by the weights [default: on]")
+    gen.add_argument(
+        "--prompt-weighting",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="multiply label/caption rows of the text encoding by the weights [default: on]",
+    )
     gen.add_argument("--label-weight", type=float, default=None, help="w_l [default: 1.5]")
     gen.add_argument("--caption-weight", type=float, default=None, help="w_c [default: 0.9]")
-    gen.add_argument("--guidance", default=None, help="'paper' for g = f(s*) = -4s^2 + 2s + 1, or a constant scale "
-                     "[default: paper]")
-    gen.add_argument("--diffusers-guidance", action="store_true", default=None,
-                     help="reproduce diffusers: no classifier-free guidance when g <= 1")
+    gen.add_argument(
+        "--guidance",
+        default=None,
+        help="'paper' for g = f(s*) = -4s^2 + 2s + 1, or a constant scale [default: paper]",
+    )
+    gen.add_argument(
+        "--diffusers-guidance",
+        action="store_true",
+        default=None,
+        help="reproduce diffusers: no classifier-free guidance when g <= 1",
+    )
     gen.add_argument("--negative-prompt", default=None, help="unconditional prompt [default: '']")
-    gen.add_argument("--noise", type=float, default=None, help="noise rate n = img2img strength, in [0, 1] "
-                     "(paper: 0.3/0.5/0.7) [default: 0.5]")
-    gen.add_argument("--steps", type=int, default=None, help="denoising steps; img2img runs int(steps*noise) "
-                     "[default: 100]")
+    gen.add_argument(
+        "--noise",
+        type=float,
+        default=None,
+        help="noise rate n = img2img strength, in [0, 1] (paper: 0.3/0.5/0.7) [default: 0.5]",
+    )
+    gen.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps; img2img runs int(steps*noise) [default: 100]",
+    )
     gen.add_argument("--multiplier", "-k", type=int, default=None, help="augmented images per original [default: 1]")
     gen.add_argument("--seed", type=int, default=None, help="run seed; every item's seeds derive from it [default: 0]")
     gen.add_argument("--batch-size", type=int, default=None, help="images per UNet call [default: 4]")
 
     io = p.add_argument_group("input and output")
     io.add_argument("--label-names", help="CSV or JSON mapping class folder names to label text")
-    io.add_argument("--include-originals", action="store_true", default=None,
-                    help="also link the originals into OUT so it is a complete training set")
-    io.add_argument("--keep-generation-size", action="store_true", default=None,
-                    help="save at the generation size instead of the original size")
-    io.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (decompression bombs) "
-                    "[default: 89478485]")
+    io.add_argument(
+        "--include-originals",
+        action="store_true",
+        default=None,
+        help="also link the originals into OUT so it is a complete training set",
+    )
+    io.add_argument(
+        "--keep-generation-size",
+        action="store_true",
+        default=None,
+        help="save at the generation size instead of the original size",
+    )
+    io.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse larger images (decompression bombs) [default: 89478485]",
+    )
     io.add_argument("--min-side", type=int, default=None, help="refuse images with a smaller side [default: 8]")
-    io.add_argument("--overwrite", action="store_true", default=None,
-                    help="start over in an OUT that holds an earlier run (removes only what sgid wrote)")
+    io.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="start over in an OUT that holds an earlier run (removes only what sgid wrote)",
+    )
     io.add_argument("--quiet", "-q", action="store_true", default=None, help="no progress bars or summary")
     p.set_defaults(run=run)
 
 
-CAPTION_FLAGS = ("beam_captions", "num_beams", "nucleus_captions", "top_p", "top_k", "min_length", "max_length",
-                 "repetition_penalty")
+CAPTION_FLAGS = (
+    "beam_captions",
+    "num_beams",
+    "nucleus_captions",
+    "top_p",
+    "top_k",
+    "min_length",
+    "max_length",
+    "repetition_penalty",
+)
 
 
-def options_from_args(args: argparse.Namespace, skip: tuple[str, ...] = ("input", "out", "run", "command")) -> dict[str, Any]:
+def options_from_args(
+    args: argparse.Namespace, skip: tuple[str, ...] = ("input", "out", "run", "command")
+) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k not in skip and v is not None}
 
 

@@ -41,9 +41,7 @@ class SgidMethod(Method):
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         c = self.config
         caption = self.caption_for(sample, context)
-        prompt = build_prompt(
-            sample.source.label, caption.text if caption else None, c.prompt, c.label_template
-        )
+        prompt = build_prompt(sample.source.label, caption.text if caption else None, c.prompt, c.label_template)
         label_weight, caption_weight = c.weights
         similarity = caption.similarity if caption else None
         return replace(

@@ -123,8 +123,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -135,7 +141,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _quiet_hub_progress() -> None:
+def quiet_hub_logging() -> None:
+    """No hub progress bars or info logs: sgid shows its own progress."""
     import diffusers
     import transformers
 
@@ -146,13 +153,13 @@ def _quiet_hub_progress() -> None:
 
 
 def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:  # type: ignore[no-untyped-def]
-    _quiet_hub_progress()
+    quiet_hub_logging()
     local = Path(ref.path)
     if ref.path.startswith((".", "/", "~")) and not local.exists():
         raise ModelLoadError(f"cannot load the {role} {ref.name!r}: no such directory {local}")
     try:
         return loader()
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300]
         hint = (
             f"download it where the Hugging Face hub is reachable (hf download {ref.name}) and pass "
@@ -173,7 +180,7 @@ def load_captioner(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # 
             ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype
         )
         processor = BlipProcessor.from_pretrained(ref.path, trust_remote_code=False)
-        return model.to(device).eval(), processor
+        return model.to(device).eval(), processor  # type: ignore[arg-type]
 
     return _load("captioner", ref, "--captioner", load)
 
@@ -186,7 +193,7 @@ def load_scorer(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # typ
     def load():  # type: ignore[no-untyped-def]
         model = CLIPModel.from_pretrained(ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype)
         processor = CLIPProcessor.from_pretrained(ref.path, trust_remote_code=False)
-        return model.to(device).eval(), processor
+        return model.to(device).eval(), processor  # type: ignore[arg-type]
 
     return _load("scorer", ref, "--scorer", load)
 

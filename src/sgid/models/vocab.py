@@ -64,8 +64,11 @@ def bert_vocab_file(folder: Path) -> Path:
     """Write a WordPiece ``vocab.txt`` for the tiny BLIP tokenizer, with BLIP's ``[DEC]`` start token."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    tokens = specials + chars + ["##" + c for c in string.ascii_lowercase + string.digits] + list(
-        dict.fromkeys(w for w in WORDS if w not in chars)
+    tokens = (
+        specials
+        + chars
+        + ["##" + c for c in string.ascii_lowercase + string.digits]
+        + list(dict.fromkeys(w for w in WORDS if w not in chars))
     )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "vocab.txt"

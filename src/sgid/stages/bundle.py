@@ -100,7 +100,9 @@ def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> S
     return stages
 
 
-def build_generate_stage(kind: str, config: AugmentConfig, choice: ModelChoice, device: torch.device, dtype: torch.dtype) -> GenerateStage:
+def build_generate_stage(
+    kind: str, config: AugmentConfig, choice: ModelChoice, device: torch.device, dtype: torch.dtype
+) -> GenerateStage:
     ref = choice.instruct if kind == "instruct" else choice.generator
     pipe = load_sd_pipeline(ref, kind, device, dtype, config.safety_checker)
     generator = GENERATORS.get(kind)(pipe, diffusers_guidance=config.diffusers_guidance)

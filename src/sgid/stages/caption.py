@@ -75,7 +75,7 @@ class GumbelSampler(LogitsProcessor):
         tiny = torch.finfo(torch.float32).tiny
         uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
         gumbel = -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
-        return scores.float() + gumbel.to(scores.device)
+        return scores.float() + gumbel.to(scores.device)  # type: ignore[return-value]
 
 
 class Captioner:

@@ -28,7 +28,18 @@ class GenerationOutput:
     nsfw: list[bool]  # True where the safety checker blacked the image out
 
 
-def denoise(pipe, latents, timesteps, prompt_embeds, negative_embeds, guidance, extra_step_kwargs, *, diffusers_guidance=False, extra_latents=None):  # type: ignore[no-untyped-def]
+def denoise(
+    pipe,
+    latents,
+    timesteps,
+    prompt_embeds,
+    negative_embeds,
+    guidance,
+    extra_step_kwargs,
+    *,
+    diffusers_guidance=False,
+    extra_latents=None,
+):  # type: ignore[no-untyped-def]
     """diffusers' denoising loop with per-sample classifier-free guidance.
 
     ``guidance`` is a (B,) tensor. With ``diffusers_guidance``, samples with g <= 1 use the conditional
@@ -143,4 +154,3 @@ class Img2ImgGenerator:
             for i in range(image.shape[0])
         ]
         return self.pipe.vae.config.scaling_factor * torch.cat(latents)
-

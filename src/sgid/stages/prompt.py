@@ -34,7 +34,9 @@ def label_sentence(label: str, template: str = DEFAULT_LABEL_TEMPLATE) -> str:
     return template.replace("{label}", label)
 
 
-def build_prompt(label: str, caption: str | None, mode: str = "complete", template: str = DEFAULT_LABEL_TEMPLATE) -> Prompt:
+def build_prompt(
+    label: str, caption: str | None, mode: str = "complete", template: str = DEFAULT_LABEL_TEMPLATE
+) -> Prompt:
     """The paper's prompt, or its ablations (table 3): ``complete``, ``label`` only, ``caption`` only, ``none``.
 
     >>> build_prompt("cat", "a cat on a sofa").text

@@ -58,9 +58,7 @@ class ClipScorer:
                 max_length=self.processor.tokenizer.model_max_length,
                 return_tensors="pt",
             ).to(self.device)
-            output = self.model.get_text_features(
-                input_ids=tokens.input_ids, attention_mask=tokens.attention_mask
-            )
+            output = self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
             parts.append(_embedding(output).cpu())
         return torch.cat(parts) if parts else torch.empty(0, self.model.config.projection_dim)
 
@@ -81,7 +79,7 @@ class ClipScorer:
             cosine = text_emb[offset : offset + len(group)] @ image_emb[i]
             offset += len(group)
             if mode == "softmax":
-                scale = float(self.model.logit_scale.exp())
+                scale = float(self.model.logit_scale.detach().exp())
                 cosine = torch.softmax(cosine * scale, dim=0)
             results.append([float(v) for v in cosine])
         return results
