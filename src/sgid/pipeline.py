@@ -85,10 +85,10 @@ class Augmenter:
         )
         store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
         store.check()
-        if is_tiny(choice):
-            note(TINY_WARNING, c.quiet)
         # 2. Load models, failing before any work when weights are missing
         stages = self._stages or load_stages(c, choice, self.method)
+        if is_tiny(choice):
+            note(TINY_WARNING, c.quiet)
         cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
         with store.session():
             done_before = len(store.rows)
