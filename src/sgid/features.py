@@ -54,7 +54,7 @@ class TextEmbedder(Protocol):
 class ExtractorOptions:
     """What building an extractor may need; the CLIP scorer is loaded only when asked for."""
 
-    clip: Callable[[], tuple[Any, str]]  # () -> (ClipScorer, identity of the CLIP model)
+    clip: Callable[[], tuple[Any, str]] | None = None  # () -> (ClipScorer, identity of the CLIP model)
     inception_weights: Path | None = None
     device: str = "cpu"
 
@@ -74,6 +74,8 @@ class ClipImageFeatures:
 
     @classmethod
     def create(cls, options: ExtractorOptions) -> ClipImageFeatures:
+        if options.clip is None:
+            raise SgidError("CLIP features need a CLIP scorer")
         scorer, identity = options.clip()
         return cls(scorer, identity)
 
@@ -374,7 +376,7 @@ class FeatureCache:
 
 class FeatureStore:
     """Paths to features: hash each file, serve known hashes from memory or the cache, extract the rest in
-    batches of ``batch_size`` and cache them. ``computed`` / ``reused`` count images, for the reports."""
+    batches of ``batch_size`` and cache them. ``computed`` / ``reused`` count distinct images, for the reports."""
 
     def __init__(self, extractor: FeatureExtractor, cache: FeatureCache | None = None, *, batch_size: int = 32,
                  quiet: bool = True, label: str = "features") -> None:
@@ -383,9 +385,17 @@ class FeatureStore:
         self.batch_size = batch_size
         self.quiet = quiet
         self.label = label
-        self.computed = 0
-        self.reused = 0
         self._memo: dict[str, np.ndarray] = {}
+        self._computed: set[str] = set()  # distinct images run through the extractor by this store
+        self._reused: set[str] = set()  # distinct images served from the cache instead
+
+    @property
+    def computed(self) -> int:
+        return len(self._computed)
+
+    @property
+    def reused(self) -> int:
+        return len(self._reused)
 
     @property
     def identity(self) -> str:
@@ -416,14 +426,15 @@ class FeatureStore:
             if sha is not None and sha not in self._memo:
                 missing.setdefault(sha, Path(path))
         errors.update(self._compute(missing, hashes))
-        self.reused += sum(1 for i, h in enumerate(hashes) if h is not None and h not in missing and i not in errors)
+        self._reused.update(h for i, h in enumerate(hashes)
+                            if h is not None and i not in errors and h not in self._computed)
         return self._assemble(hashes, errors), errors
 
     def _compute(self, missing: dict[str, Path], hashes: Sequence[str | None]) -> dict[int, str]:
         """Extract the missing features batch by batch; returns errors for images that cannot be decoded."""
         failed: dict[str, str] = {}
         items = list(missing.items())
-        progress = bar(len(items), f"{self.label} ({self.identity.split(':')[0]})", "img", self.quiet)
+        progress = bar(len(items), self.label, "img", self.quiet or not items)
         for start in range(0, len(items), self.batch_size):
             batch: list[tuple[str, Image.Image]] = []
             for sha, path in items[start : start + self.batch_size]:
@@ -436,7 +447,7 @@ class FeatureStore:
                 fresh = {sha: np.asarray(v, np.float32) for (sha, _), v in zip(batch, vectors, strict=True)}
                 self.cache.put_many(self.identity, fresh)
                 self._memo.update(fresh)
-                self.computed += len(fresh)
+                self._computed.update(fresh)
             progress.update(len(items[start : start + self.batch_size]))
         progress.close()
         return {i: failed[h] for i, h in enumerate(hashes) if h is not None and h in failed}

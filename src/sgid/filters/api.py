@@ -1,0 +1,144 @@
+"""``sgid filter``: judge every generated image of a run with the chosen filters and write the kept ones.
+
+>>> filter_run("data/sgid", "data/sgid-filtered", "label,prompt", models="tiny")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sgid.dataset import scan
+from sgid.errors import SgidError
+from sgid.features import FEATURE_CACHE_FILE, ClipModels, FeatureCache, choose_clip
+from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, FilterOptions, PredictProba
+from sgid.filters.chain import run_chain
+from sgid.filters.output import check_out_dir, write_output
+from sgid.filters.report import build_report, report_markdown
+from sgid.models.loading import TINY_WARNING, default_cache_dir
+from sgid.progress import note
+from sgid.rundir import RunDir, check_sources, read_run_dir
+
+
+@dataclass(frozen=True)
+class FilterSummary:
+    out_dir: Path
+    generated: int
+    kept: int
+    features_computed: int
+    features_reused: int
+    seconds: float
+
+    def line(self) -> str:
+        return (f"kept {self.kept} of {self.generated} generated images in {self.out_dir} (decisions in "
+                f"{self.out_dir / 'decisions.jsonl'}); features computed {self.features_computed}, "
+                f"reused {self.features_reused} [{self.seconds:.1f}s]")
+
+
+class LoadedFilterModels(ClipModels):
+    """CLIP (shared with the metrics) plus the classifiers the confidence filter reads."""
+
+    def classifier(self, directory: Path) -> tuple[PredictProba, list[str]]:
+        from sgid.evaluate.checkpoint import load_classifier, predict_proba
+
+        model, meta = load_classifier(directory, device=self.choice.device)
+        return (lambda images: predict_proba(model, meta, images)), list(meta["classes"])
+
+
+def parse_filter_names(names: str | Sequence[str]) -> list[str]:
+    """``"label,prompt"`` or ``["label", "prompt"]`` to known, distinct filter names, in order."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    parsed = [item.strip() for item in items if item.strip()]
+    if not parsed:
+        raise SgidError(f"--filters is empty; choose from: {', '.join(FILTERS.names())}")
+    for name in parsed:
+        FILTERS.get(name)
+    repeated = sorted({n for n in parsed if parsed.count(n) > 1})
+    if repeated:
+        raise SgidError(f"--filters names {', '.join(repeated)} twice")
+    return parsed
+
+
+def filter_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    filters: str | Sequence[str],
+    *,
+    options: FilterOptions | None = None,
+    source_dir: str | Path | None = None,
+    models: str | None = None,
+    scorer: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    cache_dir: str | Path | None = None,
+    cache: bool = True,
+    quiet: bool = False,
+    loaded: FilterModels | None = None,
+) -> FilterSummary:
+    """Python API of ``sgid filter``. ``loaded`` replaces the models (tests pass fakes)."""
+    started = time.monotonic()
+    options = options or FilterOptions()
+    out = Path(out_dir)
+    # 1. Check inputs: nothing is loaded before they pass
+    names = parse_filter_names(filters)
+    classes = [FILTERS.get(name) for name in names]
+    for cls in classes:
+        cls.check_options(options)
+    run = read_run_dir(run_dir, source_dir=source_dir)
+    check_out_dir(out, run)
+    needs = frozenset().union(*(cls.needs(options) for cls in classes))
+    data = _filter_input(run, needs)
+    # 2. Models (loaded on first use) and the filters
+    tiny_note = None
+    if loaded is None:
+        root = Path(cache_dir) if cache_dir else default_cache_dir()
+        choice = choose_clip(run.models, run.models_preset, models=models, scorer=scorer, device=device,
+                             dtype=dtype, cache_dir=root)
+        if choice.tiny:
+            tiny_note = TINY_WARNING
+            note(TINY_WARNING, quiet)
+        loaded = LoadedFilterModels(choice, FeatureCache(root / FEATURE_CACHE_FILE if cache else None),
+                                    quiet=quiet)
+    chain_filters: list[Filter] = [cls.create(options, loaded) for cls in classes]
+    # 3. Score and decide
+    chain = run_chain(chain_filters, data)
+    # 4. Write
+    computed, reused = _feature_counts(loaded)
+    settings = {
+        "run_dir": str(run.path), "out_dir": str(out), "source_dir": str(run.source_dir) if run.source_dir else None,
+        "filters": names, "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+        "scorer": getattr(getattr(loaded, "choice", None), "identity", None), "tiny": tiny_note,
+        "features": {"computed": computed, "reused": reused},
+    }
+    originals: dict[str, int] = {}
+    for entry in run.entries:
+        if entry.is_original:
+            originals[entry.label] = originals.get(entry.label, 0) + 1
+    report = build_report(chain, settings=settings, originals=originals)
+    kept_files = {e.file_name for e, keep in zip(data.generated, chain.kept, strict=True) if keep}
+    kept = [e for e in run.entries if e.is_original or e.file_name in kept_files]
+    write_output(out, run, kept, chain.decision_rows(), report, report_markdown(report))
+    summary = FilterSummary(out, len(data), int(chain.kept.sum()), computed, reused, time.monotonic() - started)
+    note(summary.line(), quiet)
+    return summary
+
+
+def _filter_input(run: RunDir, needs: frozenset[str]) -> FilterInput:
+    generated = run.generated
+    if not generated:
+        raise SgidError(f"{run.path} has no generated images to filter (only copies of real ones)")
+    if "sources" in needs or "real" in needs:
+        run.require_source_dir("the chosen filters")
+    if "sources" in needs:
+        check_sources(generated)
+    real = [s for s in scan(run.require_source_dir("realfake")).sources if s.relpath not in run.unusable_sources] \
+        if "real" in needs else []
+    return FilterInput(generated, run.classes, real)
+
+
+def _feature_counts(models: Any) -> tuple[int, int]:
+    counts = getattr(models, "feature_counts", None)
+    return counts() if callable(counts) else (0, 0)
