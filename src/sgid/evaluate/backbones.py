@@ -173,7 +173,7 @@ def _build_wrn(num_classes: int, image_size: int, pretrained: bool, weights: str
 def _build_small_cnn(num_classes: int, image_size: int, pretrained: bool, weights: str | None,
                      arch: Mapping[str, Any]) -> nn.Module:
     del image_size, pretrained, weights
-    return SmallCNN(num_classes, width=int(arch.get("width", 32)))
+    return SmallCNN(num_classes, width=int(arch.get("width", 16)))
 
 
 def _load_error(what: str, source: str, exc: BaseException) -> ModelLoadError:

@@ -26,7 +26,7 @@ class SmallCNN(nn.Module):
     MoEx is applied to the output of ``stem`` (the first conv block), the network's earliest feature map.
     """
 
-    def __init__(self, num_classes: int, width: int = 32) -> None:
+    def __init__(self, num_classes: int, width: int = 16) -> None:
         super().__init__()
         self.stem = _conv_bn_relu(3, width)
         self.features = nn.Sequential(

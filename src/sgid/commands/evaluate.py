@@ -1,0 +1,143 @@
+"""``sgid evaluate --train DIR --test DIR --methods baseline,randaugment,generated --out OUT``: does it help?
+
+Trains the same classifier with and without each augmentation over several seeds (the same seeds for every
+method) and reports mean ± std accuracy, per-class accuracy and a paired t-test against the baseline, in
+OUT/results.md (rows = methods, columns = datasets + Avg, like the SGID paper's table 1) and OUT/results.json.
+Rerunning the same command resumes an interrupted evaluation without redoing finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sgid.errors import SgidError
+
+HELP = "train a classifier with and without augmentations over several seeds and test the difference"
+PERTURBATION_METHODS = "random_erasing,cutmix,randaugment,moex"
+
+
+def _proportions(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers in [0, 1] separated by commas, got {text!r}") from None
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("evaluate", help=HELP, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data (image folders, or one of the paper's datasets through torchvision)")
+    data.add_argument("--train", help="training images: TRAIN/<class>/<image>")
+    data.add_argument("--test", help="test images: TEST/<class>/<image>")
+    data.add_argument("--val", help="validation images, used to choose the lr of pre-trained backbones "
+                      "[default: 10%% of the training set held out]")
+    data.add_argument("--generated", action="extend", nargs="+", default=[], metavar="DIR",
+                      help="output folder(s) of sgid augment; each image follows its source into subsets")
+    data.add_argument("--name", help="dataset name, the column of results.md [default: from --train; cifar10 and "
+                      "cifar100 select the CIFAR recipe of pre-trained backbones]")
+    data.add_argument("--dataset", help="instead of folders: cifar10, cifar100, caltech101, stanford_cars, "
+                      "flowers102, oxford_pets, dtd (comma-separated for several); never downloaded")
+    data.add_argument("--data-root", help="folder holding the --dataset files")
+    data.add_argument("--export-train", metavar="DIR", help="write the --dataset training split as an image folder "
+                      "(input for sgid augment) and exit")
+    data.add_argument("--shots", type=int, help="k-shot: K training images per class, drawn per seed")
+    data.add_argument("--fraction", type=float, help="a stratified fraction of the training set, drawn per seed "
+                      "(e.g. 0.1)")
+
+    method = p.add_argument_group("methods")
+    method.add_argument("--methods", help=f"comma-separated: baseline, generated, {PERTURBATION_METHODS.replace(',', ', ')}"
+                        f" and '+' combinations such as generated+randaugment; baseline is always included "
+                        f"[default: baseline,{PERTURBATION_METHODS}, plus generated with --generated]")
+    method.add_argument("--mix", default="add", help="how generated images join the real ones: add, replace, swap, "
+                        "balance [default: add]")
+    method.add_argument("--proportion", type=_proportions, default=(), metavar="P[,P...]",
+                        help="p in [0, 1] for --mix replace/swap (required) or add (fraction of generated images "
+                        "added); several values run a sweep")
+
+    model = p.add_argument_group("classifier")
+    model.add_argument("--backbone", default="resnet50", help="resnet50, resnet18, wrn28_10, vit_b16_in21k, "
+                       "clip_vit_b32, zero_shot_clip, small_cnn [default: resnet50]")
+    model.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1, the same for every method [default: 5]")
+    model.add_argument("--epochs", type=int, help="[default: the backbone's recipe, e.g. 300 for resnet50]")
+    model.add_argument("--batch-size", type=int, help="[default: the backbone's recipe, e.g. 256 for resnet50]")
+    model.add_argument("--lr", type=float, help="[default: the recipe's; searched on validation for ViT/CLIP]")
+    model.add_argument("--image-size", type=int, help="input size [default: the images' own size for small images "
+                       "and from-scratch networks, else 224]")
+    model.add_argument("--linear-probe", action="store_true", help="train only the head of a pre-trained backbone")
+    model.add_argument("--weights", help="pre-trained weights: a local file or a timm/open_clip name")
+    model.add_argument("--zero-shot-row", action="store_true", help="add zero-shot CLIP as a reference row")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
+    model.add_argument("--threads", type=int, help="torch CPU threads [default: the CPUs available]")
+    model.add_argument("--workers", type=int, default=0, help="data-loading processes [default: 0]")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--out", "-o", help="output folder: results.md, results.json, plots/, runs/")
+    out.add_argument("--save-models", action="store_true", help="save every classifier under OUT/models/")
+    out.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds another evaluation")
+    out.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
+    p.set_defaults(run=run)
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    if args.dataset:
+        if args.train or args.test or args.val:
+            raise SgidError("pass either --dataset (with --data-root) or --train/--test folders, not both")
+        if not args.data_root:
+            raise SgidError("--dataset needs --data-root DIR (the folder holding the dataset files)")
+        if args.generated and "," in args.dataset:
+            raise SgidError("--generated belongs to one dataset; evaluate several datasets one --dataset at a time")
+    elif not (args.train and args.test):
+        raise SgidError("pass --train DIR and --test DIR (image folders), or --dataset NAME --data-root DIR")
+    if not args.out and not args.export_train:
+        raise SgidError("--out DIR is required")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from sgid.evaluate import EvalConfig
+
+    default_methods = f"baseline,{PERTURBATION_METHODS}" + (",generated" if args.generated else "")
+    return EvalConfig(
+        methods=tuple((args.methods or default_methods).split(",")), backbone=args.backbone, seeds=args.seeds,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, shots=args.shots, fraction=args.fraction,
+        mix=args.mix, proportions=tuple(args.proportion), image_size=args.image_size,
+        linear_probe=args.linear_probe, weights=args.weights, zero_shot_row=args.zero_shot_row,
+        save_models=args.save_models, device=args.device, threads=args.threads, workers=args.workers,
+        quiet=args.quiet, overwrite=args.overwrite,
+    )
+
+
+def _load_data(args: argparse.Namespace) -> list[Any]:
+    from pathlib import Path
+
+    from sgid.evaluate.data import attach_generated, load_folder_dataset
+    from sgid.evaluate.datasets import load_dataset
+
+    if args.dataset:
+        datasets = [load_dataset(name.strip(), Path(args.data_root)) for name in args.dataset.split(",")]
+        return [attach_generated(d, args.generated) for d in datasets]
+    return [load_folder_dataset(args.train, args.test, val=args.val, generated=args.generated, name=args.name)]
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_sources(args)
+    if args.export_train:
+        from pathlib import Path
+
+        from sgid.evaluate.data import export_image_folder
+
+        if not args.dataset or "," in args.dataset:
+            raise SgidError("--export-train writes the training split of one --dataset")
+        data = _load_data(args)[0]
+        count = export_image_folder(data.train, Path(args.export_train))
+        print(f"wrote {count} training images of {data.name} to {args.export_train}")
+        return 0
+    config = _config(args)
+    config.check()  # options first: a typo fails before any data is read
+    from sgid.evaluate import evaluate
+
+    result = evaluate(_load_data(args), config, args.out)
+    if not args.quiet:
+        table = (result.out / "results.md").read_text(encoding="utf-8").split("\n## ")[0]
+        print(table.rstrip())
+    return 0

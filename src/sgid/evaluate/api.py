@@ -1,0 +1,351 @@
+"""The Python API behind ``sgid evaluate``: train the same classifier with and without each augmentation over
+several seeds and say whether the difference is real.
+
+    from sgid.evaluate import EvalConfig, evaluate, load_folder_dataset
+
+    data = load_folder_dataset("pets/train", "pets/test", generated=["pets-sgid"])
+    result = evaluate(data, EvalConfig(methods=("baseline", "randaugment", "generated+randaugment"),
+                                       backbone="resnet50", seeds=5), out="eval-pets")
+    for row in result.summary: print(row.dataset, row.label, row.mean, row.p_value)
+
+Protocol (SGID paper §4, appendix I): for every seed s = 0 … S−1 and every dataset, the training subset
+(``shots``/``fraction``), the network's initialisation and the data order are drawn from s alone, so every method
+sees the same subset and starts from the same weights at seed s; methods differ only in their augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sgid.errors import SgidError
+from sgid.evaluate.backbones import BACKBONES, SMALL_IMAGE, BackboneSpec
+from sgid.evaluate.checkpoint import save_classifier
+from sgid.evaluate.data import EvalData, Example, fraction_subset, k_shot, linked_generated, stratified_split
+from sgid.evaluate.methods import BASELINE, Variant, parse_methods, variants
+from sgid.evaluate.mixing import MIX_MODES, NEEDS_PROPORTION, NO_PROPORTION, Plan, make_plan
+from sgid.evaluate.perturb import PERTURBATIONS
+from sgid.evaluate.report import results_json, results_markdown, write_plots
+from sgid.evaluate.stats import RunRecord, Summary, summarize
+from sgid.evaluate.store import EvaluationStore
+from sgid.evaluate.train import TrainSettings, fit, test_accuracy
+from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
+from sgid.evaluate.zeroshot import zero_shot_accuracy
+from sgid.progress import bar, note
+from sgid.seeding import derive_seed
+
+FORMAT_VERSION = 1
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The options of an evaluation (the CLI flags). ``None`` means the backbone recipe's default."""
+
+    methods: tuple[str, ...] = (BASELINE,)
+    backbone: str = "small_cnn"
+    seeds: int = 5
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None  # None: the recipe's lr, or the best of its grid on validation
+    shots: int | None = None  # k images per class
+    fraction: float | None = None  # a stratified fraction of the training set (e.g. 0.1)
+    mix: str = "add"
+    proportions: tuple[float, ...] = ()  # one variant per value for methods with generated images
+    image_size: int | None = None
+    linear_probe: bool = False
+    weights: str | None = None  # local file (or name) of pre-trained weights
+    pretrained: bool = True  # False: random initialisation even for pre-trained backbones (smoke tests)
+    arch: dict[str, Any] = field(default_factory=dict)  # architecture overrides (tiny test configs)
+    val_fraction: float = 0.1  # held out of the training set for the lr search when there is no val split
+    zero_shot_row: bool = False  # add zero-shot CLIP as a reference row
+    save_models: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    workers: int = 0
+    quiet: bool = False
+    overwrite: bool = False
+
+    def check(self) -> tuple[BackboneSpec, tuple[Variant, ...]]:
+        """Validate every option (before any data is read or model trained); return the backbone and variants."""
+        spec = BACKBONES.get(self.backbone)
+        methods = parse_methods(self.methods, PERTURBATIONS.names())
+        for name, value, low in (("--seeds", self.seeds, 1), ("--epochs", self.epochs, 1),
+                                 ("--batch-size", self.batch_size, 1), ("--shots", self.shots, 1),
+                                 ("--image-size", self.image_size, 8), ("--threads", self.threads, 1),
+                                 ("--workers", self.workers, 0)):
+            if value is not None and value < low:
+                raise SgidError(f"{name} must be at least {low}, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise SgidError(f"--lr must be positive, got {self.lr}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise SgidError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.shots is not None and self.fraction is not None:
+            raise SgidError("--shots and --fraction are alternatives; pass one")
+        if not 0 < self.val_fraction < 1:
+            raise SgidError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        MIX_MODES.get(self.mix)
+        bad = [p for p in self.proportions if not 0 <= p <= 1]
+        if bad:
+            raise SgidError(f"--proportion must be in [0, 1], got {bad[0]:g}")
+        if len(set(self.proportions)) != len(self.proportions):
+            raise SgidError("--proportion lists a value twice")
+        uses_generated = any(m.generated for m in methods)
+        if self.proportions and not uses_generated:
+            raise SgidError("--proportion applies to methods with generated images (e.g. --methods baseline,generated)")
+        if uses_generated and self.mix in NEEDS_PROPORTION and not self.proportions:
+            raise SgidError(f"--mix {self.mix} needs --proportion P (or a sweep, e.g. 0,0.25,0.5,0.75,1)")
+        if self.mix in NO_PROPORTION and self.proportions:
+            raise SgidError(f"--mix {self.mix} takes no --proportion")
+        if spec.recipe is None and (len(methods) > 1 or self.zero_shot_row):
+            raise SgidError(f"--backbone {self.backbone} is not trained, so it evaluates no augmentation; use it "
+                            f"with --methods baseline, or add --zero-shot-row to a trained backbone")
+        if self.linear_probe and not spec.pretrained:
+            raise SgidError(f"--linear-probe needs a pre-trained backbone, not {self.backbone} (from scratch)")
+        return spec, variants(methods, self.mix, self.proportions)
+
+    def protocol(self) -> dict[str, Any]:
+        """What makes runs comparable: changing any of it in an existing --out is refused."""
+        return {
+            "format": FORMAT_VERSION, "backbone": self.backbone, "arch": self.arch, "pretrained": self.pretrained,
+            "weights": self.weights, "linear_probe": self.linear_probe, "epochs": self.epochs,
+            "batch_size": self.batch_size, "lr": self.lr, "image_size": self.image_size, "shots": self.shots,
+            "fraction": self.fraction, "val_fraction": self.val_fraction,
+        }
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns: every finished run in ``out``, their summary, and what this call did."""
+
+    out: Path
+    records: list[RunRecord]
+    summary: list[Summary]
+    trained: int  # runs trained by this call
+    reused: int  # runs found finished in out and not redone
+    files: list[Path]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SgidError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise SgidError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# -- per-seed data -------------------------------------------------------------------------------------------
+
+
+def training_subset(data: EvalData, seed: int, config: EvalConfig) -> tuple[Example, ...]:
+    """The real training images of seed ``seed``: k-shot, a fraction, or all."""
+    subset_seed = derive_seed(seed, data.name, "subset")
+    if config.shots is not None:
+        return k_shot(data.train, config.shots, subset_seed)
+    if config.fraction is not None:
+        return fraction_subset(data.train, config.fraction, subset_seed)
+    return data.train
+
+
+def training_plan(data: EvalData, variant: Variant, real: Sequence[Example], seed: int) -> Plan:
+    """Real images, mixed with the generated images linked to them when the variant uses generated images."""
+    if not variant.method.generated:
+        return make_plan(None, real, (), None, seed)
+    return make_plan(variant.mix, real, linked_generated(data.generated, real), variant.proportion,
+                     derive_seed(seed, data.name, "mix"))
+
+
+def train_settings(data: EvalData, spec: BackboneSpec, config: EvalConfig, device: str) -> TrainSettings:
+    """The backbone's recipe for this dataset with the user's overrides, and the input size."""
+    assert spec.recipe is not None
+    recipe = spec.recipe.for_dataset(data.name)
+    recipe = replace(recipe, epochs=config.epochs or recipe.epochs, batch_size=config.batch_size or recipe.batch_size)
+    if config.lr is not None:
+        recipe = replace(recipe, lr=config.lr, lr_grid=())
+    native = data.native_size()
+    image_size = spec.resolve_image_size(native, config.image_size)
+    pad_crop = native is not None and native == (image_size, image_size) and image_size <= SMALL_IMAGE
+    return TrainSettings(
+        backbone=spec.name, image_size=image_size, pad_crop=pad_crop, recipe=recipe, pretrained=config.pretrained,
+        weights=config.weights, arch=dict(config.arch), linear_probe=config.linear_probe, device=device,
+        workers=config.workers, quiet=config.quiet,
+    )
+
+
+def check_data(data: EvalData, variant_list: Sequence[Variant], config: EvalConfig) -> None:
+    """Fail before training on anything the data makes impossible (every seed's subset and plan is built)."""
+    if not SAFE_NAME.match(data.name):
+        raise SgidError(f"dataset name {data.name!r} must be letters, digits, '_', '-' or '.' (it names folders)")
+    if not data.train or not data.test:
+        raise SgidError(f"dataset {data.name}: the {'training' if not data.train else 'test'} set is empty")
+    if any(v.method.generated for v in variant_list) and not data.generated:
+        raise SgidError(f"dataset {data.name}: methods with 'generated' need --generated DIR (sgid augment output)")
+    for seed in range(config.seeds):
+        real = training_subset(data, seed, config)
+        for variant in variant_list:
+            training_plan(data, variant, real, seed)
+
+
+# -- running -------------------------------------------------------------------------------------------------
+
+
+def select_lr(data: EvalData, variant: Variant, settings: TrainSettings, config: EvalConfig,
+              store: EvaluationStore) -> tuple[float, dict[str, Any] | None]:
+    """The recipe's lr, or the best of its grid on validation (first seed; the paper's fixed-seed grid search).
+
+    Validation is the dataset's val split, else ``val_fraction`` of the (subsetted) training set held out."""
+    recipe = settings.recipe
+    if not recipe.lr_grid:
+        return recipe.lr, None
+    found = store.lr_search(data.name, variant.slug)
+    if found is not None and [float(x) for x in found["grid"]] == list(recipe.lr_grid):
+        return float(found["chosen"]), found
+    real = training_subset(data, 0, config)
+    if data.val:
+        train_part, val = real, data.val
+    else:
+        train_part, val = stratified_split(real, config.val_fraction, derive_seed(0, data.name, "val"))
+    plan = training_plan(data, variant, train_part, 0)
+    scores: dict[str, float] = {}
+    for lr in recipe.lr_grid:
+        result = fit(plan, len(data.classes), variant.method.perturbations, settings,
+                     derive_seed(0, data.name, "train"), lr=lr, desc=f"{data.name} {variant.label} lr {lr:g}")
+        scores[f"{lr:g}"] = test_accuracy(result.model, val, len(data.classes), settings).accuracy
+    chosen = max(recipe.lr_grid, key=lambda lr: scores[f"{lr:g}"])
+    search = {"grid": list(recipe.lr_grid), "val_accuracy": scores, "chosen": chosen,
+              "validation": "val split" if data.val else f"{config.val_fraction:g} of the training set held out"}
+    store.save_lr_search(data.name, variant.slug, search)
+    return chosen, search
+
+
+def run_one(data: EvalData, variant: Variant, seed: int, settings: TrainSettings, config: EvalConfig,
+            store: EvaluationStore, lr: float, lr_search: dict[str, Any] | None) -> RunRecord:
+    """Train and test one (dataset, variant, seed) and save it."""
+    real = training_subset(data, seed, config)
+    plan = training_plan(data, variant, real, seed)
+    result = fit(plan, len(data.classes), variant.method.perturbations, settings, derive_seed(seed, data.name, "train"),
+                 lr=lr, desc=f"{data.name} {variant.label} seed {seed}")
+    acc = test_accuracy(result.model, data.test, len(data.classes), settings)
+    if config.save_models:
+        spec = BACKBONES.get(settings.backbone)
+        save_classifier(result.model.cpu(), store.model_dir(data.name, variant.slug, seed), backbone=settings.backbone,
+                        classes=list(data.classes), image_size=settings.image_size, mean=spec.mean, std=spec.std)
+    in_plan = sum(ex.generated for ex in plan.examples())
+    details = {
+        "data_fingerprint": data.fingerprint(), "lr": lr, "lr_search": lr_search,
+        "epochs": settings.recipe.epochs, "batch_size": settings.recipe.batch_size,
+        "optimizer": settings.recipe.optimizer, "schedule": settings.recipe.schedule,
+        "image_size": settings.image_size, "pad_crop": settings.pad_crop,
+        "perturbations": list(variant.method.perturbations),
+        "train_real": len(real), "plan_size": len(plan.slots), "plan_generated": in_plan,
+        "swap_probability": plan.swap_probability, "draws": result.draws, "generated_draws": result.generated_draws,
+        "generated_fraction_seen": result.generated_draws / max(result.draws, 1),
+        "test_size": acc.total, "final_train_loss": result.train_loss, "seconds": round(result.seconds, 3),
+        "device": settings.device, "torch_threads": torch.get_num_threads(),
+    }
+    record = RunRecord(
+        dataset=data.name, variant=variant.slug, label=variant.label, method=variant.method.name, seed=seed,
+        accuracy=acc.accuracy, per_class=dict(zip(data.classes, acc.per_class, strict=True)), mix=variant.mix,
+        proportion=variant.proportion, details=details,
+    )
+    store.save(record)
+    return record
+
+
+def run_zero_shot(data: EvalData, config: EvalConfig, device: str, store: EvaluationStore) -> RunRecord:
+    started = time.perf_counter()
+    spec = BACKBONES.get(ZERO_SHOT)
+    image_size = spec.resolve_image_size(None, config.image_size)
+    acc = zero_shot_accuracy(data.classes, data.test, image_size=image_size, weights=config.weights,
+                             arch=config.arch, pretrained=config.pretrained, device=device)
+    record = RunRecord(
+        dataset=data.name, variant=ZERO_SHOT, label=ZERO_SHOT, method=ZERO_SHOT, seed=0, accuracy=acc.accuracy,
+        per_class=dict(zip(data.classes, acc.per_class, strict=True)), reference=True,
+        details={"data_fingerprint": data.fingerprint(), "test_size": acc.total, "image_size": image_size,
+                 "seconds": round(time.perf_counter() - started, 3)},
+    )
+    store.save(record)
+    return record
+
+
+def _package_info() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("sgid", "torch", "torchvision", "timm", "open_clip_torch", "scipy", "numpy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return {"versions": versions, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str | Path) -> Evaluation:
+    """Run (or resume) the evaluation in ``out`` and write results.json, results.md and plots there."""
+    datasets = [data] if isinstance(data, EvalData) else list(data)
+    if len({d.name for d in datasets}) != len(datasets):
+        raise SgidError("two datasets have the same name; give each its own (--name)")
+    # 1. Check the options and the data: everything that can fail does so before any training.
+    spec, variant_list = config.check()
+    device = resolve_device(config.device)
+    trained_backbone = spec.recipe is not None
+    settings: dict[str, TrainSettings] = {}
+    for d in datasets:
+        check_data(d, variant_list if trained_backbone else [], config)
+        if trained_backbone:
+            settings[d.name] = train_settings(d, spec, config, device)
+    torch.set_num_threads(config.threads or default_threads())
+    # 2. Open (or resume) the output folder.
+    started = time.perf_counter()
+    trained = reused = 0
+    with EvaluationStore(Path(out), config.protocol(), overwrite=config.overwrite, info=_package_info()) as store:
+        # 3. Reference rows: untrained, deterministic, one evaluation per dataset.
+        if not trained_backbone or config.zero_shot_row:
+            for d in datasets:
+                if store.finished(d.name, ZERO_SHOT, 0, d.fingerprint()) is None:
+                    run_zero_shot(d, config, device, store)
+        # 4. Every (dataset, variant, seed) not finished yet; the same seeds for every method.
+        jobs = [(d, v, s) for d in datasets if trained_backbone for v in variant_list for s in range(config.seeds)]
+        with bar(len(jobs), "runs", "run", config.quiet) as progress:
+            for d, variant, seed in jobs:
+                model_missing = config.save_models and not (
+                    store.model_dir(d.name, variant.slug, seed) / "classifier.safetensors").exists()
+                if store.finished(d.name, variant.slug, seed, d.fingerprint()) is not None and not model_missing:
+                    reused += 1
+                else:
+                    lr, search = select_lr(d, variant, settings[d.name], config, store)
+                    run_one(d, variant, seed, settings[d.name], config, store, lr, search)
+                    trained += 1
+                progress.update(1)
+        if reused:
+            note(f"resumed: {reused} finished run(s) reused from {out}, {trained} trained", config.quiet)
+        # 5. Report every finished run in the folder.
+        order = {v.slug: i for i, v in enumerate(variant_list)}
+        names = {d.name: i for i, d in enumerate(datasets)}
+        records = sorted(store.records(), key=lambda r: (names.get(r.dataset, len(names)), r.dataset,
+                                                          order.get(r.variant, len(order)), r.variant, r.seed))
+        summary = summarize(records)
+        protocol = dict(config.protocol(), seeds=config.seeds, mix=config.mix,
+                        proportions=list(config.proportions), device=device)
+        files = [
+            store.write("results.json", results_json(protocol, records, summary)),
+            store.write("results.md",
+                        results_markdown(f"sgid evaluate: {config.backbone}", protocol, summary, records)),
+            *write_plots(summary, store.out),
+        ]
+    note(f"evaluation finished in {time.perf_counter() - started:.0f}s: {Path(out) / 'results.md'}", config.quiet)
+    return Evaluation(Path(out), records, summary, trained, reused, files)

@@ -1,0 +1,288 @@
+"""What a classifier is trained and tested on: real examples, generated examples linked to their sources, subsets.
+
+An :class:`Example` is one labelled image that loads on demand. Real examples are keyed by their path relative to
+the training folder (``"<class>/<file>"``); a generated example made by ``sgid augment`` carries that key as its
+``source`` (metadata.jsonl's ``source`` column), which is how generated images follow the real images they came
+from into k-shot and fractional subsets: a generated image is used only if its source is in the training subset.
+Generated images without a source (text-to-image methods) are kept for every class in the training set.
+
+Subsets are drawn per class with a seed (k-shot: ``k`` images per class; fraction: ``round(f·n_c)`` per class, at
+least one — 001's 10% protocol).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sgid.dataset import scan
+from sgid.errors import SgidError
+from sgid.images import ImageError, load_rgb
+from sgid.runstore import MANIFEST, RUN_FILE
+
+ORIGINAL_METHOD = "original"  # rows of metadata.jsonl that are copies of real images
+
+
+@dataclass(frozen=True)
+class FileImage:
+    """An image file, decoded to RGB when called."""
+
+    path: Path
+
+    def __call__(self) -> Image.Image:
+        try:
+            return load_rgb(self.path).image
+        except ImageError as exc:
+            raise SgidError(f"cannot use image {self.path}: {exc}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayImage:
+    """An in-memory ``(H, W, 3)`` uint8 array (CIFAR, scikit-learn's digits)."""
+
+    array: np.ndarray
+
+    def __call__(self) -> Image.Image:
+        return Image.fromarray(self.array, "RGB")
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetImage:
+    """Item ``index`` of a map-style dataset returning ``(image, label)`` (torchvision datasets)."""
+
+    dataset: Any
+    index: int
+
+    def __call__(self) -> Image.Image:
+        image = self.dataset[self.index][0]
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Example:
+    key: str  # real: "<class>/<file>" relative to the training root; generated: "<run>:<file_name>"
+    label: int  # index into EvalData.classes
+    load: Callable[[], Image.Image] = field(compare=False, repr=False)
+    source: str | None = None  # generated: key of the real image it was made from (None: no source)
+    generated: bool = False
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """One dataset of an evaluation: a column of results.md."""
+
+    name: str
+    classes: tuple[str, ...]
+    train: tuple[Example, ...]
+    test: tuple[Example, ...]
+    val: tuple[Example, ...] = ()
+    generated: tuple[Example, ...] = ()
+
+    def fingerprint(self) -> str:
+        """A hash of the name, classes and example keys: identifies the data a finished run used."""
+        digest = hashlib.sha256()
+        for part in (self.name, *self.classes):
+            digest.update(part.encode() + b"\x1f")
+        for split, examples in (("train", self.train), ("test", self.test), ("val", self.val),
+                                ("generated", self.generated)):
+            digest.update(split.encode() + b"\x1e")
+            for ex in examples:
+                digest.update(f"{ex.key}\x1f{ex.label}\x1f{ex.source}\x1e".encode())
+        return digest.hexdigest()
+
+    def native_size(self, sample: int = 16) -> tuple[int, int] | None:
+        """The common (width, height) of the first training images, or None if they differ."""
+        sizes = {ex.load().size for ex in self.train[:sample]}
+        return sizes.pop() if len(sizes) == 1 else None
+
+
+# -- reading folders -----------------------------------------------------------------------------------------
+
+
+def read_image_folder(root: Path, classes: Sequence[str] | None = None, *, what: str = "--train") -> tuple[
+        tuple[str, ...], tuple[Example, ...]]:
+    """``root/<class>/<image>`` as examples. With ``classes`` (from the training folder), every class folder
+    in ``root`` must be one of them; labels index into that list."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SgidError(f"{what} folder not found: {root}")
+    listing = scan(root)
+    names = tuple(classes) if classes is not None else listing.classes
+    unknown = sorted(set(listing.classes) - set(names))
+    if unknown:
+        raise SgidError(f"{what} {root} has classes that are not in the training set: {', '.join(unknown[:10])}")
+    index = {name: i for i, name in enumerate(names)}
+    examples = tuple(
+        Example(key=s.relpath, label=index[s.class_name], load=FileImage(s.path)) for s in listing.sources
+    )
+    return names, examples
+
+
+def read_generated(directory: Path, classes: Sequence[str], *, tag: str | None = None) -> tuple[Example, ...]:
+    """The generated images of an ``sgid augment`` output folder, from its metadata.jsonl.
+
+    Rows with method ``original`` are copies of real images and are skipped (the real training set has them).
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        raise SgidError(f"--generated {directory} has no {MANIFEST}; expected the output folder of sgid augment")
+    index = {name: i for i, name in enumerate(classes)}
+    tag = tag or directory.name
+    examples: list[Example] = []
+    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            file_name, label = row["file_name"], row["label"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise SgidError(f"{manifest}, line {number}: not a metadata row with file_name and label") from None
+        if row.get("method") == ORIGINAL_METHOD:
+            continue
+        if label not in index:
+            raise SgidError(f"{manifest}, line {number}: class {label!r} is not in the training set")
+        path = directory / file_name
+        if not path.is_file():
+            raise SgidError(f"{manifest}, line {number}: image {file_name} is missing")
+        examples.append(Example(key=f"{tag}:{file_name}", label=index[label], load=FileImage(path),
+                                source=row.get("source"), generated=True))
+    return tuple(examples)
+
+
+def generated_input_dir(directory: Path) -> str | None:
+    """The input folder an ``sgid augment`` run was made from (run.json's config.input_dir), if recorded."""
+    try:
+        run = json.loads((Path(directory) / RUN_FILE).read_text(encoding="utf-8"))
+        value = run.get("config", {}).get("input_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def check_links(generated: Sequence[Example], train: Sequence[Example], directory: Path) -> None:
+    """Fail if a generated folder has sources but none of them is a training image (wrong --train)."""
+    sourced = [ex for ex in generated if ex.source is not None]
+    if not sourced:
+        return
+    keys = {ex.key for ex in train}
+    if not any(ex.source in keys for ex in sourced):
+        made_from = generated_input_dir(directory)
+        hint = f" (it was made from {made_from})" if made_from else ""
+        raise SgidError(f"none of the generated images in {directory} come from the training images{hint}; "
+                        f"their 'source' paths must be relative to --train")
+
+
+# -- subsets -------------------------------------------------------------------------------------------------
+
+
+def by_class(examples: Iterable[Example]) -> dict[int, list[Example]]:
+    groups: dict[int, list[Example]] = defaultdict(list)
+    for ex in examples:
+        groups[ex.label].append(ex)
+    return dict(sorted(groups.items()))
+
+
+def k_shot(examples: Sequence[Example], k: int, seed: int) -> tuple[Example, ...]:
+    """``k`` examples of every class, drawn with ``seed``; a class with fewer than ``k`` is an error."""
+    if k < 1:
+        raise SgidError(f"--shots must be at least 1, got {k}")
+    rng = np.random.default_rng(seed)
+    chosen: list[Example] = []
+    for label, group in by_class(examples).items():
+        if len(group) < k:
+            raise SgidError(f"class {label} has {len(group)} training images, fewer than --shots {k}")
+        chosen.extend(group[i] for i in sorted(rng.choice(len(group), size=k, replace=False)))
+    return tuple(chosen)
+
+
+def fraction_subset(examples: Sequence[Example], fraction: float, seed: int) -> tuple[Example, ...]:
+    """``round(fraction · n_c)`` examples of every class (at least one), drawn with ``seed``."""
+    if not 0 < fraction <= 1:
+        raise SgidError(f"--fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng(seed)
+    chosen: list[Example] = []
+    for group in by_class(examples).values():
+        size = max(1, int(round(fraction * len(group))))
+        chosen.extend(group[i] for i in sorted(rng.choice(len(group), size=size, replace=False)))
+    return tuple(chosen)
+
+
+def stratified_split(examples: Sequence[Example], held_out: float, seed: int) -> tuple[
+        tuple[Example, ...], tuple[Example, ...]]:
+    """Split into (kept, held out) with ``held_out`` of every class (at least one, if the class has two)."""
+    rng = np.random.default_rng(seed)
+    kept: list[Example] = []
+    out: list[Example] = []
+    for group in by_class(examples).values():
+        size = min(len(group) - 1, max(1, int(round(held_out * len(group)))))
+        picked = set(rng.choice(len(group), size=size, replace=False).tolist())
+        for i, ex in enumerate(group):
+            (out if i in picked else kept).append(ex)
+    return tuple(kept), tuple(out)
+
+
+def linked_generated(generated: Sequence[Example], train: Sequence[Example]) -> tuple[Example, ...]:
+    """The generated examples usable with ``train``: those whose source is a training image, and those
+    without a source whose class is in the training set."""
+    keys = {ex.key for ex in train}
+    labels = {ex.label for ex in train}
+    return tuple(
+        ex for ex in generated if (ex.source in keys if ex.source is not None else ex.label in labels)
+    )
+
+
+def export_image_folder(examples: Sequence[Example], out: Path) -> int:
+    """Write examples as ``out/<key>`` PNGs (keys are "<class>/<file>.png") so ``sgid augment`` can read them."""
+    out = Path(out)
+    for ex in examples:
+        path = out / ex.key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ex.load().save(path, format="PNG")
+    return len(examples)
+
+
+def dataset_name(train: Path) -> str:
+    """A column name from the training folder: ``pets/train`` → ``pets``, ``pets_train`` → ``pets_train``."""
+    train = Path(train).resolve()
+    return train.parent.name if train.name.lower() in ("train", "training", "trainval") else train.name
+
+
+def load_folder_dataset(
+    train: str | Path,
+    test: str | Path,
+    *,
+    val: str | Path | None = None,
+    generated: Sequence[str | Path] = (),
+    name: str | None = None,
+) -> EvalData:
+    """An evaluation dataset from image folders and ``sgid augment`` output folders."""
+    classes, train_examples = read_image_folder(Path(train), what="--train")
+    _, test_examples = read_image_folder(Path(test), classes, what="--test")
+    val_examples = read_image_folder(Path(val), classes, what="--val")[1] if val is not None else ()
+    return attach_generated(
+        EvalData(name or dataset_name(Path(train)), classes, train_examples, test_examples, val_examples), generated
+    )
+
+
+def attach_generated(data: EvalData, directories: Sequence[str | Path]) -> EvalData:
+    """``data`` with the generated images of ``directories`` (each must link to the training images)."""
+    if not directories:
+        return data
+    tags = [Path(d).name for d in directories]
+    if len(set(tags)) != len(tags):
+        tags = [f"{i}-{tag}" for i, tag in enumerate(tags)]
+    found: list[Example] = []
+    for directory, tag in zip(directories, tags, strict=True):
+        examples = read_generated(Path(directory), data.classes, tag=tag)
+        check_links(examples, data.train, Path(directory))
+        found.extend(examples)
+    return EvalData(data.name, data.classes, data.train, data.test, data.val, tuple(found))

@@ -1,0 +1,167 @@
+"""results.json, results.md (rows = methods, columns = datasets + Avg, like the paper's table 1) and plots.
+
+Accuracies are stored as fractions and shown as percentages. A cell reads ``mean ± std`` over the seeds, followed
+by ``*`` when the method beats the baseline with p < 0.05 (paired t-test over seeds), or ``†`` when it is
+significantly worse (the paper marks only gains; a harness that reports honestly marks both).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sgid.evaluate.stats import ALPHA, AVG, RunRecord, Summary
+
+MAX_CLASSES_IN_MARKDOWN = 20
+
+
+def results_json(protocol: dict[str, Any], records: Sequence[RunRecord], summary: Sequence[Summary]) -> dict[str, Any]:
+    return {
+        "protocol": protocol,
+        "runs": [r.to_json() for r in records],
+        "summary": [s.to_json() for s in summary],
+    }
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _cell(s: Summary | None) -> str:
+    if s is None:
+        return "–"
+    if s.reference or s.std is None:
+        return f"{_pct(s.mean)}{s.mark}"
+    return f"{_pct(s.mean)} ± {_pct(s.std)}{s.mark}"
+
+
+def _p_cell(s: Summary | None) -> str:
+    if s is None or s.delta is None:
+        return "–"
+    p = "p n/a" if s.p_value is None else f"p={s.p_value:.3g}"
+    return f"{100 * s.delta:+.2f} ({p}){s.mark}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return lines
+
+
+def _rows(summary: Sequence[Summary]) -> tuple[list[str], list[tuple[str, bool]], dict[tuple[str, str], Summary]]:
+    datasets = list(dict.fromkeys(s.dataset for s in summary if s.dataset != AVG))
+    variants = list(dict.fromkeys((s.variant, s.reference) for s in summary))
+    variants.sort(key=lambda v: v[1])  # reference rows last
+    cells = {(s.variant, s.dataset): s for s in summary}
+    return datasets, variants, cells
+
+
+def results_markdown(title: str, protocol: dict[str, Any], summary: Sequence[Summary],
+                     records: Sequence[RunRecord]) -> str:
+    datasets, variants, cells = _rows(summary)
+    labels = {s.variant: s.label + (" (reference)" if s.reference else "") for s in summary}
+    seeds = sorted({r.seed for r in records if not r.reference})
+    lines = [f"# {title}", ""]
+    lines.append(
+        f"Test accuracy (%), mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
+        f"({', '.join(map(str, seeds))}); every method uses the same seeds, so runs pair up. "
+        f"`*`: better than the baseline with p < {ALPHA:g}, `†`: worse with p < {ALPHA:g} "
+        f"(paired t-test over seeds, scipy.stats.ttest_rel)."
+    )
+    lines.append("")
+    header = ["Method", *datasets, "Avg."]
+    lines += _table(header, [[labels[v], *(_cell(cells.get((v, d))) for d in [*datasets, AVG])] for v, _ in variants])
+    lines += ["", "## Difference to the baseline", "",
+              "Percentage points (mean over paired seeds) and the paired t-test p-value.", ""]
+    lines += _table(header, [[labels[v], *(_p_cell(cells.get((v, d))) for d in [*datasets, AVG])]
+                             for v, ref in variants if v != "baseline" and not ref])
+    for dataset in datasets:
+        rows = [cells[(v, dataset)] for v, _ in variants if (v, dataset) in cells]
+        classes = list(rows[0].per_class) if rows else []
+        if not classes:
+            continue
+        lines += ["", f"## Per-class accuracy: {dataset}", ""]
+        if len(classes) > MAX_CLASSES_IN_MARKDOWN:
+            lines.append(f"{len(classes)} classes: see results.json (summary → per_class) and "
+                         f"plots/per_class_{dataset}.png.")
+            continue
+        lines += _table(["Method", *classes], [[labels[s.variant], *(_pct(s.per_class.get(c), 1) for c in classes)]
+                                                for s in rows])
+    lines += ["", "## Settings", ""]
+    lines += [f"- {key}: {value}" for key, value in protocol.items() if value not in (None, {}, [], "")]
+    lines.append("")
+    return "\n".join(lines)
+
+
+# -- plots ---------------------------------------------------------------------------------------------------
+
+
+def _figure(width: float = 7.0, height: float = 4.0) -> Any:
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend (Agg canvas)
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_per_class(summary: Sequence[Summary], dataset: str, path: Path) -> Path | None:
+    rows = [s for s in summary if s.dataset == dataset and s.per_class]
+    if not rows:
+        return None
+    classes = list(rows[0].per_class)
+    figure = _figure(max(7.0, 0.35 * len(classes) * min(len(rows), 4)), 4.5)
+    axes = figure.subplots()
+    many = len(classes) > MAX_CLASSES_IN_MARKDOWN
+    width = 0.8 / len(rows)
+    for i, s in enumerate(rows):
+        values = [100 * (s.per_class.get(c) or 0.0) for c in classes]
+        if many:
+            axes.plot(range(len(classes)), values, marker=".", linewidth=0.8, label=s.label)
+        else:
+            axes.bar([x + (i - (len(rows) - 1) / 2) * width for x in range(len(classes))], values, width,
+                     label=s.label)
+    axes.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 10 else 0, fontsize=7)
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(f"Per-class test accuracy, {dataset} (mean over seeds)")
+    axes.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def plot_proportion_sweep(summary: Sequence[Summary], dataset: str, path: Path) -> Path | None:
+    """Accuracy against the proportion p for every method/mix swept over at least two values (004, fig. 3)."""
+    sweeps: dict[tuple[str, str], list[Summary]] = defaultdict(list)
+    for s in summary:
+        if s.dataset == dataset and s.proportion is not None and s.mix is not None:
+            sweeps[(s.method, s.mix)].append(s)
+    sweeps = {k: sorted(v, key=lambda s: s.proportion or 0.0) for k, v in sweeps.items() if len(v) > 1}
+    if not sweeps:
+        return None
+    figure = _figure()
+    axes = figure.subplots()
+    for (method, mix), rows in sweeps.items():
+        axes.errorbar([s.proportion for s in rows], [100 * s.mean for s in rows],
+                      yerr=[100 * (s.std or 0.0) for s in rows], marker="o", capsize=3, label=f"{method} [{mix}]")
+    baseline = next((s for s in summary if s.dataset == dataset and s.variant == "baseline"), None)
+    if baseline is not None:
+        axes.axhline(100 * baseline.mean, color="gray", linestyle="--", label="baseline (real only)")
+        if baseline.std:
+            axes.axhspan(100 * (baseline.mean - baseline.std), 100 * (baseline.mean + baseline.std), color="gray",
+                         alpha=0.15)
+    axes.set_xlabel("proportion p of generated images")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(f"Accuracy vs p, {dataset} (mean ± std over seeds)")
+    axes.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def write_plots(summary: Sequence[Summary], out: Path) -> list[Path]:
+    datasets = list(dict.fromkeys(s.dataset for s in summary if s.dataset != AVG))
+    written: list[Path | None] = []
+    for dataset in datasets:
+        written.append(plot_per_class(summary, dataset, out / "plots" / f"per_class_{dataset}.png"))
+        written.append(plot_proportion_sweep(summary, dataset, out / "plots" / f"accuracy_vs_p_{dataset}.png"))
+    return [p for p in written if p is not None]

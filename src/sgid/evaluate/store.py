@@ -1,0 +1,151 @@
+"""The output folder of ``sgid evaluate``: resumable, one file per finished run.
+
+Layout of OUT::
+
+    evaluation.json                          the protocol (backbone, recipe, subsets …) and package versions
+    runs/<dataset>/<variant>/seed<k>.json    one finished run each, written atomically
+    runs/<dataset>/<variant>/lr_search.json  validation accuracy per learning rate, when the lr is searched
+    models/<dataset>/<variant>/seed<k>/      classifier.safetensors + classifier.json (--save-models)
+    results.json, results.md, plots/         rebuilt from runs/ after every evaluation
+
+A run counts as finished only when its JSON file exists (written to a temporary file, then renamed), so an
+interrupted sweep resumes by skipping exactly the finished runs; half-done training is redone. Resuming with a
+different protocol is refused (the numbers would not be comparable) unless ``overwrite``, which removes only
+what sgid evaluate wrote.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+from pathlib import Path
+from typing import IO, Any
+
+from sgid.errors import RunDirError
+from sgid.evaluate.stats import RunRecord
+from sgid.runstore import atomic_write, identity_hash
+
+PROTOCOL_FILE = "evaluation.json"
+LOCK = ".sgid-evaluate-lock"
+OUTPUTS = ("runs", "models", "plots", "results.json", "results.md", PROTOCOL_FILE)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path} is unreadable ({exc}); delete it to redo that part") from None
+
+
+class EvaluationStore:
+    def __init__(self, out: Path, protocol: dict[str, Any], *, overwrite: bool = False,
+                 info: dict[str, Any] | None = None) -> None:
+        self.out = Path(out)
+        self.protocol = protocol
+        self.overwrite = overwrite
+        self.info = info or {}
+        self._lock: IO[str] | None = None
+
+    def open(self) -> EvaluationStore:
+        if self.out.exists() and not self.out.is_dir():
+            raise RunDirError(f"--out {self.out} exists and is not a folder")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.out / LOCK, "a")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunDirError(
+                f"another sgid evaluate is writing to {self.out}; wait for it or use another --out"
+            ) from None
+        protocol_file = self.out / PROTOCOL_FILE
+        if protocol_file.exists():
+            previous = _read_json(protocol_file)
+            if previous.get("protocol_sha256") != identity_hash(self.protocol):
+                if not self.overwrite:
+                    changed = sorted(k for k in {*self.protocol, *previous.get("protocol", {})}
+                                     if self.protocol.get(k) != previous.get("protocol", {}).get(k))
+                    raise RunDirError(
+                        f"{self.out} holds an evaluation with different settings ({', '.join(changed)}); rerun with "
+                        f"the same settings to resume, choose another --out, or pass --overwrite"
+                    )
+                self.clear()
+        elif any(p.name != LOCK for p in self.out.iterdir()):
+            raise RunDirError(f"{self.out} is not empty and holds no sgid evaluation ({PROTOCOL_FILE}); "
+                              f"choose an empty or new folder")
+        if not protocol_file.exists():
+            _write_json(protocol_file, {"protocol": self.protocol, "protocol_sha256": identity_hash(self.protocol),
+                                        **self.info})
+        return self
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> EvaluationStore:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def clear(self) -> None:
+        """Remove what sgid evaluate wrote (never other files)."""
+        for name in OUTPUTS:
+            path = self.out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    # -- runs ------------------------------------------------------------------------------------------------
+    def run_path(self, dataset: str, variant: str, seed: int) -> Path:
+        return self.out / "runs" / dataset / variant / f"seed{seed}.json"
+
+    def model_dir(self, dataset: str, variant: str, seed: int) -> Path:
+        return self.out / "models" / dataset / variant / f"seed{seed}"
+
+    def finished(self, dataset: str, variant: str, seed: int, fingerprint: str) -> RunRecord | None:
+        """The finished run, if any; a run made from other data is an error (the same --out, other files)."""
+        path = self.run_path(dataset, variant, seed)
+        if not path.exists():
+            return None
+        record = RunRecord.from_json(_read_json(path))
+        if record.details.get("data_fingerprint") != fingerprint:
+            raise RunDirError(f"{path} was made from different data for dataset {dataset!r}; use another --out, "
+                              f"another dataset name, or --overwrite")
+        return record
+
+    def save(self, record: RunRecord) -> None:
+        _write_json(self.run_path(record.dataset, record.variant, record.seed), record.to_json())
+
+    def records(self) -> list[RunRecord]:
+        """Every finished run in OUT, sorted by dataset, variant folder and seed."""
+        paths = sorted((self.out / "runs").glob("*/*/seed*.json"))
+        records = [RunRecord.from_json(_read_json(p)) for p in paths]
+        return sorted(records, key=lambda r: (r.dataset, r.variant, r.seed))
+
+    # -- learning-rate search ----------------------------------------------------------------------------
+    def lr_search_path(self, dataset: str, variant: str) -> Path:
+        return self.out / "runs" / dataset / variant / "lr_search.json"
+
+    def lr_search(self, dataset: str, variant: str) -> dict[str, Any] | None:
+        path = self.lr_search_path(dataset, variant)
+        return _read_json(path) if path.exists() else None
+
+    def save_lr_search(self, dataset: str, variant: str, result: dict[str, Any]) -> None:
+        _write_json(self.lr_search_path(dataset, variant), result)
+
+    def write(self, name: str, data: Any) -> Path:
+        path = self.out / name
+        if isinstance(data, str):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data.encode("utf-8"))
+        else:
+            _write_json(path, data)
+        return path
