@@ -7,8 +7,8 @@ model are never served for another:
 * ``inception``: 2048-d pool features of Inception-v3 from a local weights file (FID's standard features).
 
 :class:`FeatureStore` turns file paths into features. The key of a cached vector is the sha256 of the image
-file's bytes plus the extractor identity, so the same images filtered twice, or filtered and then measured, are
-read from ``<cache dir>/features.sqlite`` instead of being run through the model again.
+file's bytes plus the extractor identity, so the same images filtered twice, or filtered and then measured,
+are read from ``<cache dir>/features.sqlite`` instead of being run through the model again.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class TextEmbedder(Protocol):
     def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-# -- extractors -------------------------------------------------------------------------------------------------
+# -- extractors ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExtractorOptions:
     """What building an extractor may need; the CLIP scorer is loaded only when asked for."""
@@ -99,8 +99,9 @@ class InceptionFeatures:
     FID_CLASSES = 1008
     IMAGE_SIZE = 299
 
-    def __init__(self, model: Any, identity: str, fid_network: bool, device: str = "cpu",
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self, model: Any, identity: str, fid_network: bool, device: str = "cpu", batch_size: int = 32
+    ) -> None:
         self.model = model
         self.identity = identity
         self.fid_network = fid_network
@@ -139,7 +140,9 @@ class InceptionFeatures:
                 from torchmetrics.image.fid import NoTrainInceptionV3
 
                 model = NoTrainInceptionV3(
-                    name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path)
+                    name="inception-v3-compat",
+                    features_list=["2048"],
+                    feature_extractor_weights_path=str(path),
                 )
             except ModuleNotFoundError:
                 raise MissingDependencyError(
@@ -149,13 +152,19 @@ class InceptionFeatures:
             return cls(model.to(device).eval(), f"inception-fid:{digest}", True, device)
         from torchvision.models.inception import Inception3
 
-        network = Inception3(num_classes=int(fc.shape[0]), aux_logits=any(k.startswith("AuxLogits") for k in state),
-                             transform_input=True, init_weights=False)
+        network = Inception3(
+            num_classes=int(fc.shape[0]),
+            aux_logits=any(k.startswith("AuxLogits") for k in state),
+            transform_input=True,
+            init_weights=False,
+        )
         try:
             network.load_state_dict(state)
         except RuntimeError as exc:
-            raise SgidError(f"--inception-weights {path} does not fit torchvision's inception_v3 "
-                            f"({str(exc).splitlines()[0]})") from None
+            raise SgidError(
+                f"--inception-weights {path} does not fit torchvision's inception_v3 "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
         network.fc = torch.nn.Identity()  # the 2048-d average-pooled features
         return cls(network.to(device).eval(), f"inception-torchvision:{digest}", False, device)
 
@@ -169,15 +178,23 @@ class InceptionFeatures:
                 chunk = images[start : start + self.batch_size]
                 if self.fid_network:  # uint8 in, resized to 299 by the network itself
                     size = (self.IMAGE_SIZE, self.IMAGE_SIZE)
-                    batch = torch.stack([pil_to_tensor(image.resize(size, Image.Resampling.BILINEAR))
-                                         for image in chunk])
+                    batch = torch.stack(
+                        [pil_to_tensor(image.resize(size, Image.Resampling.BILINEAR)) for image in chunk]
+                    )
                 else:  # torchvision's preprocessing for its ImageNet weights
-                    batch = torch.stack([
-                        normalize(resize(pil_to_tensor(image), [self.IMAGE_SIZE, self.IMAGE_SIZE],
-                                         antialias=True).float() / 255.0,
-                                  [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-                        for image in chunk
-                    ])
+                    batch = torch.stack(
+                        [
+                            normalize(
+                                resize(
+                                    pil_to_tensor(image), [self.IMAGE_SIZE, self.IMAGE_SIZE], antialias=True
+                                ).float()
+                                / 255.0,
+                                [0.485, 0.456, 0.406],
+                                [0.229, 0.224, 0.225],
+                            )
+                            for image in chunk
+                        ]
+                    )
                 parts.append(self.model(batch.to(self.device)).float().cpu().numpy())
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 2048), np.float32)
 
@@ -192,8 +209,10 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
             return dict(load_file(str(path)))
         state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file we can read"
-        raise SgidError(f"--inception-weights {path} is not a readable weights file "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise SgidError(
+            f"--inception-weights {path} is not a readable weights file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -219,7 +238,7 @@ def build_extractor(name: str, options: ExtractorOptions) -> FeatureExtractor:
     return FEATURES.get(name).create(options)
 
 
-# -- the CLIP scorer ---------------------------------------------------------------------------------------------
+# -- the CLIP scorer -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClipChoice:
     """Which CLIP model to load, where, in which precision (resolved before anything is loaded)."""
@@ -234,20 +253,32 @@ class ClipChoice:
         return f"{self.ref.name}@{self.ref.path}:{str(self.dtype).removeprefix('torch.')}"
 
 
-def choose_clip(run_models: Mapping[str, str], run_preset: str | None, *, models: str | None = None,
-                scorer: str | None = None, device: str | None = None, dtype: str | None = None,
-                cache_dir: Path | None = None) -> ClipChoice:
+def choose_clip(
+    run_models: Mapping[str, str],
+    run_preset: str | None,
+    *,
+    models: str | None = None,
+    scorer: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    cache_dir: Path | None = None,
+) -> ClipChoice:
     """The CLIP model for a command reading a run: ``--scorer``, else the ``--models`` preset's, else the one
     the run itself used (so a ``--models tiny`` run is filtered with tiny CLIP without saying so again)."""
     from sgid.models.loading import default_cache_dir, resolve_device, resolve_dtype, resolve_models
 
     if scorer is None and models is None:
         scorer = run_models.get("scorer")
-    choice = resolve_models(models or run_preset or "default", cache_dir=cache_dir or default_cache_dir(),
-                            scorer=scorer)
+    choice = resolve_models(
+        models or run_preset or "default", cache_dir=cache_dir or default_cache_dir(), scorer=scorer
+    )
     resolved_device = resolve_device(device or "auto")
-    return ClipChoice(choice.scorer, choice.scorer.name.startswith("tiny:"), resolved_device,
-                      resolve_dtype(dtype or "auto", resolved_device))
+    return ClipChoice(
+        choice.scorer,
+        choice.scorer.name.startswith("tiny:"),
+        resolved_device,
+        resolve_dtype(dtype or "auto", resolved_device),
+    )
 
 
 def load_clip(choice: ClipChoice) -> tuple[Any, str]:
@@ -279,8 +310,9 @@ class ClipModels:
     @property
     def images(self) -> FeatureStore:
         if self._images is None:
-            self._images = FeatureStore(ClipImageFeatures(*self.scorer()), self.cache, quiet=self.quiet,
-                                        label="CLIP features")
+            self._images = FeatureStore(
+                ClipImageFeatures(*self.scorer()), self.cache, quiet=self.quiet, label="CLIP features"
+            )
         return self._images
 
     @property
@@ -294,7 +326,7 @@ class ClipModels:
         return (self._images.computed, self._images.reused) if self._images else (0, 0)
 
 
-# -- text -------------------------------------------------------------------------------------------------------
+# -- text ----------------------------------------------------------------------------------------------------
 class ClipTexts:
     """Unit-norm CLIP text embeddings as numpy, each distinct text encoded once per call."""
 
@@ -319,7 +351,7 @@ def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(norms > 0, (a * b).sum(axis=1) / norms, np.nan)
 
 
-# -- cache and store --------------------------------------------------------------------------------------------
+# -- cache and store -----------------------------------------------------------------------------------------
 class FeatureCache:
     """Vectors by (extractor identity, image sha256) in SQLite: one file, safe across processes and kill -9.
 
@@ -364,8 +396,10 @@ class FeatureCache:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT OR REPLACE INTO features (extractor, sha256, dim, vector) VALUES (?, ?, ?, ?)",
-                [(extractor, sha, int(v.shape[0]), np.ascontiguousarray(v, np.float32).tobytes())
-                 for sha, v in vectors.items()],
+                [
+                    (extractor, sha, int(v.shape[0]), np.ascontiguousarray(v, np.float32).tobytes())
+                    for sha, v in vectors.items()
+                ],
             )
 
     def close(self) -> None:
@@ -376,10 +410,17 @@ class FeatureCache:
 
 class FeatureStore:
     """Paths to features: hash each file, serve known hashes from memory or the cache, extract the rest in
-    batches of ``batch_size`` and cache them. ``computed`` / ``reused`` count distinct images, for the reports."""
+    batches of ``batch_size`` and cache them. ``computed`` / ``reused`` count distinct images (reports)."""
 
-    def __init__(self, extractor: FeatureExtractor, cache: FeatureCache | None = None, *, batch_size: int = 32,
-                 quiet: bool = True, label: str = "features") -> None:
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        cache: FeatureCache | None = None,
+        *,
+        batch_size: int = 32,
+        quiet: bool = True,
+        label: str = "features",
+    ) -> None:
         self.extractor = extractor
         self.cache = cache or FeatureCache(None)
         self.batch_size = batch_size
@@ -426,8 +467,9 @@ class FeatureStore:
             if sha is not None and sha not in self._memo:
                 missing.setdefault(sha, Path(path))
         errors.update(self._compute(missing, hashes))
-        self._reused.update(h for i, h in enumerate(hashes)
-                            if h is not None and i not in errors and h not in self._computed)
+        self._reused.update(
+            h for i, h in enumerate(hashes) if h is not None and i not in errors and h not in self._computed
+        )
         return self._assemble(hashes, errors), errors
 
     def _compute(self, missing: dict[str, Path], hashes: Sequence[str | None]) -> dict[int, str]:

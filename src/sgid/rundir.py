@@ -83,11 +83,15 @@ class RunDir:
     def require_source_dir(self, why: str) -> Path:
         """The real input folder, or a one-line error saying how to point at it."""
         if self.source_dir is None:
-            raise SgidError(f"{why} needs the real images, but {self.path / RUN_FILE} names no input folder; "
-                            f"pass --source-dir")
+            raise SgidError(
+                f"{why} needs the real images, but {self.path / RUN_FILE} names no input folder; "
+                f"pass --source-dir"
+            )
         if not self.source_dir.is_dir():
-            raise SgidError(f"{why} needs the real images, but the run's input folder {self.source_dir} is gone; "
-                            f"pass --source-dir where they are now")
+            raise SgidError(
+                f"{why} needs the real images, but the run's input folder {self.source_dir} is gone; "
+                f"pass --source-dir where they are now"
+            )
         return self.source_dir
 
 
@@ -102,8 +106,9 @@ def read_run_dir(path: str | Path, *, source_dir: str | Path | None = None) -> R
     if not manifest.is_file():
         raise SgidError(f"{root} is not an sgid augment run: it has no {MANIFEST}")
     info = _read_run_info(root / RUN_FILE)
+    resolved_source: Path | None
     if source_dir is not None:
-        resolved_source: Path | None = Path(source_dir).expanduser()
+        resolved_source = Path(source_dir).expanduser()
         if not resolved_source.is_dir():
             raise SgidError(f"--source-dir {source_dir} is not a folder")
     else:
@@ -132,8 +137,10 @@ def check_sources(entries: Iterable[Entry]) -> None:
                 f"source image {source_path} not found; pass --source-dir where the real images are"
             ) from None
         if expected and sha256_bytes(data) != expected:
-            raise SgidError(f"source image {source_path} differs from the one the run augmented (sha256); "
-                            f"pass --source-dir with the original data")
+            raise SgidError(
+                f"source image {source_path} differs from the one the run augmented (sha256); "
+                f"pass --source-dir with the original data"
+            )
 
 
 def _unusable_sources(path: Path) -> frozenset[str]:

@@ -1,5 +1,6 @@
-"""``sgid filter RUN_DIR --filters label,prompt,... --out OUT``: judge every generated image of an augment run,
-record each filter's score and decision, and write the kept images as a new dataset (nothing is deleted)."""
+"""``sgid filter RUN_DIR --filters label,prompt,... --out OUT``: judge every generated image of an augment
+run, record each filter's score and decision, and write the kept images as a new dataset (nothing is
+deleted)."""
 
 from __future__ import annotations
 
@@ -15,31 +16,72 @@ FILTER_NAMES = "label, prompt, original, threshold, best_of_k, realfake, confide
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("filter", help=HELP, description=__doc__)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of sgid augment (metadata.jsonl + images)")
-    p.add_argument("--filters", required=True, help=f"comma-separated, applied in this order: {FILTER_NAMES}; "
-                   "each decides only about the images the earlier ones kept")
-    p.add_argument("--out", "-o", required=True, help="output folder: kept images (imagefolder), decisions.jsonl, "
-                   "report.json/.md; a previous sgid filter output there is replaced")
-    p.add_argument("--source-dir", help="where the run's real input images are now [default: run.json's input]")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="output folder of sgid augment (metadata.jsonl + images)"
+    )
+    p.add_argument(
+        "--filters",
+        required=True,
+        help=f"comma-separated, applied in this order: {FILTER_NAMES}; "
+        "each decides only about the images the earlier ones kept",
+    )
+    p.add_argument(
+        "--out",
+        "-o",
+        required=True,
+        help="output folder: kept images (imagefolder), decisions.jsonl, "
+        "report.json/.md; a previous sgid filter output there is replaced",
+    )
+    p.add_argument(
+        "--source-dir", help="where the run's real input images are now [default: run.json's input]"
+    )
     rules = p.add_argument_group("filter settings")
-    rules.add_argument("--label-template", default="a photo of a {label}",
-                       help="label: zero-shot prompt per class [default: 'a photo of a {label}']")
-    rules.add_argument("--threshold", type=float, help="threshold: lowest CLIP similarity to the source image to "
-                       "keep, in [-1, 1] (required with the threshold filter)")
-    rules.add_argument("--keep", type=int, default=1, help="best_of_k: augmentations kept per source [default: 1]")
-    rules.add_argument("--rank-by", default="original", help="best_of_k: the filter whose score ranks them: "
-                       "original, prompt, label, threshold, realfake, confidence [default: original]")
+    rules.add_argument(
+        "--label-template",
+        default="a photo of a {label}",
+        help="label: zero-shot prompt per class [default: 'a photo of a {label}']",
+    )
+    rules.add_argument(
+        "--threshold",
+        type=float,
+        help="threshold: lowest CLIP similarity to the source image to "
+        "keep, in [-1, 1] (required with the threshold filter)",
+    )
+    rules.add_argument(
+        "--keep", type=int, default=1, help="best_of_k: augmentations kept per source [default: 1]"
+    )
+    rules.add_argument(
+        "--rank-by",
+        default="original",
+        help="best_of_k: the filter whose score ranks them: "
+        "original, prompt, label, threshold, realfake, confidence [default: original]",
+    )
     rules.add_argument("--folds", type=int, default=5, help="realfake: cross-validation folds [default: 5]")
-    rules.add_argument("--real-threshold", type=float, default=0.5,
-                       help="realfake: keep when the out-of-fold P(real) is at least this [default: 0.5]")
-    rules.add_argument("--classifier", type=Path, help="confidence: a classifier trained on the real data, saved "
-                       "by sgid evaluate --save-models")
-    rules.add_argument("--confidence-threshold", type=float, default=0.5, help="confidence: reject when the "
-                       "classifier's top class is another one with at least this probability [default: 0.5]")
-    rules.add_argument("--seed", type=int, default=0, help="realfake: seed of the fold assignment [default: 0]")
+    rules.add_argument(
+        "--real-threshold",
+        type=float,
+        default=0.5,
+        help="realfake: keep when the out-of-fold P(real) is at least this [default: 0.5]",
+    )
+    rules.add_argument(
+        "--classifier",
+        type=Path,
+        help="confidence: a classifier trained on the real data, saved by sgid evaluate --save-models",
+    )
+    rules.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="confidence: reject when the "
+        "classifier's top class is another one with at least this probability [default: 0.5]",
+    )
+    rules.add_argument(
+        "--seed", type=int, default=0, help="realfake: seed of the fold assignment [default: 0]"
+    )
     add_model_options(p)
-    p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="do not read or write the image-feature cache")
+    p.add_argument(
+        "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
     p.set_defaults(run=run)
 
@@ -48,13 +90,28 @@ def run(args: argparse.Namespace) -> int:
     from sgid.filters import FilterOptions, filter_run
 
     options = FilterOptions(
-        threshold=args.threshold, keep=args.keep, rank_by=args.rank_by, folds=args.folds,
-        real_threshold=args.real_threshold, classifier=args.classifier,
-        confidence_threshold=args.confidence_threshold, label_template=args.label_template, seed=args.seed,
+        threshold=args.threshold,
+        keep=args.keep,
+        rank_by=args.rank_by,
+        folds=args.folds,
+        real_threshold=args.real_threshold,
+        classifier=args.classifier,
+        confidence_threshold=args.confidence_threshold,
+        label_template=args.label_template,
+        seed=args.seed,
     )
     filter_run(
-        args.run_dir, args.out, args.filters, options=options, source_dir=args.source_dir, models=args.models,
-        scorer=args.scorer, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, cache=args.cache,
+        args.run_dir,
+        args.out,
+        args.filters,
+        options=options,
+        source_dir=args.source_dir,
+        models=args.models,
+        scorer=args.scorer,
+        device=args.device,
+        dtype=args.dtype,
+        cache_dir=args.cache_dir,
+        cache=args.cache,
         quiet=args.quiet,
     )
     return 0

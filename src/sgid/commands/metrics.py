@@ -1,5 +1,5 @@
-"""``sgid metrics RUN_DIR --out OUT``: how far an augment run's generated images sit from the real data, overall
-and per class: similarity to the originals (paper figure 3), diversity, CLIP score, FID and KID."""
+"""``sgid metrics RUN_DIR --out OUT``: how far an augment run's generated images sit from the real data,
+overall and per class: similarity to the originals (paper figure 3), diversity, CLIP score, FID and KID."""
 
 from __future__ import annotations
 
@@ -14,22 +14,41 @@ HELP = "measure generated vs real images: similarity, diversity, CLIP score, FID
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("metrics", help=HELP, description=__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of sgid augment (or of sgid filter)")
-    p.add_argument("--out", "-o", required=True, help="output folder: metrics.json, metrics.md, images.jsonl, plots/")
-    p.add_argument("--reference", metavar="REAL_DIR", help="real images, one subfolder per class, for FID and KID "
-                   "[default: the run's input folder]")
-    p.add_argument("--source-dir", help="where the run's real input images are now [default: run.json's input]")
-    p.add_argument("--features", default="clip", help="features for FID and KID: clip (the scorer's image "
-                   "embeddings) or inception (needs --inception-weights) [default: clip]")
-    p.add_argument("--inception-weights", help="Inception-v3 weights file on disk: FID's "
-                   "pt_inception-2015-12-05-6726825d.pth (needs torch-fidelity) or torchvision's inception_v3")
+    p.add_argument(
+        "--out", "-o", required=True, help="output folder: metrics.json, metrics.md, images.jsonl, plots/"
+    )
+    p.add_argument(
+        "--reference",
+        metavar="REAL_DIR",
+        help="real images, one subfolder per class, for FID and KID [default: the run's input folder]",
+    )
+    p.add_argument(
+        "--source-dir", help="where the run's real input images are now [default: run.json's input]"
+    )
+    p.add_argument(
+        "--features",
+        default="clip",
+        help="features for FID and KID: clip (the scorer's image "
+        "embeddings) or inception (needs --inception-weights) [default: clip]",
+    )
+    p.add_argument(
+        "--inception-weights",
+        help="Inception-v3 weights file on disk: FID's "
+        "pt_inception-2015-12-05-6726825d.pth (needs torch-fidelity) or torchvision's inception_v3",
+    )
     p.add_argument("--kid-subsets", type=int, default=100, help="KID: random subsets averaged [default: 100]")
-    p.add_argument("--kid-subset-size", type=int, default=1000,
-                   help="KID: images per subset, capped by the smaller set [default: 1000]")
+    p.add_argument(
+        "--kid-subset-size",
+        type=int,
+        default=1000,
+        help="KID: images per subset, capped by the smaller set [default: 1000]",
+    )
     p.add_argument("--seed", type=int, default=0, help="KID subset sampling seed [default: 0]")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     add_model_options(p)
-    p.add_argument("--no-cache", dest="cache", action="store_false",
-                   help="do not read or write the image-feature cache")
+    p.add_argument(
+        "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
     p.set_defaults(run=run)
 
@@ -38,10 +57,22 @@ def run(args: argparse.Namespace) -> int:
     from sgid.metrics import metrics_run
 
     metrics_run(
-        args.run_dir, args.out, reference=args.reference, features=args.features,
-        inception_weights=args.inception_weights, source_dir=args.source_dir, models=args.models,
-        scorer=args.scorer, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, cache=args.cache,
-        kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, seed=args.seed, plots=args.plots,
+        args.run_dir,
+        args.out,
+        reference=args.reference,
+        features=args.features,
+        inception_weights=args.inception_weights,
+        source_dir=args.source_dir,
+        models=args.models,
+        scorer=args.scorer,
+        device=args.device,
+        dtype=args.dtype,
+        cache_dir=args.cache_dir,
+        cache=args.cache,
+        kid_subsets=args.kid_subsets,
+        kid_subset_size=args.kid_subset_size,
+        seed=args.seed,
+        plots=args.plots,
         quiet=args.quiet,
     )
     return 0

@@ -22,6 +22,16 @@ from sgid.filters.base import FILTERS, Filter, FilterInput, FilterOptions, Filte
 from sgid.filters.chain import ChainResult, run_chain
 
 __all__ = [
-    "FILTERS", "ChainResult", "Filter", "FilterInput", "FilterOptions", "FilterResult", "FilterSummary", "Scores",
-    "Verdict", "filter_run", "parse_filter_names", "run_chain",
+    "FILTERS",
+    "ChainResult",
+    "Filter",
+    "FilterInput",
+    "FilterOptions",
+    "FilterResult",
+    "FilterSummary",
+    "Scores",
+    "Verdict",
+    "filter_run",
+    "parse_filter_names",
+    "run_chain",
 ]

@@ -33,9 +33,11 @@ class FilterSummary:
     seconds: float
 
     def line(self) -> str:
-        return (f"kept {self.kept} of {self.generated} generated images in {self.out_dir} (decisions in "
-                f"{self.out_dir / 'decisions.jsonl'}); features computed {self.features_computed}, "
-                f"reused {self.features_reused} [{self.seconds:.1f}s]")
+        return (
+            f"kept {self.kept} of {self.generated} generated images in {self.out_dir} (decisions in "
+            f"{self.out_dir / 'decisions.jsonl'}); features computed {self.features_computed}, "
+            f"reused {self.features_reused} [{self.seconds:.1f}s]"
+        )
 
 
 class LoadedFilterModels(ClipModels):
@@ -95,22 +97,34 @@ def filter_run(
     tiny_note = None
     if loaded is None:
         root = Path(cache_dir) if cache_dir else default_cache_dir()
-        choice = choose_clip(run.models, run.models_preset, models=models, scorer=scorer, device=device,
-                             dtype=dtype, cache_dir=root)
+        choice = choose_clip(
+            run.models,
+            run.models_preset,
+            models=models,
+            scorer=scorer,
+            device=device,
+            dtype=dtype,
+            cache_dir=root,
+        )
         if choice.tiny:
             tiny_note = TINY_WARNING
             note(TINY_WARNING, quiet)
-        loaded = LoadedFilterModels(choice, FeatureCache(root / FEATURE_CACHE_FILE if cache else None),
-                                    quiet=quiet)
+        loaded = LoadedFilterModels(
+            choice, FeatureCache(root / FEATURE_CACHE_FILE if cache else None), quiet=quiet
+        )
     chain_filters: list[Filter] = [cls.create(options, loaded) for cls in classes]
     # 3. Score and decide
     chain = run_chain(chain_filters, data)
     # 4. Write
     computed, reused = _feature_counts(loaded)
     settings = {
-        "run_dir": str(run.path), "out_dir": str(out), "source_dir": str(run.source_dir) if run.source_dir else None,
-        "filters": names, "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
-        "scorer": getattr(getattr(loaded, "choice", None), "identity", None), "tiny": tiny_note,
+        "run_dir": str(run.path),
+        "out_dir": str(out),
+        "source_dir": str(run.source_dir) if run.source_dir else None,
+        "filters": names,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+        "scorer": getattr(getattr(loaded, "choice", None), "identity", None),
+        "tiny": tiny_note,
         "features": {"computed": computed, "reused": reused},
     }
     originals: dict[str, int] = {}
@@ -121,7 +135,9 @@ def filter_run(
     kept_files = {e.file_name for e, keep in zip(data.generated, chain.kept, strict=True) if keep}
     kept = [e for e in run.entries if e.is_original or e.file_name in kept_files]
     write_output(out, run, kept, chain.decision_rows(), report, report_markdown(report))
-    summary = FilterSummary(out, len(data), int(chain.kept.sum()), computed, reused, time.monotonic() - started)
+    summary = FilterSummary(
+        out, len(data), int(chain.kept.sum()), computed, reused, time.monotonic() - started
+    )
     note(summary.line(), quiet)
     return summary
 
@@ -134,8 +150,11 @@ def _filter_input(run: RunDir, needs: frozenset[str]) -> FilterInput:
         run.require_source_dir("the chosen filters")
     if "sources" in needs:
         check_sources(generated)
-    real = [s for s in scan(run.require_source_dir("realfake")).sources if s.relpath not in run.unusable_sources] \
-        if "real" in needs else []
+    real = (
+        [s for s in scan(run.require_source_dir("realfake")).sources if s.relpath not in run.unusable_sources]
+        if "real" in needs
+        else []
+    )
     return FilterInput(generated, run.classes, real)
 
 

@@ -1,12 +1,12 @@
 """What a filter is: a score for every generated image, then keep or reject for the images still in play.
 
-Filters are small classes with their models passed to the constructor (tests hand in fakes) and registered by
-name in :data:`FILTERS`; the registry key is the ``--filters`` value. :meth:`Filter.create` builds one from the
-command-line options and the shared, lazily loaded models.
+Filters are small classes with their models passed to the constructor (tests hand in fakes) and registered
+by name in :data:`FILTERS`; the registry key is the ``--filters`` value. :meth:`Filter.create` builds one
+from the command-line options and the shared, lazily loaded models.
 
 Composition (see :mod:`sgid.filters.chain`): filters run in the order given. Each *scores* every generated
-image but *decides* only about the images that all earlier filters kept (``active``), and any statistic it uses
-(a per-label mean, a best-of-k ranking, realfake's training set) is computed over those images only. So
+image but *decides* only about the images that all earlier filters kept (``active``), and any statistic it
+uses (a per-label mean, a best-of-k ranking, realfake's training set) is computed over those images only. So
 ``--filters a,b`` is the same as filtering with ``a`` and then filtering what is left with ``b``.
 """
 
@@ -109,8 +109,9 @@ class Filter(ABC):
     reads: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
-    def check_options(cls, options: FilterOptions) -> None:  # noqa: B027 - most filters have no settings
+    def check_options(cls, options: FilterOptions) -> None:
         """Raise :class:`~sgid.errors.SgidError` for bad settings (called before any model is loaded)."""
+        return None  # most filters have no settings
 
     @classmethod
     def needs(cls, options: FilterOptions) -> frozenset[str]:

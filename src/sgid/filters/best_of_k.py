@@ -54,7 +54,9 @@ class BestOfKFilter(Filter):
                 competitors[group] = competitors.get(group, 0) + 1
         reasons = [
             f"best_of_k: rank {ranks[i]} of {competitors[e.source]} augmentations of {e.source} by "
-            f"{self.ranker.name} score {scores.values[i]:.4f} (keeping {self.keep})" if reject[i] else None
+            f"{self.ranker.name} score {scores.values[i]:.4f} (keeping {self.keep})"
+            if reject[i]
+            else None
             for i, e in enumerate(data.generated)
         ]
         return Verdict(reject, reasons, {"keep": self.keep, "rank_by": self.ranker.name})

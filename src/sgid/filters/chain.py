@@ -40,8 +40,12 @@ class ChainResult:
 
     def _row(self, i: int) -> dict[str, Any]:
         entry = self.data.generated[i]
-        row: dict[str, Any] = {"file_name": entry.file_name, "label": entry.label, "source": entry.source,
-                               "k": entry.k}
+        row: dict[str, Any] = {
+            "file_name": entry.file_name,
+            "label": entry.label,
+            "source": entry.source,
+            "k": entry.k,
+        }
         for result in self.results:
             row[f"{result.name}_score"] = _number(result.scores.values[i])
             row[f"{result.name}_decision"] = (
@@ -60,7 +64,9 @@ class ChainResult:
         if not self.results:
             return "no filters"
         unscored = [
-            f"{r.name} ({r.scores.missing or 'no score'})" for r in self.results if not np.isfinite(r.scores.values[i])
+            f"{r.name} ({r.scores.missing or 'no score'})"
+            for r in self.results
+            if not np.isfinite(r.scores.values[i])
         ]
         scored = [r.name for r in self.results if np.isfinite(r.scores.values[i])]
         parts = [f"passed {', '.join(scored)}"] if scored else []

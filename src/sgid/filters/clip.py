@@ -22,9 +22,13 @@ from sgid.filters.rules import below_group_mean, below_threshold, zero_shot_marg
 @FILTERS.register("label")
 class LabelFilter(Filter):
     name = "label"
-    help = "CLIP zero-shot over 'a photo of a {label}' for every class; reject another class (paper app. B (1))"
+    help = (
+        "CLIP zero-shot over 'a photo of a {label}' for every class; reject another class (paper app. B (1))"
+    )
 
-    def __init__(self, images: ImageEmbedder, texts: TextEmbedder, template: str = "a photo of a {label}") -> None:
+    def __init__(
+        self, images: ImageEmbedder, texts: TextEmbedder, template: str = "a photo of a {label}"
+    ) -> None:
         self.images = images
         self.texts = texts
         self.template = template
@@ -58,8 +62,10 @@ class LabelFilter(Filter):
         with np.errstate(invalid="ignore"):
             reject = active & (scores.values < 0)
         reasons = [
-            f"label: CLIP zero-shot predicts {predicted[i]!r}, not {e.label!r} (margin {scores.values[i]:.4f})"
-            if reject[i] else None
+            f"label: CLIP zero-shot predicts {predicted[i]!r}, not {e.label!r} "
+            f"(margin {scores.values[i]:.4f})"
+            if reject[i]
+            else None
             for i, e in enumerate(data.generated)
         ]
         return Verdict(reject, reasons)
@@ -135,8 +141,10 @@ class ThresholdFilter(Filter):
     @classmethod
     def check_options(cls, options: FilterOptions) -> None:
         if options.threshold is None:
-            raise SgidError("the threshold filter needs --threshold T: the lowest cosine similarity to the source "
-                            "image to keep, in [-1, 1] (SGID's CIFAR-10 average is 0.85, paper figure 3)")
+            raise SgidError(
+                "the threshold filter needs --threshold T: the lowest cosine similarity to the source "
+                "image to keep, in [-1, 1] (SGID's CIFAR-10 average is 0.85, paper figure 3)"
+            )
         if not -1.0 <= options.threshold <= 1.0:
             raise SgidError(f"--threshold {options.threshold} is not a cosine similarity in [-1, 1]")
 
@@ -151,7 +159,9 @@ class ThresholdFilter(Filter):
     def decide(self, data: FilterInput, scores: Scores, active: np.ndarray) -> Verdict:
         reject = below_threshold(scores.values, self.threshold, active)
         reasons = [
-            f"threshold: similarity to the source {scores.values[i]:.4f} < {self.threshold}" if reject[i] else None
+            f"threshold: similarity to the source {scores.values[i]:.4f} < {self.threshold}"
+            if reject[i]
+            else None
             for i in range(len(data))
         ]
         return Verdict(reject, reasons, {"threshold": self.threshold})

@@ -1,6 +1,6 @@
-"""``confidence``: a classifier trained on the real data (``sgid evaluate --save-models``) judges each generated
-image; reject the images it confidently assigns to another class (top class not the label, with probability
->= ``--confidence-threshold``). Score: the probability of the image's own label.
+"""``confidence``: a classifier trained on the real data (``sgid evaluate --save-models``) judges each
+generated image; reject the images it confidently assigns to another class (top class not the label, with
+probability >= ``--confidence-threshold``). Score: the probability of the image's own label.
 """
 
 from __future__ import annotations
@@ -27,10 +27,17 @@ from sgid.images import ImageError, load_rgb
 @FILTERS.register("confidence")
 class ConfidenceFilter(Filter):
     name = "confidence"
-    help = "reject images a classifier trained on the real data (--classifier) confidently puts in another class"
+    help = (
+        "reject images a classifier trained on the real data (--classifier) confidently puts in another class"
+    )
 
-    def __init__(self, predict_proba: PredictProba, classes: Sequence[str], threshold: float = 0.5,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        predict_proba: PredictProba,
+        classes: Sequence[str],
+        threshold: float = 0.5,
+        batch_size: int = 32,
+    ) -> None:
         self.predict_proba = predict_proba
         self.classes = list(classes)
         self.threshold = threshold
@@ -39,12 +46,16 @@ class ConfidenceFilter(Filter):
     @classmethod
     def check_options(cls, options: FilterOptions) -> None:
         if options.classifier is None:
-            raise SgidError("the confidence filter needs --classifier DIR: a classifier trained on the real data "
-                            "and saved by sgid evaluate --save-models")
+            raise SgidError(
+                "the confidence filter needs --classifier DIR: a classifier trained on the real data "
+                "and saved by sgid evaluate --save-models"
+            )
         if not options.classifier.is_dir():
             raise SgidError(f"--classifier {options.classifier} is not a folder")
         if not 0.0 < options.confidence_threshold <= 1.0:
-            raise SgidError(f"--confidence-threshold {options.confidence_threshold} is not a probability in (0, 1]")
+            raise SgidError(
+                f"--confidence-threshold {options.confidence_threshold} is not a probability in (0, 1]"
+            )
 
     @classmethod
     def create(cls, options: FilterOptions, models: FilterModels) -> ConfidenceFilter:
@@ -57,17 +68,22 @@ class ConfidenceFilter(Filter):
         probs = self._probabilities(data)
         predicted, top = top_class(probs, label_index)
         own = probs[np.arange(len(data)), label_index] if len(data) else np.zeros(0)
-        return Scores(own, extra={
-            "confidence_predicted": [self.classes[i] for i in predicted],
-            "confidence_predicted_p": [float(p) for p in top],
-        })
+        return Scores(
+            own,
+            extra={
+                "confidence_predicted": [self.classes[i] for i in predicted],
+                "confidence_predicted_p": [float(p) for p in top],
+            },
+        )
 
     def _label_index(self, data: FilterInput) -> np.ndarray:
         position = {c: i for i, c in enumerate(self.classes)}
         unknown = sorted({e.label for e in data.generated} - set(position))
         if unknown:
-            raise SgidError(f"the --classifier was trained on {len(self.classes)} classes without "
-                            f"{', '.join(unknown[:5])}: train it on this dataset's real images")
+            raise SgidError(
+                f"the --classifier was trained on {len(self.classes)} classes without "
+                f"{', '.join(unknown[:5])}: train it on this dataset's real images"
+            )
         return np.array([position[e.label] for e in data.generated], dtype=np.int64)
 
     def _probabilities(self, data: FilterInput) -> np.ndarray:
@@ -81,8 +97,10 @@ class ConfidenceFilter(Filter):
                     raise SgidError(f"cannot read image {entry.path}: {exc}") from None
             probs = np.asarray(self.predict_proba(images), np.float64)
             if probs.shape != (len(images), len(self.classes)):
-                raise SgidError(f"the classifier returned probabilities of shape {probs.shape}, expected "
-                                f"({len(images)}, {len(self.classes)})")
+                raise SgidError(
+                    f"the classifier returned probabilities of shape {probs.shape}, expected "
+                    f"({len(images)}, {len(self.classes)})"
+                )
             parts.append(probs)
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)))
 
@@ -94,7 +112,9 @@ class ConfidenceFilter(Filter):
         reject = confidently_other(predicted, top, self._label_index(data), self.threshold, active)
         reasons = [
             f"confidence: the real-data classifier says {names[i]!r} (p={top[i]:.4f} >= {self.threshold}), "
-            f"not {e.label!r}" if reject[i] else None
+            f"not {e.label!r}"
+            if reject[i]
+            else None
             for i, e in enumerate(data.generated)
         ]
         return Verdict(reject, reasons, {"threshold": self.threshold})

@@ -4,7 +4,7 @@ Layout of OUT::
 
     metadata.jsonl      the kept rows of RUN_DIR/metadata.jsonl (real-image "original" rows always kept)
     <class>/<name>.png  the kept images, hard-linked to RUN_DIR's where possible
-    decisions.jsonl     one row per generated image: file_name, each filter's score and decision, decision, reason
+    decisions.jsonl     per generated image: file_name, each filter's score and decision, decision, reason
     report.json         counts per class and per filter, thresholds, settings
     report.md           the same as tables
     run.json            RUN_DIR's run.json plus a "filter" section, so OUT is itself a run folder
@@ -55,8 +55,14 @@ def check_out_dir(out: Path, run: RunDir) -> None:
             raise SgidError(f"--out {out} is not empty and holds no sgid filter output; choose a new folder")
 
 
-def write_output(out: Path, run: RunDir, kept: Iterable[Any], decisions: list[dict[str, Any]],
-                 report: dict[str, Any], markdown: str) -> None:
+def write_output(
+    out: Path,
+    run: RunDir,
+    kept: Iterable[Any],
+    decisions: list[dict[str, Any]],
+    report: dict[str, Any],
+    markdown: str,
+) -> None:
     """Write everything into a staging folder next to OUT, then move it into place."""
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -83,7 +89,7 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _replace(out: Path, staging: Path) -> None:
-    """Move ``staging`` to ``out``; an existing (empty or previous filter) ``out`` is removed after the move."""
+    """Move ``staging`` to ``out``; an existing (empty, or previous filter) ``out`` is removed afterwards."""
     previous = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         os.rename(out, previous)

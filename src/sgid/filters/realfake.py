@@ -13,6 +13,7 @@ generated images from real ones.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -73,12 +74,17 @@ def out_of_fold_real_probability(
     fold_of = np.full(len(labels), -1, dtype=np.int64)
     trained_on: list[np.ndarray] = []
     strata = np.where(labels == 1, 0, np.where(trainable, 1, 2))
-    for fold, (train, test) in enumerate(splitter.split(features, strata, groups=list(groups))):
+    with warnings.catch_warnings():  # a stratum smaller than the fold count is expected (few rejected images)
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        splits = list(splitter.split(features, strata, groups=list(groups)))
+    for fold, (train, test) in enumerate(splits):
         train = train[trainable[train]]
         if len(set(labels[train].tolist())) < 2:
             side = "real" if labels[train].all() else "generated"
-            raise SgidError(f"realfake: a fold has only {side} images to train on; use fewer --folds (now "
-                            f"{n_folds}) or run realfake earlier in --filters, before others remove images")
+            raise SgidError(
+                f"realfake: a fold has only {side} images to train on; use fewer --folds (now "
+                f"{n_folds}) or run realfake earlier in --filters, before others remove images"
+            )
         classifier = make_classifier()
         classifier.fit(features[train], labels[train])
         probability[test] = classifier.predict_proba(features[test])[:, 1]
@@ -99,11 +105,20 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 @FILTERS.register("realfake")
 class RealFakeFilter(Filter):
     name = "realfake"
-    help = "out-of-fold real-vs-generated logistic regression on CLIP features; keep images taken for real (000)"
+    help = (
+        "out-of-fold real-vs-generated logistic regression on CLIP features; keep images taken for real (000)"
+    )
     reads = frozenset({"real"})
 
-    def __init__(self, images: ImageEmbedder, *, folds: int = 5, threshold: float = 0.5, seed: int = 0,
-                 make_classifier: Callable[[], Classifier] = logistic_regression) -> None:
+    def __init__(
+        self,
+        images: ImageEmbedder,
+        *,
+        folds: int = 5,
+        threshold: float = 0.5,
+        seed: int = 0,
+        make_classifier: Callable[[], Classifier] = logistic_regression,
+    ) -> None:
         self.images = images
         self.folds = folds
         self.threshold = threshold
@@ -125,22 +140,34 @@ class RealFakeFilter(Filter):
         if not data.real:
             raise SgidError("realfake needs the real images, and the run's input folder has none")
         n_real = len(data.real)
-        features = np.concatenate([
-            self.images([source.path for source in data.real]),
-            self.images([e.path for e in data.generated]),
-        ])
+        features = np.concatenate(
+            [
+                self.images([source.path for source in data.real]),
+                self.images([e.path for e in data.generated]),
+            ]
+        )
         is_real = np.arange(len(features)) < n_real
         groups = [source.relpath for source in data.real] + [e.source or e.file_name for e in data.generated]
         trainable = np.concatenate([np.ones(n_real, dtype=bool), active])
-        result = out_of_fold_real_probability(features, is_real, groups, trainable, folds=self.folds,
-                                              seed=self.seed, make_classifier=self.make_classifier)
+        result = out_of_fold_real_probability(
+            features,
+            is_real,
+            groups,
+            trainable,
+            folds=self.folds,
+            seed=self.seed,
+            make_classifier=self.make_classifier,
+        )
         auc = roc_auc(result.probability[trainable], is_real[trainable])
-        return Scores(result.probability[n_real:], summary={
-            "folds": len(result.trained_on),
-            "real_images": n_real,
-            "out_of_fold_auc": auc,
-            "mean_p_real_of_real": float(result.probability[:n_real].mean()),
-        })
+        return Scores(
+            result.probability[n_real:],
+            summary={
+                "folds": len(result.trained_on),
+                "real_images": n_real,
+                "out_of_fold_auc": auc,
+                "mean_p_real_of_real": float(result.probability[:n_real].mean()),
+            },
+        )
 
     def decide(self, data: FilterInput, scores: Scores, active: np.ndarray) -> Verdict:
         reject = below_threshold(scores.values, self.threshold, active)

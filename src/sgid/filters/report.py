@@ -11,23 +11,31 @@ from sgid.filters.base import FilterResult
 from sgid.filters.chain import ChainResult
 
 
-def build_report(chain: ChainResult, *, settings: dict[str, Any], originals: dict[str, int]) -> dict[str, Any]:
+def build_report(
+    chain: ChainResult, *, settings: dict[str, Any], originals: dict[str, int]
+) -> dict[str, Any]:
     """Counts overall, per filter and per class. ``originals``: real-image rows passed through, per class."""
     labels = np.array([e.label for e in chain.data.generated], dtype=object)
     classes = sorted(set(chain.data.classes) | set(originals))
     return {
         "settings": settings,
         "composition": "sequential: each filter decides only about the images every earlier filter kept, and "
-                       "computes its statistics over them",
+        "computes its statistics over them",
         "totals": _counts(chain, np.ones(len(labels), dtype=bool)) | {"originals": sum(originals.values())},
         "filters": [
-            {"filter": r.name, "judged": int(r.judged.sum()), "rejected": int(r.verdict.reject.sum()),
-             **_unscored(r),
-             **r.scores.summary, **r.verdict.summary}
+            {
+                "filter": r.name,
+                "judged": int(r.judged.sum()),
+                "rejected": int(r.verdict.reject.sum()),
+                **_unscored(r),
+                **r.scores.summary,
+                **r.verdict.summary,
+            }
             for r in chain.results
         ],
         "per_class": {
-            label: _counts(chain, labels == label) | {"originals": originals.get(label, 0)} for label in classes
+            label: _counts(chain, labels == label) | {"originals": originals.get(label, 0)}
+            for label in classes
         },
     }
 
@@ -53,10 +61,12 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Filter report: {settings['run_dir']}",
         "",
-        f"Filters, in order: {', '.join(f'`{n}`' for n in names) or 'none'}. {report['composition'].capitalize()}.",
+        f"Filters, in order: {', '.join(f'`{n}`' for n in names) or 'none'}. "
+        f"{report['composition'].capitalize()}.",
         "",
         f"Kept **{totals['kept']}** of {totals['generated']} generated images "
-        f"({_percent(totals['kept'], totals['generated'])}); {totals['originals']} real images passed through.",
+        f"({_percent(totals['kept'], totals['generated'])}); "
+        f"{totals['originals']} real images passed through.",
         "",
     ]
     if settings.get("tiny"):
@@ -65,19 +75,32 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = [*report["per_class"].items(), ("**all**", totals)]
     for label, counts in rows:
-        cells = [label, counts["generated"], *[counts["rejected_by"][n] for n in names], counts["kept"],
-                 _percent(counts["kept"], counts["generated"])]
+        cells = [
+            label,
+            counts["generated"],
+            *[counts["rejected_by"][n] for n in names],
+            counts["kept"],
+            _percent(counts["kept"], counts["generated"]),
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "## Filters", ""]
     for entry in report["filters"]:
         details = {k: v for k, v in entry.items() if k not in ("filter", "judged", "rejected")}
-        lines.append(f"- `{entry['filter']}`: judged {entry['judged']}, rejected {entry['rejected']}"
-                     + "".join(f"; {k}: {_short(v)}" for k, v in details.items()))
-    empty = [label for label, counts in report["per_class"].items()
-             if counts["kept"] == 0 and counts["originals"] == 0]
+        lines.append(
+            f"- `{entry['filter']}`: judged {entry['judged']}, rejected {entry['rejected']}"
+            + "".join(f"; {k}: {_short(v)}" for k, v in details.items())
+        )
+    empty = [
+        label
+        for label, counts in report["per_class"].items()
+        if counts["kept"] == 0 and counts["originals"] == 0
+    ]
     if empty:
-        lines += ["", f"Warning: no image of {', '.join(empty)} is left; the filtered folder has no such class "
-                      "folder, so class indices of an ImageFolder over it differ from the full dataset's."]
+        lines += [
+            "",
+            f"Warning: no image of {', '.join(empty)} is left; the filtered folder has no such class "
+            "folder, so class indices of an ImageFolder over it differ from the full dataset's.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -12,8 +12,9 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 
-def zero_shot_margin(image_emb: np.ndarray, class_emb: np.ndarray,
-                     label_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def zero_shot_margin(
+    image_emb: np.ndarray, class_emb: np.ndarray, label_index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """CLIP zero-shot classification (paper appendix B (1)).
 
     Returns the predicted class index per image and the margin ``cos(image, own class) − max cos(image, other
@@ -41,17 +42,21 @@ def group_means(scores: np.ndarray, groups: Sequence[Hashable], active: np.ndarr
     return {group: float(np.mean(values)) for group, values in sums.items()}
 
 
-def below_group_mean(scores: np.ndarray, groups: Sequence[Hashable],
-                     active: np.ndarray) -> tuple[np.ndarray, dict[Hashable, float]]:
+def below_group_mean(
+    scores: np.ndarray, groups: Sequence[Hashable], active: np.ndarray
+) -> tuple[np.ndarray, dict[Hashable, float]]:
     """Reject active images scoring strictly below their group's mean (paper appendix B (2) and (3)).
 
     Returns the reject mask and the threshold (the mean) of each group.
     """
     means = group_means(scores, groups, active)
-    reject = np.array([
-        bool(on and np.isfinite(score) and score < means[group])
-        for score, group, on in zip(scores, groups, active, strict=True)
-    ], dtype=bool)
+    reject = np.array(
+        [
+            bool(on and np.isfinite(score) and score < means[group])
+            for score, group, on in zip(scores, groups, active, strict=True)
+        ],
+        dtype=bool,
+    )
     return reject, means
 
 
@@ -61,8 +66,9 @@ def below_threshold(scores: np.ndarray, threshold: float, active: np.ndarray) ->
         return active & np.isfinite(scores) & (scores < threshold)
 
 
-def rank_within_groups(scores: np.ndarray, groups: Sequence[Hashable | None],
-                       active: np.ndarray) -> np.ndarray:
+def rank_within_groups(
+    scores: np.ndarray, groups: Sequence[Hashable | None], active: np.ndarray
+) -> np.ndarray:
     """1-based rank of each active, scored image among the active, scored images of its group (highest score
     first, ties broken by position so results are deterministic); 0 where there is no rank."""
     ranks = np.zeros(len(scores), dtype=np.int64)
@@ -77,8 +83,9 @@ def rank_within_groups(scores: np.ndarray, groups: Sequence[Hashable | None],
     return ranks
 
 
-def outside_top_k(scores: np.ndarray, groups: Sequence[Hashable | None], active: np.ndarray,
-                  keep: int) -> tuple[np.ndarray, np.ndarray]:
+def outside_top_k(
+    scores: np.ndarray, groups: Sequence[Hashable | None], active: np.ndarray, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Best-of-k (000): keep the ``keep`` best active images of each group, reject the others.
 
     Returns the reject mask and the ranks (see :func:`rank_within_groups`).
@@ -96,7 +103,8 @@ def top_class(probs: np.ndarray, label_index: np.ndarray) -> tuple[np.ndarray, n
     return predicted, probs[rows, predicted]
 
 
-def confidently_other(predicted: np.ndarray, top_prob: np.ndarray, label_index: np.ndarray, threshold: float,
-                      active: np.ndarray) -> np.ndarray:
+def confidently_other(
+    predicted: np.ndarray, top_prob: np.ndarray, label_index: np.ndarray, threshold: float, active: np.ndarray
+) -> np.ndarray:
     """Reject active images whose predicted class is not their label, with probability >= ``threshold``."""
     return active & (predicted != label_index) & (top_prob >= threshold)

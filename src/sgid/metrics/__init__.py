@@ -10,6 +10,14 @@ from sgid.metrics.distances import KernelDistance, frechet_distance, kernel_dist
 from sgid.metrics.quality import clip_scores, mean_pairwise_distance
 
 __all__ = [
-    "KernelDistance", "MetricsInput", "MetricsSummary", "clip_scores", "compute_metrics", "frechet_distance",
-    "kernel_distance", "kernel_distance_stats", "mean_pairwise_distance", "metrics_run",
+    "KernelDistance",
+    "MetricsInput",
+    "MetricsSummary",
+    "clip_scores",
+    "compute_metrics",
+    "frechet_distance",
+    "kernel_distance",
+    "kernel_distance_stats",
+    "mean_pairwise_distance",
+    "metrics_run",
 ]

@@ -106,8 +106,15 @@ def metrics_run(
         check_sources(with_source)
     # 2. Models: CLIP for similarity, diversity and CLIP score; the --features extractor for FID and KID
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    choice = choose_clip(run.models, run.models_preset, models=models, scorer=scorer, device=device, dtype=dtype,
-                         cache_dir=root)
+    choice = choose_clip(
+        run.models,
+        run.models_preset,
+        models=models,
+        scorer=scorer,
+        device=device,
+        dtype=dtype,
+        cache_dir=root,
+    )
     tiny_note = TINY_WARNING if choice.tiny else None
     if tiny_note:
         note(tiny_note, quiet)
@@ -126,9 +133,17 @@ def metrics_run(
     if store is not clip.images:
         counts[features] = (store.computed, store.reused)
     report = {
-        "run_dir": str(run.path), "reference": str(reference_dir), "scorer": choice.identity, "tiny": tiny_note,
-        "features": {"name": features, "identity": store.identity, "dim": int(data.features.shape[1]),
-                     "computed": {k: v[0] for k, v in counts.items()}, "reused": {k: v[1] for k, v in counts.items()}},
+        "run_dir": str(run.path),
+        "reference": str(reference_dir),
+        "scorer": choice.identity,
+        "tiny": tiny_note,
+        "features": {
+            "name": features,
+            "identity": store.identity,
+            "dim": int(data.features.shape[1]),
+            "computed": {k: v[0] for k, v in counts.items()},
+            "reused": {k: v[1] for k, v in counts.items()},
+        },
         "kid": {"subsets": kid_subsets, "subset_size": kid_subset_size, "seed": seed},
         "definitions": DEFINITIONS,
         "reference_skipped": skipped,
@@ -144,8 +159,9 @@ def metrics_run(
     return summary
 
 
-def _embed(run: RunDir, references: Any, reference_dir: Path, clip: ClipModels,
-           store: FeatureStore) -> tuple[MetricsInput, list[dict[str, str]]]:
+def _embed(
+    run: RunDir, references: Any, reference_dir: Path, clip: ClipModels, store: FeatureStore
+) -> tuple[MetricsInput, list[dict[str, str]]]:
     generated = run.generated
     n = len(generated)
     clip_emb = clip.images([e.path for e in generated])
@@ -167,8 +183,12 @@ def _embed(run: RunDir, references: Any, reference_dir: Path, clip: ClipModels,
     skipped = [{"image": references[i].relpath, "reason": reason} for i, reason in sorted(errors.items())]
     readable = [i for i in range(len(references)) if i not in errors]
     data = MetricsInput(
-        labels=[e.label for e in generated], sources=[e.source for e in generated], similarity=similarity,
-        clip_score=scores, clip_embeddings=clip_emb, features=gen_features,
+        labels=[e.label for e in generated],
+        sources=[e.source for e in generated],
+        similarity=similarity,
+        clip_score=scores,
+        clip_embeddings=clip_emb,
+        features=gen_features,
         reference=ref_features[readable] if readable else np.zeros((0, gen_features.shape[1]), np.float32),
         reference_labels=[references[i].class_name for i in readable],
     )
@@ -180,8 +200,13 @@ def _image_rows(run: RunDir, data: MetricsInput) -> list[dict[str, Any]]:
         return round(float(x), 6) if np.isfinite(x) else None
 
     return [
-        {"file_name": e.file_name, "label": e.label, "source": e.source,
-         "similarity": number(data.similarity[i]), "clip_score": number(data.clip_score[i])}
+        {
+            "file_name": e.file_name,
+            "label": e.label,
+            "source": e.source,
+            "similarity": number(data.similarity[i]),
+            "clip_score": number(data.clip_score[i]),
+        }
         for i, e in enumerate(run.generated)
     ]
 

@@ -14,10 +14,11 @@ from sgid.metrics.quality import per_group_diversity, per_group_mean, summary
 #: what each number means, copied into metrics.json
 DEFINITIONS = {
     "similarity": "CLIP cosine similarity between an original and its augmentations, averaged per original, "
-                  "then over originals (paper §4.4, figure 3); lower = more diverse, less consistent",
+    "then over originals (paper §4.4, figure 3); lower = more diverse, less consistent",
     "diversity": "mean pairwise CLIP cosine distance (1 - cos) among the augmentations of one original, "
-                 "averaged over originals with >= 2 augmentations",
-    "clip_score": "100 * max(cos(CLIP image, CLIP prompt), 0) per generated image (torchmetrics' CLIPScore scale)",
+    "averaged over originals with >= 2 augmentations",
+    "clip_score": "100 * max(cos(CLIP image, CLIP prompt), 0) per generated image "
+    "(torchmetrics' CLIPScore scale)",
     "fid": "Frechet distance between reference and generated features (lower = closer to the real data)",
     "kid": "unbiased MMD^2, cubic polynomial kernel, mean (std) over equal-size subsets (lower = closer)",
 }
@@ -37,16 +38,18 @@ class MetricsInput:
     reference_labels: Sequence[str]  # (M) their classes
 
 
-def compute_metrics(data: MetricsInput, *, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                    seed: int = 0) -> dict[str, Any]:
+def compute_metrics(
+    data: MetricsInput, *, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """``{"overall": {...}, "per_class": {label: {...}}}``: the same metrics for all images and per class."""
     labels = np.array(data.labels, dtype=object)
     reference_labels = np.array(data.reference_labels, dtype=object)
     classes = sorted(set(labels.tolist()) | set(reference_labels.tolist()))
 
     def group(generated: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-        return group_metrics(data, generated, reference, kid_subsets=kid_subsets,
-                             kid_subset_size=kid_subset_size, seed=seed)
+        return group_metrics(
+            data, generated, reference, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed
+        )
 
     return {
         "overall": group(np.ones(len(labels), bool), np.ones(len(reference_labels), bool)),
@@ -54,11 +57,18 @@ def compute_metrics(data: MetricsInput, *, kid_subsets: int = 100, kid_subset_si
     }
 
 
-def group_metrics(data: MetricsInput, generated: np.ndarray, reference: np.ndarray, *, kid_subsets: int = 100,
-                  kid_subset_size: int = 1000, seed: int = 0) -> dict[str, Any]:
+def group_metrics(
+    data: MetricsInput,
+    generated: np.ndarray,
+    reference: np.ndarray,
+    *,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Metrics of the generated rows ``generated`` (bool mask) against the reference rows ``reference``."""
     rows = np.flatnonzero(generated)
-    sources = [data.sources[i] for i in rows]
+    sources = [data.sources[int(i)] for i in rows]
     n, m = len(rows), int(reference.sum())
     result: dict[str, Any] = {
         "generated": n,
@@ -79,6 +89,8 @@ def group_metrics(data: MetricsInput, generated: np.ndarray, reference: np.ndarr
     kid = kernel_distance_stats(ref, gen, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     result["kid"] = {"mean": kid.mean, "std": kid.std, "subsets": kid.subsets, "subset_size": kid.subset_size}
     if min(n, m) <= gen.shape[1]:
-        result["notes"].append(f"fewer images than feature dimensions ({min(n, m)} <= {gen.shape[1]}): FID is "
-                               f"biased upwards; compare FIDs only at equal sizes")
+        result["notes"].append(
+            f"fewer images than feature dimensions ({min(n, m)} <= {gen.shape[1]}): FID is "
+            f"biased upwards; compare FIDs only at equal sizes"
+        )
     return result

@@ -87,8 +87,12 @@ def kernel_distance_stats(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "will save all extracted features in buffer"
         metric = KernelInceptionDistance(
-            feature=PrecomputedFeatures(x.shape[1]), subsets=subsets, subset_size=size, degree=degree,
-            gamma=None if gamma is None else float(gamma), coef=float(coef),
+            feature=PrecomputedFeatures(x.shape[1]),
+            subsets=subsets,
+            subset_size=size,
+            degree=degree,
+            gamma=None if gamma is None else float(gamma),
+            coef=float(coef),
         )
     metric.update(x, real=True)
     metric.update(y, real=False)
@@ -98,8 +102,18 @@ def kernel_distance_stats(
     return KernelDistance(float(mean), float(std), subsets, size)
 
 
-def kernel_distance(a: np.ndarray, b: np.ndarray, *, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-                    gamma: float | None = None, coef: float = 1.0, seed: int = 0) -> float:
+def kernel_distance(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    seed: int = 0,
+) -> float:
     """KID between feature sets ``a`` (N, D) and ``b`` (M, D); see :func:`kernel_distance_stats`."""
-    return kernel_distance_stats(a, b, subsets=subsets, subset_size=subset_size, degree=degree, gamma=gamma,
-                                 coef=coef, seed=seed).mean
+    return kernel_distance_stats(
+        a, b, subsets=subsets, subset_size=subset_size, degree=degree, gamma=gamma, coef=coef, seed=seed
+    ).mean

@@ -10,8 +10,11 @@ from sgid.errors import require
 
 #: (key in the metrics, plot title, y-axis label)
 PLOTS = (
-    ("similarity", "Mean cosine similarity between originals and their augmentations (paper fig. 3)",
-     "CLIP cosine similarity"),
+    (
+        "similarity",
+        "Mean cosine similarity between originals and their augmentations (paper fig. 3)",
+        "CLIP cosine similarity",
+    ),
     ("diversity", "Mean pairwise distance among augmentations of one original", "CLIP cosine distance"),
     ("clip_score", "CLIP score between generated images and their prompts", "CLIP score"),
     ("fid", "FID between real and generated images (lower is closer)", "FID"),
@@ -45,8 +48,13 @@ def metrics_markdown(report: dict[str, Any], plots: list[str]) -> str:
     for label, metrics in rows:
         kid = metrics.get("kid")
         cells = [
-            label, metrics["generated"], metrics["reference"], _fmt(value(metrics, "similarity")),
-            _fmt(value(metrics, "diversity")), _fmt(value(metrics, "clip_score"), 2), _fmt(metrics.get("fid"), 2),
+            label,
+            metrics["generated"],
+            metrics["reference"],
+            _fmt(value(metrics, "similarity")),
+            _fmt(value(metrics, "diversity")),
+            _fmt(value(metrics, "clip_score"), 2),
+            _fmt(metrics.get("fid"), 2),
             f"{kid['mean']:.4f} ± {kid['std']:.4f}" if kid else "-",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -54,7 +62,9 @@ def metrics_markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines += [f"- **{name}**: {text}" for name, text in report["definitions"].items()]
     notes = [(label, note) for label, metrics in rows for note in metrics.get("notes", [])]
     if report.get("reference_skipped"):
-        notes.append(("reference", f"{len(report['reference_skipped'])} unreadable reference image(s) skipped"))
+        notes.append(
+            ("reference", f"{len(report['reference_skipped'])} unreadable reference image(s) skipped")
+        )
     if notes:
         lines += ["", "## Notes", ""] + [f"- {label}: {note}" for label, note in notes]
     if plots:
@@ -71,8 +81,8 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for key, title, ylabel in PLOTS:
-        bars = {label: value(m, key) for label, m in report["per_class"].items()}
-        bars = {label: v for label, v in bars.items() if v is not None}
+        values = {label: value(m, key) for label, m in report["per_class"].items()}
+        bars = {label: v for label, v in values.items() if v is not None}
         if not bars:
             continue
         width = max(6.0, 0.45 * len(bars) + 2.0)
