@@ -1,10 +1,9 @@
-"""Each filter's rule on hand-made runs with embeddings chosen by the test (no models), and how they compose."""
+"""Each filter's rule on hand-made runs with embeddings chosen by the test (no models); composition."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_filters_support import FakeImages, FakeModels, FakeTexts, at_cosine, make_run, read_jsonl, unit
 
 from sgid.dataset import scan
 from sgid.errors import SgidError
@@ -14,6 +13,7 @@ from sgid.filters.clip import LabelFilter, OriginalFilter, PromptFilter, Thresho
 from sgid.filters.confidence import ConfidenceFilter
 from sgid.filters.realfake import RealFakeFilter, out_of_fold_real_probability
 from sgid.rundir import read_run_dir
+from test_filters_support import FakeImages, FakeModels, FakeTexts, at_cosine, make_run, read_jsonl, unit
 
 
 def data_of(run_path, real: bool = False) -> FilterInput:  # type: ignore[no-untyped-def]
@@ -36,19 +36,32 @@ def test_every_documented_filter_is_registered() -> None:
 # -- label (paper appendix B (1)) ----------------------------------------------------------------------
 def test_label_filter_rejects_an_image_that_clip_puts_in_another_class(tmp_path) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path, {"cat": 2, "golden_retriever": 2}, k=1)
-    images = FakeImages({
-        "cat/0_sgid_0.png": unit(1, 0.1), "cat/1_sgid_0.png": unit(0.2, 1),  # looks like a golden retriever
-        "golden_retriever/0_sgid_0.png": unit(0.1, 1), "golden_retriever/1_sgid_0.png": unit(0, 1),
-    })
-    prompts: dict[str, np.ndarray] = {"a photo of a cat": unit(1), "a photo of a golden retriever": unit(0, 1)}
+    images = FakeImages(
+        {
+            "cat/0_sgid_0.png": unit(1, 0.1),
+            "cat/1_sgid_0.png": unit(0.2, 1),  # looks like a golden retriever
+            "golden_retriever/0_sgid_0.png": unit(0.1, 1),
+            "golden_retriever/1_sgid_0.png": unit(0, 1),
+        }
+    )
+    prompts: dict[str, np.ndarray] = {
+        "a photo of a cat": unit(1),
+        "a photo of a golden retriever": unit(0, 1),
+    }
     data = data_of(run)
     label = LabelFilter(images, FakeTexts(prompts.__getitem__))
     result = label.apply(data, everything(data))
     assert result.verdict.reject.tolist() == [False, True, False, False]
-    assert result.scores.extra["label_predicted"] == ["cat", "golden_retriever", "golden_retriever",
-                                                      "golden_retriever"]
+    assert result.scores.extra["label_predicted"] == [
+        "cat",
+        "golden_retriever",
+        "golden_retriever",
+        "golden_retriever",
+    ]
     assert result.scores.values[1] < 0 <= result.scores.values[0]
-    assert result.verdict.reasons[1].startswith("label: CLIP zero-shot predicts 'golden_retriever', not 'cat'")
+    assert result.verdict.reasons[1].startswith(
+        "label: CLIP zero-shot predicts 'golden_retriever', not 'cat'"
+    )
 
 
 def test_label_template_must_name_the_label() -> None:
@@ -57,8 +70,16 @@ def test_label_template_must_name_the_label() -> None:
 
 
 # -- prompt and original (paper appendix B (2), (3)): per-label mean -------------------------------------
-COSINES = {"cat/0_sgid_0.png": 0.25, "cat/0_sgid_1.png": 0.5, "cat/1_sgid_0.png": 0.75, "cat/1_sgid_1.png": 0.5,
-           "dog/0_sgid_0.png": 0.875, "dog/0_sgid_1.png": 0.125, "dog/1_sgid_0.png": 0.5, "dog/1_sgid_1.png": 0.5}
+COSINES = {
+    "cat/0_sgid_0.png": 0.25,
+    "cat/0_sgid_1.png": 0.5,
+    "cat/1_sgid_0.png": 0.75,
+    "cat/1_sgid_1.png": 0.5,
+    "dog/0_sgid_0.png": 0.875,
+    "dog/0_sgid_1.png": 0.125,
+    "dog/1_sgid_0.png": 0.5,
+    "dog/1_sgid_1.png": 0.5,
+}
 # means: cat 0.5, dog 0.5 -> below: cat/0_sgid_0 and dog/0_sgid_1 (0.5 itself is not below)
 BELOW_MEAN = [True, False, False, False, False, True, False, False]
 
@@ -105,10 +126,13 @@ def test_threshold_filter_rejects_below_the_absolute_value(tmp_path) -> None:  #
     assert result.verdict.reasons[0] == "threshold: similarity to the source 0.2500 < 0.6"
 
 
-@pytest.mark.parametrize("options, message", [
-    (FilterOptions(), "needs --threshold"),
-    (FilterOptions(threshold=1.5), "not a cosine similarity"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (FilterOptions(), "needs --threshold"),
+        (FilterOptions(threshold=1.5), "not a cosine similarity"),
+    ],
+)
 def test_threshold_needs_a_valid_value(options: FilterOptions, message: str) -> None:
     with pytest.raises(SgidError, match=message):
         ThresholdFilter.check_options(options)
@@ -117,23 +141,38 @@ def test_threshold_needs_a_valid_value(options: FilterOptions, message: str) -> 
 # -- best_of_k (000) -----------------------------------------------------------------------------------------
 def test_best_of_k_keeps_the_most_similar_augmentation_of_each_source(tmp_path) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path, {"cat": 2}, k=3)
-    cosines = {"cat/0_sgid_0.png": 0.5, "cat/0_sgid_1.png": 0.9, "cat/0_sgid_2.png": 0.7,
-               "cat/1_sgid_0.png": 0.2, "cat/1_sgid_1.png": 0.1, "cat/1_sgid_2.png": 0.3}
-    images = FakeImages({"cat/0.png": unit(1), "cat/1.png": unit(1), **{n: at_cosine(s) for n, s in cosines.items()}})
+    cosines = {
+        "cat/0_sgid_0.png": 0.5,
+        "cat/0_sgid_1.png": 0.9,
+        "cat/0_sgid_2.png": 0.7,
+        "cat/1_sgid_0.png": 0.2,
+        "cat/1_sgid_1.png": 0.1,
+        "cat/1_sgid_2.png": 0.3,
+    }
+    images = FakeImages(
+        {"cat/0.png": unit(1), "cat/1.png": unit(1), **{n: at_cosine(s) for n, s in cosines.items()}}
+    )
     data = data_of(run)
     best = BestOfKFilter(OriginalFilter(images), keep=1).apply(data, everything(data))
     assert best.verdict.reject.tolist() == [True, False, True, True, True, False]
-    assert best.verdict.reasons[0] == ("best_of_k: rank 3 of 3 augmentations of cat/0.png by original score "
-                                       "0.5000 (keeping 1)")
+    assert best.verdict.reasons[0] == (
+        "best_of_k: rank 3 of 3 augmentations of cat/0.png by original score 0.5000 (keeping 1)"
+    )
     two = BestOfKFilter(OriginalFilter(images), keep=2).apply(data, everything(data))
     assert two.verdict.reject.tolist() == [True, False, False, False, True, False]
 
 
-@pytest.mark.parametrize("options, message", [
-    (FilterOptions(keep=0), "keep at least 1"),
-    (FilterOptions(rank_by="best_of_k"), "unknown --rank-by"),
-    (FilterOptions(rank_by="threshold"), "needs --threshold"),  # the ranker's own settings are checked too
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (FilterOptions(keep=0), "keep at least 1"),
+        (FilterOptions(rank_by="best_of_k"), "unknown --rank-by"),
+        (
+            FilterOptions(rank_by="threshold"),
+            "needs --threshold",
+        ),  # the ranker's own settings are checked too
+    ],
+)
 def test_best_of_k_options_are_checked(options: FilterOptions, message: str) -> None:
     with pytest.raises(SgidError, match=message):
         BestOfKFilter.check_options(options)
@@ -168,8 +207,9 @@ def test_out_of_fold_scores_never_come_from_a_model_trained_on_the_image_or_its_
     trainable = np.ones(len(groups), dtype=bool)
     trainable[[12, 20, 33]] = False  # rejected by an earlier filter: scored, never trained on
     features = np.arange(len(groups), dtype=float)[:, None]  # the feature is the row id
-    result = out_of_fold_real_probability(features, is_real, groups, trainable, folds=4,
-                                          make_classifier=RecordingClassifier)
+    result = out_of_fold_real_probability(
+        features, is_real, groups, trainable, folds=4, make_classifier=RecordingClassifier
+    )
     assert len(RecordingClassifier.log) == 4
     scored = [row for _, tested in RecordingClassifier.log for row in tested]
     assert sorted(scored) == list(range(len(groups)))  # every row scored exactly once
@@ -207,9 +247,13 @@ def test_realfake_needs_enough_sources_to_cross_validate(tmp_path) -> None:  # t
         RealFakeFilter(FakeImages({}, default=unit(1))).apply(data, everything(data))
 
 
-@pytest.mark.parametrize("options, message", [
-    (FilterOptions(folds=1), "at least 2 folds"), (FilterOptions(real_threshold=2.0), "not a probability"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (FilterOptions(folds=1), "at least 2 folds"),
+        (FilterOptions(real_threshold=2.0), "not a probability"),
+    ],
+)
 def test_realfake_options_are_checked(options: FilterOptions, message: str) -> None:
     with pytest.raises(SgidError, match=message):
         RealFakeFilter.check_options(options)
@@ -218,8 +262,10 @@ def test_realfake_options_are_checked(options: FilterOptions, message: str) -> N
 # -- confidence ------------------------------------------------------------------------------------------
 def fake_classifier(probs_by_image: dict[int, list[float]]):  # type: ignore[no-untyped-def]
     """A predict_proba over PIL images that answers by the image's first pixel (unique per test image)."""
+
     def predict(images):  # type: ignore[no-untyped-def]
         return np.array([probs_by_image[hash(image.getpixel((0, 0)))] for image in images])
+
     return predict
 
 
@@ -259,8 +305,15 @@ def test_confidence_with_a_classifier_saved_by_sgid_evaluate(tmp_path) -> None: 
     from sgid.filters.api import LoadedFilterModels
 
     model = build_backbone("small_cnn", 2, image_size=32, pretrained=False, arch={"width": 8})
-    checkpoint.save_classifier(model, tmp_path / "clf", backbone="small_cnn", classes=["cat", "dog"],
-                               image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    checkpoint.save_classifier(
+        model,
+        tmp_path / "clf",
+        backbone="small_cnn",
+        classes=["cat", "dog"],
+        image_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
     models = LoadedFilterModels(ClipChoice(None, False, "cpu", None))
     confidence = ConfidenceFilter.create(FilterOptions(classifier=tmp_path / "clf"), models)
     data = data_of(make_run(tmp_path / "run", {"cat": 2, "dog": 2}, k=1))

@@ -1,5 +1,5 @@
-"""Helpers shared by the filter and metrics tests (no tests here): hand-made augment runs, and stand-ins for the
-models with embeddings chosen by the test, so every rule is checked on exact numbers."""
+"""Helpers shared by the filter and metrics tests (no tests here): hand-made augment runs, and stand-ins for
+the models with embeddings chosen by the test, so every rule is checked on exact numbers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from conftest import noise_image
 
+from conftest import noise_image
 from sgid.images import sha256_bytes
 
 
@@ -38,18 +38,45 @@ def make_run(
             if originals:
                 name = f"{label}/{i}_original.png"
                 (run / name).write_bytes((real / source).read_bytes())
-                rows.append({"file_name": name, "label": label, "label_text": label.replace("_", " "),
-                             "source": source, "source_sha256": digest, "k": None, "method": "original"})
+                rows.append(
+                    {
+                        "file_name": name,
+                        "label": label,
+                        "label_text": label.replace("_", " "),
+                        "source": source,
+                        "source_sha256": digest,
+                        "k": None,
+                        "method": "original",
+                    }
+                )
             for j in range(k):
                 name = f"{label}/{i}_sgid_{j}.png"
                 noise_image(seed).save(run / name)
                 seed += 1
-                text = prompt(label, i, j) if prompt else f"A picture of a {label.replace('_', ' ')}, caption {i}"
-                rows.append({"file_name": name, "label": label, "label_text": label.replace("_", " "),
-                             "source": source, "source_sha256": digest, "k": j, "method": "sgid", "prompt": text})
+                text = (
+                    prompt(label, i, j)
+                    if prompt
+                    else f"A picture of a {label.replace('_', ' ')}, caption {i}"
+                )
+                rows.append(
+                    {
+                        "file_name": name,
+                        "label": label,
+                        "label_text": label.replace("_", " "),
+                        "source": source,
+                        "source_sha256": digest,
+                        "k": j,
+                        "method": "sgid",
+                        "prompt": text,
+                    }
+                )
     (run / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    info = {"config": {"input_dir": str(real.resolve()), "models": "tiny"}, "models": {"scorer": "tiny:clip"},
-            "identity": {"x": 1}, "identity_sha256": "abc"}
+    info = {
+        "config": {"input_dir": str(real.resolve()), "models": "tiny"},
+        "models": {"scorer": "tiny:clip"},
+        "identity": {"x": 1},
+        "identity_sha256": "abc",
+    }
     (run / "run.json").write_text(json.dumps(info))
     return run
 

@@ -84,12 +84,12 @@ class RunDir:
         """The real input folder, or a one-line error saying how to point at it."""
         if self.source_dir is None:
             raise SgidError(
-                f"{why} needs the real images, but {self.path / RUN_FILE} names no input folder; "
+                f"the real images are needed ({why}), but {self.path / RUN_FILE} names no input folder; "
                 f"pass --source-dir"
             )
         if not self.source_dir.is_dir():
             raise SgidError(
-                f"{why} needs the real images, but the run's input folder {self.source_dir} is gone; "
+                f"the real images are needed ({why}), but the run's input folder {self.source_dir} is gone; "
                 f"pass --source-dir where they are now"
             )
         return self.source_dir

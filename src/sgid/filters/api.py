@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sgid.dataset import scan
+from sgid.dataset import Source, scan
 from sgid.errors import SgidError
 from sgid.features import FEATURE_CACHE_FILE, ClipModels, FeatureCache, choose_clip
 from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, FilterOptions, PredictProba
@@ -91,8 +91,7 @@ def filter_run(
         cls.check_options(options)
     run = read_run_dir(run_dir, source_dir=source_dir)
     check_out_dir(out, run)
-    needs = frozenset().union(*(cls.needs(options) for cls in classes))
-    data = _filter_input(run, needs)
+    data = _filter_input(run, {cls.name: cls.needs(options) for cls in classes})
     # 2. Models (loaded on first use) and the filters
     tiny_note = None
     if loaded is None:
@@ -142,19 +141,23 @@ def filter_run(
     return summary
 
 
-def _filter_input(run: RunDir, needs: frozenset[str]) -> FilterInput:
+def _filter_input(run: RunDir, readers: dict[str, frozenset[str]]) -> FilterInput:
+    """The generated images, their sources checked, and the real images listed when a filter reads them."""
     generated = run.generated
     if not generated:
         raise SgidError(f"{run.path} has no generated images to filter (only copies of real ones)")
-    if "sources" in needs or "real" in needs:
-        run.require_source_dir("the chosen filters")
+    needs = frozenset().union(*readers.values())
+    if needs:
+        run.require_source_dir(f"by filter {', '.join(name for name, reads in readers.items() if reads)}")
     if "sources" in needs:
         check_sources(generated)
-    real = (
-        [s for s in scan(run.require_source_dir("realfake")).sources if s.relpath not in run.unusable_sources]
-        if "real" in needs
-        else []
-    )
+    real: list[Source] = []
+    if "real" in needs:
+        real = [
+            s
+            for s in scan(run.require_source_dir("realfake")).sources
+            if s.relpath not in run.unusable_sources
+        ]
     return FilterInput(generated, run.classes, real)
 
 

@@ -95,14 +95,18 @@ def metrics_run(
     generated = run.generated
     if not generated:
         raise SgidError(f"{run.path} has no generated images to measure")
-    reference_dir = Path(reference) if reference is not None else run.require_source_dir("sgid metrics")
+    reference_dir = (
+        Path(reference)
+        if reference is not None
+        else run.require_source_dir("as the reference of FID and KID; or pass --reference")
+    )
     references = scan(reference_dir).sources  # one-line error for a missing or empty folder
     _check_out_dir(out, run, reference_dir)
     inception = Path(inception_weights) if inception_weights else None
     FEATURES.get(features).check(ExtractorOptions(inception_weights=inception))
     with_source = [e for e in generated if e.source_path is not None]
     if with_source:
-        run.require_source_dir("the similarity metric")
+        run.require_source_dir("for the similarity to the originals")
         check_sources(with_source)
     # 2. Models: CLIP for similarity, diversity and CLIP score; the --features extractor for FID and KID
     root = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -1,0 +1,196 @@
+"""``sgid filter`` and ``sgid metrics`` from the command line, end to end with the tiny models (offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sgid.cli import main
+from test_filters_support import make_run, read_jsonl
+
+ALL_CLIP_FILTERS = "label,prompt,original,threshold,best_of_k,realfake"
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return make_run(tmp_path, {"cat": 4, "dog": 4}, k=2)
+
+
+@pytest.fixture
+def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to prepare or load a model fails the test: bad input must be refused before that."""
+    import sgid.models.loading as loading
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a model was prepared before the input was checked")
+
+    monkeypatch.setattr(loading, "resolve_models", refuse)
+    monkeypatch.setattr(loading, "load_scorer", refuse)
+
+
+def test_filter_then_filter_again_then_metrics_reuses_every_feature(
+    run: Path,
+    tmp_path: Path,
+    tiny,  # type: ignore[no-untyped-def]
+    cache_dir: Path,
+    capsys,
+) -> None:
+    args = [
+        "filter",
+        str(run),
+        "--filters",
+        ALL_CLIP_FILTERS,
+        "--threshold",
+        "-1",
+        "--folds",
+        "3",
+        "--out",
+        str(tmp_path / "f1"),
+        "--cache-dir",
+        str(cache_dir),
+        "--quiet",
+    ]
+    assert main(args) == 0
+    rows = read_jsonl(tmp_path / "f1" / "decisions.jsonl")
+    assert len(rows) == 16 and all(r["decision"] in ("keep", "reject") and r["reason"] for r in rows)
+    assert all(f"{name}_score" in rows[0] for name in ALL_CLIP_FILTERS.split(","))
+    first = json.loads((tmp_path / "f1" / "report.json").read_text())["settings"]
+    assert first["scorer"].startswith("tiny:clip") and first["tiny"]  # the run's own CLIP, with the warning
+    assert main([*args[:-4], str(tmp_path / "f2"), *args[-3:]]) == 0
+    second = json.loads((tmp_path / "f2" / "report.json").read_text())["settings"]["features"]
+    assert second == {"computed": 0, "reused": 16 + 8}  # generated + real images, all from the cache
+    assert read_jsonl(tmp_path / "f2" / "decisions.jsonl") == rows  # deterministic
+    assert main(["metrics", str(run), "--out", str(tmp_path / "m"), "--cache-dir", str(cache_dir), "-q"]) == 0
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["features"]["computed"] == {"clip": 0}
+    assert metrics["overall"]["generated"] == 16 and metrics["overall"]["reference"] == 8
+    assert set(metrics["per_class"]) == {"cat", "dog"}
+    assert metrics["overall"]["fid"] is not None and metrics["overall"]["similarity"]["n"] == 8
+    assert (tmp_path / "m" / "plots" / "similarity.png").stat().st_size > 0
+    assert "| **all** | 16 | 8 |" in (tmp_path / "m" / "metrics.md").read_text()
+    assert len(read_jsonl(tmp_path / "m" / "images.jsonl")) == 16
+    assert capsys.readouterr().err.count("sgid: error") == 0
+
+
+def test_metrics_of_a_filtered_folder(run: Path, tmp_path: Path, tiny, cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    assert (
+        main(
+            [
+                "filter",
+                str(run),
+                "--filters",
+                "original",
+                "--out",
+                str(tmp_path / "f"),
+                "--cache-dir",
+                str(cache_dir),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "metrics",
+                str(tmp_path / "f"),
+                "--out",
+                str(tmp_path / "m"),
+                "--no-plots",
+                "--cache-dir",
+                str(cache_dir),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    kept = sum(r["decision"] == "keep" for r in read_jsonl(tmp_path / "f" / "decisions.jsonl"))
+    assert metrics["overall"]["generated"] == kept and not (tmp_path / "m" / "plots").exists()
+
+
+BAD_FILTER_ARGS = [
+    (["filter", "{tmp}/nope", "--filters", "label", "--out", "{tmp}/o"], "run folder not found"),
+    (["filter", "{tmp}", "--filters", "label", "--out", "{tmp}/o"], "has no metadata.jsonl"),
+    (["filter", "{run}", "--filters", "label,nope", "--out", "{tmp}/o"], "unknown filter 'nope'"),
+    (["filter", "{run}", "--filters", "label,label", "--out", "{tmp}/o"], "names label twice"),
+    (["filter", "{run}", "--filters", ",", "--out", "{tmp}/o"], "--filters is empty"),
+    (["filter", "{run}", "--filters", "threshold", "--out", "{tmp}/o"], "needs --threshold"),
+    (["filter", "{run}", "--filters", "threshold", "--threshold", "1.5", "--out", "{tmp}/o"], "[-1, 1]"),
+    (["filter", "{run}", "--filters", "threshold", "--threshold", "x", "--out", "{tmp}/o"], "invalid float"),
+    (["filter", "{run}", "--filters", "best_of_k", "--keep", "0", "--out", "{tmp}/o"], "keep at least 1"),
+    (
+        ["filter", "{run}", "--filters", "best_of_k", "--rank-by", "x", "--out", "{tmp}/o"],
+        "unknown --rank-by",
+    ),
+    (["filter", "{run}", "--filters", "realfake", "--folds", "1", "--out", "{tmp}/o"], "at least 2 folds"),
+    (["filter", "{run}", "--filters", "confidence", "--out", "{tmp}/o"], "needs --classifier"),
+    (["filter", "{run}", "--filters", "label", "--out", "{run}/o"], "inside the run folder"),
+    (
+        ["filter", "{run}", "--filters", "original", "--source-dir", "{tmp}/gone", "--out", "{tmp}/o"],
+        "--source-dir",
+    ),
+    (["filter", "{run}", "--filters", "label"], "required: --out"),
+    (["metrics", "{tmp}/nope", "--out", "{tmp}/o"], "run folder not found"),
+    (["metrics", "{run}", "--features", "inception", "--out", "{tmp}/o"], "needs Inception-v3 weights"),
+    (["metrics", "{run}", "--features", "pixels", "--out", "{tmp}/o"], "unknown feature extractor 'pixels'"),
+    (["metrics", "{run}", "--reference", "{tmp}/none", "--out", "{tmp}/o"], "input folder not found"),
+    (["metrics", "{run}", "--out", "{run}/metrics"], "inside the run folder"),
+    (["metrics", "{run}", "--kid-subset-size", "1", "--out", "{tmp}/o"], "--kid-subset-size"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_FILTER_ARGS)
+def test_bad_input_is_one_line_exit_2_before_any_model(
+    argv: list[str],
+    message: str,
+    run: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    no_models,
+    capsys,
+) -> None:
+    args = [a.format(tmp=tmp_path, run=run) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sgid: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("not json", "line 2: not JSON"),
+        ("missing image", "do not exist, e.g. cat/0_sgid_1.png"),
+        ("escaping path", "must be a relative path inside the folder"),
+        ("moved sources", "is gone; pass --source-dir where they are now"),
+        ("changed source", "differs from the one the run augmented"),
+    ],
+)
+def test_a_broken_run_folder_is_one_line_exit_2(
+    problem: str,
+    message: str,
+    run: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    no_models,
+    capsys,
+) -> None:
+    manifest = run / "metadata.jsonl"
+    lines = manifest.read_text().splitlines()
+    if problem == "not json":
+        lines[1] = "{oops"
+    elif problem == "missing image":
+        (run / "cat" / "0_sgid_1.png").unlink()
+    elif problem == "escaping path":
+        lines[0] = json.dumps(dict(json.loads(lines[0]), file_name="../x.png"))
+    elif problem == "moved sources":
+        (tmp_path / "input").rename(tmp_path / "elsewhere")
+    elif problem == "changed source":
+        (tmp_path / "input" / "cat" / "0.png").write_bytes(
+            (tmp_path / "input" / "cat" / "1.png").read_bytes()
+        )
+    manifest.write_text("\n".join(lines) + "\n")
+    assert main(["filter", str(run), "--filters", "original", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
