@@ -308,11 +308,21 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
         check_data(d, variant_list if trained_backbone else [], config)
         if trained_backbone:
             settings[d.name] = train_settings(d, spec, config, device)
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads or default_threads())
+    try:
+        return _run_all(datasets, variant_list, settings, spec, config, device, Path(out))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_all(datasets: list[EvalData], variant_list: Sequence[Variant], settings: dict[str, TrainSettings],
+             spec: BackboneSpec, config: EvalConfig, device: str, out: Path) -> Evaluation:
     # 2. Open (or resume) the output folder.
+    trained_backbone = spec.recipe is not None
     started = time.perf_counter()
     trained = reused = 0
-    with EvaluationStore(Path(out), config.protocol(), overwrite=config.overwrite, info=_package_info()) as store:
+    with EvaluationStore(out, config.protocol(), overwrite=config.overwrite, info=_package_info()) as store:
         # 3. Reference rows: untrained, deterministic, one evaluation per dataset.
         if not trained_backbone or config.zero_shot_row:
             for d in datasets:
@@ -347,5 +357,5 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
                         results_markdown(f"sgid evaluate: {config.backbone}", protocol, summary, records)),
             *write_plots(summary, store.out),
         ]
-    note(f"evaluation finished in {time.perf_counter() - started:.0f}s: {Path(out) / 'results.md'}", config.quiet)
-    return Evaluation(Path(out), records, summary, trained, reused, files)
+    note(f"evaluation finished in {time.perf_counter() - started:.0f}s: {out / 'results.md'}", config.quiet)
+    return Evaluation(out, records, summary, trained, reused, files)
