@@ -193,3 +193,17 @@ def test_a_foreign_non_empty_out_is_refused(run: Path, models: FakeModels, tmp_p
     with pytest.raises(SgidError, match="holds no sgid filter output"):
         filter_run(run, tmp_path / "mine", "original", loaded=models, quiet=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_the_filtered_folder_is_a_valid_generated_input_of_sgid_evaluate(
+    run: Path, models: FakeModels, tmp_path: Path
+) -> None:
+    data = pytest.importorskip("sgid.evaluate.data")
+    out = tmp_path / "out"
+    filter_run(run, out, "original", loaded=models, quiet=True)
+    classes, train = data.read_image_folder(run.parent / "input")
+    generated = data.read_generated(out, classes)
+    kept = [r["file_name"] for r in read_jsonl(out / "decisions.jsonl") if r["decision"] == "keep"]
+    assert sorted(ex.key.split(":", 1)[1] for ex in generated) == sorted(kept)
+    data.check_links(generated, train, out)  # every kept image still links to its real source
+    assert len(data.linked_generated(generated, train)) == len(kept)

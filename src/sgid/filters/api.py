@@ -93,7 +93,8 @@ def filter_run(
     check_out_dir(out, run)
     data = _filter_input(run, {cls.name: cls.needs(options) for cls in classes})
     # 2. Models (loaded on first use) and the filters
-    tiny_note = None
+    tiny_note = scorer_id = None
+    feature_cache = None
     if loaded is None:
         root = Path(cache_dir) if cache_dir else default_cache_dir()
         choice = choose_clip(
@@ -105,15 +106,19 @@ def filter_run(
             dtype=dtype,
             cache_dir=root,
         )
+        scorer_id = choice.identity
         if choice.tiny:
             tiny_note = TINY_WARNING
             note(TINY_WARNING, quiet)
-        loaded = LoadedFilterModels(
-            choice, FeatureCache(root / FEATURE_CACHE_FILE if cache else None), quiet=quiet
-        )
-    chain_filters: list[Filter] = [cls.create(options, loaded) for cls in classes]
-    # 3. Score and decide
-    chain = run_chain(chain_filters, data)
+        feature_cache = FeatureCache(root / FEATURE_CACHE_FILE if cache else None)
+        loaded = LoadedFilterModels(choice, feature_cache, quiet=quiet)
+    try:
+        chain_filters: list[Filter] = [cls.create(options, loaded) for cls in classes]
+        # 3. Score and decide
+        chain = run_chain(chain_filters, data)
+    finally:
+        if feature_cache is not None:
+            feature_cache.close()
     # 4. Write
     computed, reused = _feature_counts(loaded)
     settings = {
@@ -122,7 +127,7 @@ def filter_run(
         "source_dir": str(run.source_dir) if run.source_dir else None,
         "filters": names,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
-        "scorer": getattr(getattr(loaded, "choice", None), "identity", None),
+        "scorer": scorer_id,
         "tiny": tiny_note,
         "features": {"computed": computed, "reused": reused},
     }

@@ -130,7 +130,10 @@ def metrics_run(
         extractor = build_extractor(features, ExtractorOptions(clip.scorer, inception, str(choice.device)))
         store = FeatureStore(extractor, feature_cache, quiet=quiet, label="FID features")
     # 3. Embeddings
-    data, skipped = _embed(run, references, reference_dir, clip, store)
+    try:
+        data, skipped = _embed(run, references, reference_dir, clip, store)
+    finally:
+        feature_cache.close()
     # 4. Metrics, 5. outputs
     results = compute_metrics(data, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
     counts = {"clip": clip.feature_counts()}
