@@ -59,10 +59,6 @@ class FilterInput:
     def __len__(self) -> int:
         return len(self.generated)
 
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([e.label for e in self.generated], dtype=object)
-
 
 @dataclass(frozen=True)
 class Scores:
