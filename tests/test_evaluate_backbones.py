@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from evaluate_helpers import TINY_CLIP, TINY_VIT, pattern
 from PIL import Image
 
+from evaluate_helpers import TINY_CLIP, TINY_VIT, pattern
 from sgid.errors import ModelLoadError, SgidError
 from sgid.evaluate.backbones import BACKBONES, build_backbone, freeze_for_linear_probe
 from sgid.evaluate.checkpoint import load_classifier, predict_proba, save_classifier
@@ -69,7 +69,8 @@ def test_pretrained_recipe_is_adamw_batch_64_lr_grid_15_epochs_and_cifar_5e5_3_e
 
 def test_small_cnn_recipe() -> None:
     recipe = BACKBONES.get("small_cnn").recipe
-    assert recipe is not None and (recipe.optimizer, recipe.lr, recipe.epochs, recipe.batch_size) == ("sgd", 0.1, 60, 32)
+    assert recipe is not None
+    assert (recipe.optimizer, recipe.lr, recipe.epochs, recipe.batch_size) == ("sgd", 0.1, 60, 32)
 
 
 @pytest.mark.parametrize("name", TRAINED)

@@ -6,8 +6,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from evaluate_helpers import generated_examples, real_examples
 
+from evaluate_helpers import generated_examples, real_examples
 from sgid.errors import SgidError
 from sgid.evaluate.data import Example, fraction_subset, k_shot, linked_generated, stratified_split
 from sgid.evaluate.mixing import draw, make_plan, mix_add, mix_balance, mix_replace, mix_swap

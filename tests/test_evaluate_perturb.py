@@ -8,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from evaluate_helpers import solid
 from torch import nn
 from torchvision.transforms import v2
 
+from evaluate_helpers import solid
 from sgid.errors import SgidError
 from sgid.evaluate.backbones import BACKBONES
 from sgid.evaluate.data import ArrayImage, Example
@@ -22,8 +22,8 @@ from sgid.evaluate.perturb import (
     BatchAugment,
     moex,
     moex_at,
-    random_erasing,
     randaugment,
+    random_erasing,
     soft_cross_entropy,
 )
 from sgid.evaluate.train import TrainSettings, fit
@@ -58,7 +58,8 @@ def test_baseline_is_always_run_first() -> None:
 
 def test_a_proportion_sweep_makes_one_variant_per_value_for_generated_methods() -> None:
     rows = variants(parse_methods("baseline,generated+randaugment", NAMES), "replace", (0.0, 0.5))
-    assert [v.slug for v in rows] == ["baseline", "generated+randaugment@replace-p0", "generated+randaugment@replace-p0.5"]
+    assert [v.slug for v in rows] == [
+        "baseline", "generated+randaugment@replace-p0", "generated+randaugment@replace-p0.5"]
     assert rows[2].label == "generated+randaugment [replace p=0.5]"
 
 

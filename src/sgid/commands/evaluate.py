@@ -46,8 +46,8 @@ def register(subparsers: Any) -> None:
                       "(e.g. 0.1)")
 
     method = p.add_argument_group("methods")
-    method.add_argument("--methods", help=f"comma-separated: baseline, generated, {PERTURBATION_METHODS.replace(',', ', ')}"
-                        f" and '+' combinations such as generated+randaugment; baseline is always included "
+    method.add_argument("--methods", help="comma-separated: baseline, generated, random_erasing, cutmix, randaugment, "
+                        "moex and '+' combinations such as generated+randaugment; baseline is always included "
                         f"[default: baseline,{PERTURBATION_METHODS}, plus generated with --generated]")
     method.add_argument("--mix", default="add", help="how generated images join the real ones: add, replace, swap, "
                         "balance [default: add]")
@@ -67,6 +67,8 @@ def register(subparsers: Any) -> None:
     model.add_argument("--linear-probe", action="store_true", help="train only the head of a pre-trained backbone")
     model.add_argument("--weights", help="pre-trained weights: a local file or a timm/open_clip name")
     model.add_argument("--zero-shot-row", action="store_true", help="add zero-shot CLIP as a reference row")
+    model.add_argument("--zero-shot-weights", help="CLIP weights for that row: a local file or an open_clip tag "
+                       "[default: laion2b_s34b_b79k]")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
     model.add_argument("--threads", type=int, help="torch CPU threads [default: the CPUs available]")
     model.add_argument("--workers", type=int, default=0, help="data-loading processes [default: 0]")
@@ -102,6 +104,7 @@ def _config(args: argparse.Namespace) -> Any:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, shots=args.shots, fraction=args.fraction,
         mix=args.mix, proportions=tuple(args.proportion), image_size=args.image_size,
         linear_probe=args.linear_probe, weights=args.weights, zero_shot_row=args.zero_shot_row,
+        zero_shot_weights=args.zero_shot_weights,
         save_models=args.save_models, device=args.device, threads=args.threads, workers=args.workers,
         quiet=args.quiet, overwrite=args.overwrite,
     )

@@ -67,6 +67,8 @@ class EvalConfig:
     arch: dict[str, Any] = field(default_factory=dict)  # architecture overrides (tiny test configs)
     val_fraction: float = 0.1  # held out of the training set for the lr search when there is no val split
     zero_shot_row: bool = False  # add zero-shot CLIP as a reference row
+    zero_shot_weights: str | None = None  # its weights, when the trained backbone is another one
+    zero_shot_arch: dict[str, Any] = field(default_factory=dict)
     save_models: bool = False
     device: str = "auto"
     threads: int | None = None
@@ -119,6 +121,7 @@ class EvalConfig:
             "weights": self.weights, "linear_probe": self.linear_probe, "epochs": self.epochs,
             "batch_size": self.batch_size, "lr": self.lr, "image_size": self.image_size, "shots": self.shots,
             "fraction": self.fraction, "val_fraction": self.val_fraction,
+            "zero_shot_weights": self.zero_shot_weights, "zero_shot_arch": self.zero_shot_arch,
         }
 
 
@@ -270,8 +273,11 @@ def run_zero_shot(data: EvalData, config: EvalConfig, device: str, store: Evalua
     started = time.perf_counter()
     spec = BACKBONES.get(ZERO_SHOT)
     image_size = spec.resolve_image_size(None, config.image_size)
-    acc = zero_shot_accuracy(data.classes, data.test, image_size=image_size, weights=config.weights,
-                             arch=config.arch, pretrained=config.pretrained, device=device)
+    own = config.backbone == ZERO_SHOT  # else a reference row next to another backbone, with its own weights
+    acc = zero_shot_accuracy(data.classes, data.test, image_size=image_size,
+                             weights=config.weights if own else config.zero_shot_weights,
+                             arch=config.arch if own else config.zero_shot_arch, pretrained=config.pretrained,
+                             device=device)
     record = RunRecord(
         dataset=data.name, variant=ZERO_SHOT, label=ZERO_SHOT, method=ZERO_SHOT, seed=0, accuracy=acc.accuracy,
         per_class=dict(zip(data.classes, acc.per_class, strict=True)), reference=True,

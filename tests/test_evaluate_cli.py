@@ -1,0 +1,258 @@
+"""``sgid evaluate`` end to end on tiny folders with small_cnn: outputs, resume, reproducibility, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+import sgid.evaluate.api as api
+from evaluate_helpers import TINY_CLIP, TINY_VIT, tiny_data, write_folder, write_generated
+from sgid.cli import main
+from sgid.evaluate import EvalConfig, evaluate, load_classifier, predict_proba
+
+FAST = ["--backbone", "small_cnn", "--epochs", "1", "--batch-size", "8", "--threads", "1"]
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> dict[str, Path]:
+    train = write_folder(tmp_path / "toy" / "train", {"cat": 6, "dog": 6})
+    test = write_folder(tmp_path / "toy" / "test", {"cat": 4, "dog": 4}, offset=100)
+    generated = write_generated(tmp_path / "toy-sgid", train, per_image=2, originals=True)
+    return {"train": train, "test": test, "generated": generated, "out": tmp_path / "out"}
+
+
+def _args(toy: dict[str, Path], *extra: str, out: Path | None = None, quiet: bool = True) -> list[str]:
+    return ["evaluate", "--train", str(toy["train"]), "--test", str(toy["test"]), "--out", str(out or toy["out"]),
+            *FAST, *(["--quiet"] if quiet else []), *extra]
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_evaluate_writes_runs_table_plots_and_scipys_p_values(toy, capsys) -> None:
+    code = main(_args(toy, "--generated", str(toy["generated"]), "--methods", "randaugment,generated+cutmix",
+                      "--mix", "replace", "--proportion", "0,1", "--seeds", "3", quiet=False))
+    assert code == 0
+    results = _results(toy["out"])
+    runs = results["runs"]
+    assert len(runs) == 4 * 3  # baseline, randaugment, generated+cutmix at p=0 and p=1; three seeds each
+    assert {(r["variant"], r["seed"]) for r in runs} == {
+        (v, s) for v in ("baseline", "randaugment", "generated+cutmix@replace-p0", "generated+cutmix@replace-p1")
+        for s in range(3)}
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    for seed in range(3):
+        p0 = by[("generated+cutmix@replace-p0", seed)]["details"]
+        p1 = by[("generated+cutmix@replace-p1", seed)]["details"]
+        assert p0["plan_generated"] == 0 and p0["plan_size"] == 12
+        assert p1["plan_generated"] == 12 and p1["plan_size"] == 12
+        assert p1["generated_fraction_seen"] == 1.0
+        assert set(by[("baseline", seed)]["per_class"]) == {"cat", "dog"}
+    for row in results["summary"]:
+        if row["dataset"] == "toy" and row["variant"] != "baseline":
+            method = [by[(row["variant"], s)]["accuracy"] for s in range(3)]
+            base = [by[("baseline", s)]["accuracy"] for s in range(3)]
+            expected = stats.ttest_rel(method, base).pvalue
+            assert row["p_value"] is None if expected != expected else row["p_value"] == pytest.approx(expected)
+    table = (toy["out"] / "results.md").read_text()
+    assert "| Method | toy | Avg. |" in table and "| generated+cutmix [replace p=1] |" in table
+    assert (toy["out"] / "plots" / "per_class_toy.png").is_file()
+    assert (toy["out"] / "plots" / "accuracy_vs_p_toy.png").is_file()
+    assert (toy["out"] / "runs" / "toy" / "baseline" / "seed2.json").is_file()
+    printed = capsys.readouterr()
+    assert "| Method | toy | Avg. |" in printed.out
+    assert "toy baseline seed 2" in printed.err and "epoch" in printed.err  # progress per run and epoch
+
+
+def test_results_json_p_values_equal_scipys_on_its_own_per_seed_accuracies(toy, monkeypatch) -> None:
+    from sgid.evaluate.train import Accuracy
+
+    planned = iter([0.50, 0.55, 0.53, 0.60, 0.57,  # baseline, seeds 0-4
+                    0.58, 0.61, 0.60, 0.66, 0.62,  # cutmix
+                    0.40, 0.52, 0.47, 0.49, 0.45])  # moex
+    monkeypatch.setattr(api, "test_accuracy", lambda *a: Accuracy(next(planned), (None, None), 8))
+    assert main(_args(toy, "--methods", "cutmix,moex", "--seeds", "5")) == 0
+    results = _results(toy["out"])
+    accuracy = {(r["variant"], r["seed"]): r["accuracy"] for r in results["runs"]}
+    rows = {r["variant"]: r for r in results["summary"] if r["dataset"] == "toy"}
+    for variant in ("cutmix", "moex"):
+        expected = stats.ttest_rel([accuracy[(variant, s)] for s in range(5)],
+                                   [accuracy[("baseline", s)] for s in range(5)]).pvalue
+        assert rows[variant]["p_value"] == pytest.approx(expected, rel=1e-12)
+        assert rows[variant]["significant"] == (expected < 0.05)
+    assert rows["cutmix"]["mark"] == "*" and rows["moex"]["mark"] == "†"
+    assert "| cutmix | 61.40 ± 2.97* |" in (toy["out"] / "results.md").read_text()
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_runs(toy, monkeypatch) -> None:
+    real_run_one = api.run_one
+    calls: list[tuple[str, int]] = []
+
+    def interrupted(data, variant, seed, *rest):  # type: ignore[no-untyped-def]
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append((variant.slug, seed))
+        return real_run_one(data, variant, seed, *rest)
+
+    monkeypatch.setattr(api, "run_one", interrupted)
+    args = _args(toy, "--methods", "baseline,cutmix,moex", "--seeds", "2")
+    assert main(args) == 130  # "interrupted; rerun the same command to resume"
+    finished = sorted((toy["out"] / "runs").rglob("seed*.json"))
+    assert len(finished) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+
+    calls.clear()
+    monkeypatch.setattr(api, "run_one", lambda *a: calls.append((a[1].slug, a[2])) or real_run_one(*a))
+    assert main(args) == 0
+    assert len(calls) == 3 * 2 - 3  # only the unfinished runs
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    assert len(_results(toy["out"])["runs"]) == 6
+
+
+def test_resuming_with_other_settings_is_refused_unless_overwrite(toy, capsys) -> None:
+    assert main(_args(toy, "--methods", "baseline", "--seeds", "1")) == 0
+    assert main(_args(toy, "--methods", "baseline", "--seeds", "1", "--batch-size", "4")) == 2
+    assert "different settings (batch_size)" in capsys.readouterr().err
+    assert main(_args(toy, "--methods", "baseline", "--seeds", "1", "--batch-size", "4", "--overwrite")) == 0
+    assert _results(toy["out"])["runs"][0]["details"]["batch_size"] == 4
+
+
+def test_runs_are_reproducible(toy, tmp_path) -> None:
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert main(_args(toy, "--methods", "random_erasing,randaugment,moex", "--seeds", "1", out=out)) == 0
+    first, second = (_results(out)["runs"] for out in outs)
+    assert [(r["accuracy"], r["details"]["final_train_loss"]) for r in first] == [
+        (r["accuracy"], r["details"]["final_train_loss"]) for r in second]
+
+
+def test_every_method_starts_from_the_same_weights_at_a_seed(toy, monkeypatch) -> None:
+    seen: dict[str, torch.Tensor] = {}
+    real_build = api.fit.__globals__["build_model"]
+
+    def spy(settings, num_classes):  # type: ignore[no-untyped-def]
+        model = real_build(settings, num_classes)
+        seen[str(len(seen))] = model.stem[0].weight.detach().clone()
+        return model
+
+    monkeypatch.setitem(api.fit.__globals__, "build_model", spy)
+    assert main(_args(toy, "--methods", "baseline,cutmix", "--seeds", "1")) == 0
+    assert torch.equal(seen["0"], seen["1"])
+
+
+def test_k_shot_and_fraction_subsets(toy, tmp_path) -> None:
+    assert main(_args(toy, "--methods", "baseline", "--seeds", "2", "--shots", "2", out=tmp_path / "k")) == 0
+    assert [r["details"]["train_real"] for r in _results(tmp_path / "k")["runs"]] == [4, 4]
+    assert main(_args(toy, "--methods", "baseline", "--seeds", "1", "--fraction", "0.5", out=tmp_path / "f")) == 0
+    assert _results(tmp_path / "f")["runs"][0]["details"]["train_real"] == 6
+
+
+def test_generated_images_follow_their_sources_into_a_k_shot_subset(toy) -> None:
+    assert main(_args(toy, "--generated", str(toy["generated"]), "--methods", "generated", "--seeds", "1",
+                      "--shots", "2")) == 0
+    details = next(r["details"] for r in _results(toy["out"])["runs"] if r["variant"] == "generated@add")
+    assert details["train_real"] == 4 and details["plan_generated"] == 8  # two per source; "original" rows skipped
+
+
+def test_save_models_writes_loadable_classifiers(toy) -> None:
+    assert main(_args(toy, "--methods", "baseline", "--seeds", "2", "--save-models")) == 0
+    for seed in (0, 1):
+        model, meta = load_classifier(toy["out"] / "models" / "toy" / "baseline" / f"seed{seed}")
+        assert meta["classes"] == ["cat", "dog"] and meta["backbone"] == "small_cnn"
+        image = Image.open(toy["test"] / "cat" / "0.png")
+        assert predict_proba(model, meta, [image]).shape == (1, 2)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backbone", "resnet51"], "unknown backbone 'resnet51'; choose from: resnet50"),
+    (["--methods", "baseline,mixup"], "unknown method component 'mixup'"),
+    (["--mix", "blend", "--methods", "generated"], "unknown mix mode 'blend'; choose from: add, replace, swap"),
+    (["--methods", "generated", "--mix", "replace", "--proportion", "1.5"], r"--proportion must be in \[0, 1\]"),
+    (["--methods", "generated", "--mix", "replace"], "--mix replace needs --proportion"),
+    (["--methods", "generated", "--mix", "balance", "--proportion", "0.5"], "takes no --proportion"),
+    (["--methods", "randaugment", "--proportion", "0.5"], "--proportion applies to methods with generated images"),
+    (["--methods", "generated"], "need --generated DIR"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--shots", "2", "--fraction", "0.5"], "alternatives"),
+    (["--shots", "7"], "fewer than --shots 7"),
+    (["--fraction", "1.5"], r"--fraction must be in \(0, 1\]"),
+    (["--proportion", "x"], "expected numbers in"),
+    (["--linear-probe"], "--linear-probe needs a pre-trained backbone"),
+    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--backbone", "zero_shot_clip", "--methods", "randaugment"], "is not trained"),
+])
+def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, message) -> None:
+    assert main(_args(toy, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sgid: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not toy["out"].exists()  # nothing was trained or written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--test", "t", "--out", "o"], "pass --train DIR and --test DIR"),
+    (["evaluate", "--train", "/nonexistent/train", "--test", "/nonexistent/test", "--out", "o"],
+     "--train folder not found: /nonexistent/train"),
+    (["evaluate", "--dataset", "cifar10", "--out", "o"], "--dataset needs --data-root"),
+    (["evaluate", "--dataset", "imagenet", "--data-root", ".", "--out", "o"], "unknown dataset 'imagenet'"),
+])
+def test_bad_data_options_are_one_line_errors(args, message, capsys) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_paper_datasets_are_never_downloaded(tmp_path, capsys) -> None:
+    assert main(["evaluate", "--dataset", "cifar10", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "cifar10 is not under --data-root" in err and "never downloads" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generated_folder_from_other_images_is_refused(toy, tmp_path, capsys) -> None:
+    other = write_folder(tmp_path / "other", {"cat": 2, "dog": 2})
+    wrong = write_generated(tmp_path / "wrong", other, source_prefix="elsewhere/")
+    assert main(_args(toy, "--generated", str(wrong), "--methods", "generated")) == 2
+    assert "none of the generated images in" in capsys.readouterr().err
+
+
+def test_python_api_restores_torch_threads_and_returns_the_summary(tmp_path) -> None:
+    before = torch.get_num_threads()
+    result = evaluate(tiny_data(), EvalConfig(methods=("baseline", "generated"), seeds=2, epochs=1, batch_size=8,
+                                              threads=1, quiet=True), tmp_path / "api")
+    assert torch.get_num_threads() == before
+    assert result.trained == 4 and result.reused == 0
+    assert [s.label for s in result.summary if s.dataset == "tiny"] == ["baseline", "generated [add]"]
+
+
+def test_pretrained_backbones_choose_the_lr_on_validation(tmp_path) -> None:
+    config = EvalConfig(methods=("baseline",), backbone="vit_b16_in21k", pretrained=False, arch=TINY_VIT,
+                        image_size=32, seeds=1, epochs=1, batch_size=8, threads=1, quiet=True)
+    result = evaluate(tiny_data(per_image=0), config, tmp_path / "vit")
+    search = json.loads((tmp_path / "vit" / "runs" / "tiny" / "baseline" / "lr_search.json").read_text())
+    assert search["grid"] == [1e-4, 3e-4, 1e-3, 3e-3] and set(search["val_accuracy"]) == {"0.0001", "0.0003",
+                                                                                          "0.001", "0.003"}
+    assert result.records[0].details["lr"] == search["chosen"]
+    cifar = evaluate(tiny_data(per_image=0, name="cifar10"), config, tmp_path / "cifar")
+    assert cifar.records[0].details["lr"] == 5e-5 and cifar.records[0].details["epochs"] == 1
+
+
+def test_zero_shot_clip_is_a_reference_row(tmp_path) -> None:
+    clip = {"pretrained": False, "image_size": 32, "quiet": True, "threads": 1}
+    alone = evaluate(tiny_data(per_image=0), EvalConfig(backbone="zero_shot_clip", arch=TINY_CLIP, **clip),
+                     tmp_path / "zs")
+    assert [(r.variant, r.reference, r.details["test_size"]) for r in alone.records] == [("zero_shot_clip", True, 8)]
+    config = EvalConfig(methods=("baseline",), seeds=2, epochs=1, batch_size=8, zero_shot_row=True,
+                        zero_shot_arch=TINY_CLIP, **clip)  # type: ignore[arg-type]
+    beside = evaluate(tiny_data(per_image=0), config, tmp_path / "row")
+    assert beside.records[-1].accuracy == alone.records[0].accuracy  # deterministic, untrained
+    rows = [line for line in (tmp_path / "row" / "results.md").read_text().splitlines() if line.startswith("| ")]
+    assert rows[2].startswith("| baseline |") and rows[3].startswith("| zero_shot_clip (reference) |")
+    assert "±" not in rows[3] and beside.summary[-1].p_value is None
