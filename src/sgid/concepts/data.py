@@ -1,0 +1,114 @@
+"""Training batches for one concept: the class's images, randomly cropped and flipped, with template prompts.
+
+Every random choice of step ``s`` (which images, crop offsets, flips, templates) comes from a generator seeded
+with ``derive_seed(seed, key, s, ...)``: a batch is a pure function of the step number. That is what makes a
+run resumed from a checkpoint give exactly the embeddings of an uninterrupted one: there is no random stream
+whose position would have to be saved.
+
+Images are visited in epochs: each epoch is a seeded permutation of the class's images, and step ``s`` takes
+positions ``s*B .. s*B+B-1`` of the concatenated epochs, so every image is seen equally often.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sgid.seeding import derive_seed, generator
+
+#: Prompts for an object concept ("{}" is the token), in the spirit of the textual inversion paper's
+#: ImageNet-style templates.
+TEMPLATES = (
+    "a photo of a {}",
+    "a photo of the {}",
+    "a picture of a {}",
+    "a close-up photo of a {}",
+    "a cropped photo of the {}",
+    "a bright photo of a {}",
+    "a dark photo of the {}",
+    "a good photo of a {}",
+    "a photo of one {}",
+    "a photo of a small {}",
+    "a photo of a large {}",
+    "a rendering of a {}",
+)
+
+
+@dataclass(frozen=True)
+class Batch:
+    pixel_values: torch.Tensor  # (B, 3, R, R) in [-1, 1]
+    input_ids: torch.Tensor  # (B, model_max_length)
+    prompts: tuple[str, ...]
+
+
+class ConceptImages:
+    """The images of one class, resized once so the shorter side is ``resolution``; batches drawn per step."""
+
+    def __init__(
+        self, images: Sequence[Image.Image], resolution: int, tokenizer: Any, token: str, *, seed: int, key: str
+    ) -> None:
+        if not images:
+            raise ValueError("a concept needs at least one image")
+        self.images = [_fit_shorter_side(image, resolution) for image in images]
+        self.resolution = resolution
+        self.tokenizer = tokenizer
+        self.token = token
+        self.seed = seed
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def indices(self, step: int, batch_size: int) -> list[int]:
+        """Which images step ``step`` uses (epoch-wise seeded permutations)."""
+        count = len(self.images)
+        chosen: list[int] = []
+        for position in range(step * batch_size, (step + 1) * batch_size):
+            epoch, offset = divmod(position, count)
+            order = torch.randperm(count, generator=generator(derive_seed(self.seed, self.key, epoch, "order")))
+            chosen.append(int(order[offset]))
+        return chosen
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        rng = generator(derive_seed(self.seed, self.key, step, "batch"))
+        pixels: list[torch.Tensor] = []
+        prompts: list[str] = []
+        for index in self.indices(step, batch_size):
+            pixels.append(self._augment(self.images[index], rng))
+            template = TEMPLATES[int(torch.randint(len(TEMPLATES), (1,), generator=rng))]
+            prompts.append(template.format(self.token))
+        input_ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return Batch(torch.stack(pixels), input_ids, tuple(prompts))
+
+    def _augment(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Random ``resolution``-square crop and horizontal flip (p = 0.5); uint8 -> [-1, 1]."""
+        size = self.resolution
+        _, height, width = image.shape
+        top = int(torch.randint(height - size + 1, (1,), generator=rng))
+        left = int(torch.randint(width - size + 1, (1,), generator=rng))
+        crop = image[:, top : top + size, left : left + size]
+        if bool(torch.rand(1, generator=rng) < 0.5):
+            crop = crop.flip(-1)
+        return crop.float() / 127.5 - 1.0
+
+
+def _fit_shorter_side(image: Image.Image, size: int) -> torch.Tensor:
+    """(3, H, W) uint8 tensor of ``image`` scaled (bicubic, aspect kept) so its shorter side is ``size``."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    if new_size != image.size:
+        image = image.resize(new_size, Image.Resampling.BICUBIC)
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
