@@ -256,3 +256,34 @@ def test_zero_shot_clip_is_a_reference_row(tmp_path) -> None:
     rows = [line for line in (tmp_path / "row" / "results.md").read_text().splitlines() if line.startswith("| ")]
     assert rows[2].startswith("| baseline |") and rows[3].startswith("| zero_shot_clip (reference) |")
     assert "±" not in rows[3] and beside.summary[-1].p_value is None
+
+
+def test_adding_methods_and_a_generated_folder_later_reuses_the_finished_runs(toy) -> None:
+    assert main(_args(toy, "--methods", "baseline", "--seeds", "2")) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in (toy["out"] / "runs").rglob("seed*.json")}
+    more = ["--methods", "baseline,generated", "--generated", str(toy["generated"]), "--seeds", "2"]
+    assert main(_args(toy, *more)) == 0
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    assert {r["variant"] for r in _results(toy["out"])["runs"]} == {"baseline", "generated@add"}
+
+
+def test_an_exported_split_links_back_to_its_examples(tmp_path) -> None:
+    from sgid.evaluate.data import export_image_folder, load_folder_dataset
+
+    data = tiny_data(per_image=0)
+    assert export_image_folder(data.train, tmp_path / "train") == len(data.train)
+    reread = load_folder_dataset(tmp_path / "train", tmp_path / "train")
+    assert [ex.key for ex in reread.train] == sorted(ex.key for ex in data.train)
+    assert reread.classes == data.classes
+
+
+@pytest.mark.slow
+def test_a_real_augment_run_links_to_its_training_images(augmented_run: Path, tmp_path: Path) -> None:
+    source = augmented_run.parent / "input"
+    args = ["evaluate", "--train", str(source), "--test", str(source), "--generated", str(augmented_run),
+            "--methods", "generated", "--mix", "replace", "--proportion", "0.5,1", "--seeds", "2", "--out",
+            str(tmp_path / "out"), *FAST, "--quiet"]
+    assert main(args) == 0
+    runs = {(r["variant"], r["seed"]): r["details"] for r in _results(tmp_path / "out")["runs"]}
+    assert runs[("generated@replace-p1", 0)]["plan_generated"] == 6  # 3 images per class, all replaced
+    assert runs[("generated@replace-p0.5", 1)]["plan_generated"] == 4  # round(0.5 · 3) = 2 per class

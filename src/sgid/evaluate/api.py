@@ -249,7 +249,7 @@ def run_one(data: EvalData, variant: Variant, seed: int, settings: TrainSettings
                         classes=list(data.classes), image_size=settings.image_size, mean=spec.mean, std=spec.std)
     in_plan = sum(ex.generated for ex in plan.examples())
     details = {
-        "data_fingerprint": data.fingerprint(), "lr": lr, "lr_search": lr_search,
+        "data_fingerprint": data.fingerprint(variant.method.generated), "lr": lr, "lr_search": lr_search,
         "epochs": settings.recipe.epochs, "batch_size": settings.recipe.batch_size,
         "optimizer": settings.recipe.optimizer, "schedule": settings.recipe.schedule,
         "image_size": settings.image_size, "pad_crop": settings.pad_crop,
@@ -281,7 +281,7 @@ def run_zero_shot(data: EvalData, config: EvalConfig, device: str, store: Evalua
     record = RunRecord(
         dataset=data.name, variant=ZERO_SHOT, label=ZERO_SHOT, method=ZERO_SHOT, seed=0, accuracy=acc.accuracy,
         per_class=dict(zip(data.classes, acc.per_class, strict=True)), reference=True,
-        details={"data_fingerprint": data.fingerprint(), "test_size": acc.total, "image_size": image_size,
+        details={"data_fingerprint": data.fingerprint(False), "test_size": acc.total, "image_size": image_size,
                  "seconds": round(time.perf_counter() - started, 3)},
     )
     store.save(record)
@@ -332,7 +332,7 @@ def _run_all(datasets: list[EvalData], variant_list: Sequence[Variant], settings
         # 3. Reference rows: untrained, deterministic, one evaluation per dataset.
         if not trained_backbone or config.zero_shot_row:
             for d in datasets:
-                if store.finished(d.name, ZERO_SHOT, 0, d.fingerprint()) is None:
+                if store.finished(d.name, ZERO_SHOT, 0, d.fingerprint(False)) is None:
                     run_zero_shot(d, config, device, store)
         # 4. Every (dataset, variant, seed) not finished yet; the same seeds for every method.
         jobs = [(d, v, s) for d in datasets if trained_backbone for v in variant_list for s in range(config.seeds)]
@@ -340,7 +340,8 @@ def _run_all(datasets: list[EvalData], variant_list: Sequence[Variant], settings
             for d, variant, seed in jobs:
                 model_missing = config.save_models and not (
                     store.model_dir(d.name, variant.slug, seed) / "classifier.safetensors").exists()
-                if store.finished(d.name, variant.slug, seed, d.fingerprint()) is not None and not model_missing:
+                done = store.finished(d.name, variant.slug, seed, d.fingerprint(variant.method.generated))
+                if done is not None and not model_missing:
                     reused += 1
                 else:
                     lr, search = select_lr(d, variant, settings[d.name], config, store)
@@ -357,6 +358,9 @@ def _run_all(datasets: list[EvalData], variant_list: Sequence[Variant], settings
         summary = summarize(records)
         protocol = dict(config.protocol(), seeds=config.seeds, mix=config.mix,
                         proportions=list(config.proportions), device=device)
+        if not spec.pretrained:
+            del protocol["pretrained"]
+        protocol.update({f"training ({name})": s.describe() for name, s in settings.items()})
         files = [
             store.write("results.json", results_json(protocol, records, summary)),
             store.write("results.md",

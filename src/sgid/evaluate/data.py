@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -86,13 +87,14 @@ class EvalData:
     val: tuple[Example, ...] = ()
     generated: tuple[Example, ...] = ()
 
-    def fingerprint(self) -> str:
-        """A hash of the name, classes and example keys: identifies the data a finished run used."""
+    def fingerprint(self, with_generated: bool = True) -> str:
+        """A hash of the name, classes and example keys: identifies the data a finished run used (runs without
+        generated images do not depend on the generated folders, so adding one later keeps them valid)."""
         digest = hashlib.sha256()
         for part in (self.name, *self.classes):
             digest.update(part.encode() + b"\x1f")
-        for split, examples in (("train", self.train), ("test", self.test), ("val", self.val),
-                                ("generated", self.generated)):
+        splits = [("train", self.train), ("test", self.test), ("val", self.val)]
+        for split, examples in [*splits, *([("generated", self.generated)] if with_generated else [])]:
             digest.update(split.encode() + b"\x1e")
             for ex in examples:
                 digest.update(f"{ex.key}\x1f{ex.label}\x1f{ex.source}\x1e".encode())
@@ -184,6 +186,11 @@ def check_links(generated: Sequence[Example], train: Sequence[Example], director
 # -- subsets -------------------------------------------------------------------------------------------------
 
 
+def round_half_up(value: float) -> int:
+    """Conventional rounding (2.5 → 3), not Python's round-half-to-even (2.5 → 2)."""
+    return int(math.floor(value + 0.5))
+
+
 def by_class(examples: Iterable[Example]) -> dict[int, list[Example]]:
     groups: dict[int, list[Example]] = defaultdict(list)
     for ex in examples:
@@ -211,7 +218,7 @@ def fraction_subset(examples: Sequence[Example], fraction: float, seed: int) -> 
     rng = np.random.default_rng(seed)
     chosen: list[Example] = []
     for group in by_class(examples).values():
-        size = max(1, int(round(fraction * len(group))))
+        size = max(1, round_half_up(fraction * len(group)))
         chosen.extend(group[i] for i in sorted(rng.choice(len(group), size=size, replace=False)))
     return tuple(chosen)
 
@@ -223,7 +230,7 @@ def stratified_split(examples: Sequence[Example], held_out: float, seed: int) ->
     kept: list[Example] = []
     out: list[Example] = []
     for group in by_class(examples).values():
-        size = min(len(group) - 1, max(1, int(round(held_out * len(group)))))
+        size = min(len(group) - 1, max(1, round_half_up(held_out * len(group))))
         picked = set(rng.choice(len(group), size=size, replace=False).tolist())
         for i, ex in enumerate(group):
             (out if i in picked else kept).append(ex)

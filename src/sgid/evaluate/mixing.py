@@ -1,16 +1,18 @@
 """How real and generated images make one training set (``--mix``): pure, seeded functions.
 
-=========  =================================================================================================
-``add``    real + generated (expansion ×(1+k) for k images per original). With a proportion p, a seeded fraction p
-           of each class's generated images is added (000 adds 25–100%); default: all of them.
-``replace`` p of the real images of every class are replaced by generated ones; the total size stays fixed
-           (004: d_total = p·d_synthetic + (1−p)·d_original, split equally per class). p=0 is real only, p=1 all
-           generated. A replaced image is replaced by one of its own generated images when it has one, otherwise by
-           another unused generated image of its class.
-``swap``   every real image is drawn as usual, but each time it is drawn one of its generated images is used
-           instead with probability p (fixed size; fresh coin each draw). See :func:`draw`.
-``balance`` every class is topped up with its generated images to the size of the largest class.
-=========  =================================================================================================
+``add``
+    real + generated (expansion ×(1+k) for k images per original). With a proportion p, a seeded fraction p of
+    each class's generated images is added (000 adds 25–100%); default: all of them.
+``replace``
+    round(p·n_c) real images of every class are replaced by generated ones and the size stays fixed (004:
+    d_total = p·d_synthetic + (1−p)·d_original, split equally per class); p=0 is real only, p=1 all generated. A
+    replaced image is replaced by one of its own generated images when it has one, otherwise by another unused
+    generated image of its class.
+``swap``
+    every real image is drawn as usual, but each time it is drawn one of its generated images is used instead
+    with probability p (fixed size; a fresh coin each draw, see :func:`draw`).
+``balance``
+    every class is topped up with its generated images to the size of the largest class.
 
 A plan is a tuple of :class:`Slot`; a slot is one training item, with the alternatives ``swap`` may draw instead.
 """
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sgid.errors import SgidError
-from sgid.evaluate.data import Example, by_class
+from sgid.evaluate.data import Example, by_class, round_half_up
 from sgid.registry import Registry
 
 
@@ -76,7 +78,7 @@ def mix_add(real: Sequence[Example], generated: Sequence[Example], proportion: f
     p = 1.0 if proportion is None else proportion
     added: list[Example] = []
     for group in by_class(generated).values():
-        added.extend(_sample(rng, group, int(round(p * len(group)))))
+        added.extend(_sample(rng, group, round_half_up(p * len(group))))
     return Plan(tuple(Slot(ex) for ex in (*real, *added)))
 
 
@@ -90,7 +92,7 @@ def mix_replace(real: Sequence[Example], generated: Sequence[Example], proportio
     kept: list[Example] = []
     replacements: list[Example] = []
     for label, group in by_class(real).items():
-        count = int(round(proportion * len(group)))
+        count = round_half_up(proportion * len(group))
         dropped = _sample(rng, group, count)
         dropped_keys = {ex.key for ex in dropped}
         kept.extend(ex for ex in group if ex.key not in dropped_keys)

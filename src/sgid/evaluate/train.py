@@ -24,10 +24,17 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sgid.evaluate.backbones import BACKBONES, Recipe, build_backbone, freeze_for_linear_probe
-from sgid.evaluate.data import Example
+from sgid.evaluate.data import Example, round_half_up
 from sgid.evaluate.mixing import Plan, draw
 from sgid.evaluate.perturb import BatchAugment, image_ops, soft_cross_entropy, tensor_ops
 from sgid.evaluate.transforms import eval_transform, train_transform
+
+#: Convolutions run in NHWC ("channels last"): 1.5× faster for the small CNN on a CPU, and the layout cuDNN prefers.
+CHANNELS_LAST = torch.channels_last
+
+
+def _to_device(images: torch.Tensor, device: str) -> torch.Tensor:
+    return images.to(device, memory_format=CHANNELS_LAST)
 
 
 def seed_everything(seed: int) -> None:
@@ -114,6 +121,22 @@ class TrainSettings:
     workers: int = 0
     quiet: bool = False
 
+    def describe(self) -> str:
+        """One line for the report: optimizer, schedule, epochs, batch, input and crop."""
+        r = self.recipe
+        if r.optimizer == "sgd":
+            optimizer = f"SGD lr {r.lr:g}, momentum {r.momentum:g}, weight decay {r.weight_decay:g}"
+        else:
+            optimizer = f"AdamW lr {r.lr:g}, weight decay {r.weight_decay:g}"
+        if r.lr_grid:
+            optimizer += f" (lr chosen on validation from {', '.join(f'{v:g}' for v in r.lr_grid)})"
+        schedule = (f"lr ×{r.gamma:g} at {' and '.join(f'{m:.0%}' for m in r.milestones)} of the epochs"
+                    if r.schedule == "multistep" else "lr decayed linearly to 0")
+        crop = "pad-4 random crop" if self.pad_crop else "random resized crop"
+        probe = ", linear probe" if self.linear_probe else ""
+        return (f"{self.backbone}{probe}: {optimizer}; {schedule}; {r.epochs} epochs, batch {r.batch_size}; "
+                f"{self.image_size} px, {crop} + horizontal flip")
+
 
 @dataclass
 class FitResult:
@@ -142,7 +165,7 @@ def make_optimizer(model: nn.Module, recipe: Recipe, lr: float, steps_per_epoch:
     else:
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
     if recipe.schedule == "multistep":
-        milestones = sorted({int(round(f * recipe.epochs)) for f in recipe.milestones})
+        milestones = sorted({round_half_up(f * recipe.epochs) for f in recipe.milestones})
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, recipe.gamma), False
     total = max(1, recipe.epochs * steps_per_epoch)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total)), True
@@ -164,7 +187,7 @@ def fit(plan: Plan, num_classes: int, perturbations: Sequence[str], settings: Tr
     recipe = settings.recipe
     lr = recipe.lr if lr is None else lr
     seed_everything(seed)
-    model = build_model(settings, num_classes).to(settings.device)
+    model = build_model(settings, num_classes).to(settings.device).to(memory_format=CHANNELS_LAST)
     transform = train_transform(settings.image_size, settings.pad_crop, spec.mean, spec.std,
                                 image_ops=image_ops(perturbations), tensor_ops=tensor_ops(perturbations))
     dataset = TrainingSet(plan, transform, seed)
@@ -182,7 +205,7 @@ def fit(plan: Plan, num_classes: int, perturbations: Sequence[str], settings: Tr
             dataset.set_epoch(epoch)
             loss_sum, loss_count = 0.0, 0
             for images, labels, is_generated in loader:
-                images, labels = images.to(settings.device), labels.to(settings.device)
+                images, labels = _to_device(images, settings.device), labels.to(settings.device)
                 images, targets, context = augment(images, labels)
                 with context:
                     logits = model(images)
@@ -210,7 +233,7 @@ def predict(model: nn.Module, examples: Sequence[Example], settings: TrainSettin
     loader = _loader(EvalSet(examples, eval_transform(settings.image_size, spec.mean, spec.std)),
                      max(64, 2 * settings.recipe.batch_size), settings, shuffle=False)
     model.eval()
-    predictions = [model(images.to(settings.device)).argmax(dim=1).cpu() for images, _ in loader]
+    predictions = [model(_to_device(images, settings.device)).argmax(dim=1).cpu() for images, _ in loader]
     return torch.cat(predictions).numpy() if predictions else np.zeros(0, dtype=np.int64)
 
 
