@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ def apply_lora(pipe: Any, path: str | Path, scale: float = 1.0, adapter_name: st
     if any(name in names for names in pipe.get_list_adapters().values()):
         raise SgidError(f"the pipeline already has a LoRA adapter named {name!r}")
     try:
-        pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
+        with _diffusers_logging_off():  # it logs the whole shape-mismatch list; the error below says it in a line
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         reason = " ".join(str(exc).split())[:240]
         raise SgidError(f"the LoRA weights {file} do not fit this Stable Diffusion model: {reason}") from None
@@ -154,6 +156,18 @@ def apply_lora(pipe: Any, path: str | Path, scale: float = 1.0, adapter_name: st
         raise SgidError(f"the LoRA weights {file} matched no layer of this Stable Diffusion model")
     pipe.set_adapters([name], adapter_weights=[float(scale)])
     return name
+
+
+@contextmanager
+def _diffusers_logging_off() -> Iterator[None]:
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def lora_fingerprint(path: str | Path) -> str:
