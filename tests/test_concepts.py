@@ -24,6 +24,7 @@ from sgid.concepts import (
     ConceptTrainer,
     DiffusionParts,
     TrainSettings,
+    TrainState,
     apply_concepts,
     apply_lora,
     fork_pipeline,
@@ -32,6 +33,7 @@ from sgid.concepts import (
     prepare_pipeline,
 )
 from sgid.concepts.data import ConceptImages
+from sgid.concepts.store import ConceptsDir
 from sgid.concepts.tokens import choose_init_token, concept_tokens
 from sgid.errors import MissingDependencyError, RunDirError, SgidError
 
@@ -247,6 +249,25 @@ def test_other_settings_are_refused_unless_overwrite(
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="not empty"):
         learn_concepts(dataset, foreign, other, models="tiny", cache_dir=cache_dir, quiet=True, overwrite=True)
+
+
+def test_checkpoints_round_trip_and_foreign_ones_are_ignored(tmp_path: Path) -> None:
+    store = ConceptsDir(tmp_path / "concepts", {"model": "m"})
+    optimizer = {"step": torch.tensor(3.0), "exp_avg": torch.randn(1, 8), "exp_avg_sq": torch.rand(1, 8)}
+    state = TrainState(3, torch.randn(1, 8), optimizer, 0.25)
+    key = {"token": "<sgid-cat>", "images_sha256": "abc"}
+    with store.session({}):
+        store.save_checkpoint("cat", state, key)
+        back = store.load_checkpoint("cat", key)
+        assert back is not None and (back.step, back.loss) == (3, 0.25)
+        assert torch.equal(back.embedding, state.embedding)
+        assert back.optimizer.keys() == optimizer.keys()
+        assert all(torch.equal(back.optimizer[name], value) for name, value in optimizer.items())
+        assert store.load_checkpoint("cat", dict(key, images_sha256="other images")) is None
+        (tmp_path / "concepts" / "checkpoints" / "cat.safetensors").write_bytes(b"torn")
+        assert store.load_checkpoint("cat", key) is None
+        with pytest.raises(RunDirError, match="another sgid run"):
+            ConceptsDir(tmp_path / "concepts", {"model": "m"}).open({})
 
 
 def test_apply_concepts_refuses_foreign_dirs_and_other_widths(learned: Path, pipe: Any, tmp_path: Path) -> None:

@@ -95,9 +95,8 @@ def learn_concepts(
     store.check()
     # 2. Load a private copy of the model: training adds tokens to its tokenizer and text encoder
     torch_device = resolve_device(device)
-    pipe = load_sd_pipeline(
-        choice.generator, "img2img", torch_device, resolve_dtype(dtype, torch_device), False, private=True
-    )
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    pipe = load_sd_pipeline(choice.generator, "img2img", torch_device, torch_dtype, False, private=True)
     parts = DiffusionParts.from_pipeline(pipe)
     resolution = settings.resolution or parts.native_resolution
     if is_tiny(choice):
@@ -109,6 +108,8 @@ def learn_concepts(
         "resolution": resolution,
         "settings": asdict(settings),
         "input": str(Path(input_dir).resolve()),
+        "device": str(torch_device),
+        "dtype": str(torch_dtype).removeprefix("torch."),  # of the UNet and VAE; the embedding trains in fp32
     }
     # 3. Learn each class, skipping finished ones and resuming from checkpoints
     trained = already_done = failed = 0

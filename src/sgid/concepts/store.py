@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from sgid.concepts.trainer import TrainState
@@ -180,14 +180,15 @@ class ConceptsDir:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        except Exception:  # noqa: BLE001 - a torn or foreign file is simply not a usable checkpoint
-            return None
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            step = int(metadata["step"])
+            loss = float(metadata["loss"]) if metadata.get("loss") else None
+        except (OSError, SafetensorError, KeyError, ValueError):
+            return None  # a foreign or damaged file is not a usable checkpoint
         if any(metadata.get(name) != value for name, value in key.items()) or "embedding" not in tensors:
             return None
         optimizer = {name.split(".", 1)[1]: value for name, value in tensors.items() if name.startswith("optimizer.")}
-        loss = float(metadata["loss"]) if metadata.get("loss") else None
-        return TrainState(int(metadata["step"]), tensors["embedding"], optimizer, loss)
+        return TrainState(step, tensors["embedding"], optimizer, loss)
 
     def finish(self, class_name: str, entry: dict[str, Any], embedding: torch.Tensor) -> None:
         """Write the class's embedding file, then mark it done in the index, then drop its checkpoint."""
