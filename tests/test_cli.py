@@ -33,7 +33,7 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--noise", "-0.2"], "invalid --noise"),
         (["--steps", "0"], "invalid --steps 0: must be >= 1"),
         (["--preset", "imagenet"], "unknown preset 'imagenet'; choose from: cifar100, cifar10"),
-        (["--method", "dalle"], "unknown method 'dalle'; choose from: sgid"),
+        (["--method", "dalle"], "unknown method 'dalle'; choose from: boomerang, sgid, diverse_caption"),
         (["--models", "huge"], "unknown models preset 'huge'"),
         (["--caption", "longest"], "invalid --caption 'longest'"),
         (["--guidance", "lots"], "invalid --guidance 'lots'"),
@@ -60,8 +60,19 @@ def test_missing_input_and_missing_out(tmp_path: Path, capsys, no_model_loading)
 
 def test_unavailable_weights_fail_before_any_work(tmp_path: Path, image_folder: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
-    code, err = run_cli(["augment", str(image_folder), "--out", str(out), "--models", "tiny",
-                         "--captioner", str(tmp_path / "no-such-blip")], capsys)
+    code, err = run_cli(
+        [
+            "augment",
+            str(image_folder),
+            "--out",
+            str(out),
+            "--models",
+            "tiny",
+            "--captioner",
+            str(tmp_path / "no-such-blip"),
+        ],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1
     assert "cannot load the captioner" in err and "no-such-blip" in err
     assert not out.exists()
@@ -78,9 +89,25 @@ def test_hub_id_offline_names_the_model_and_the_fix(tmp_path: Path, image_folder
 def test_console_script_entry_point_and_help() -> None:
     result = subprocess.run([sys.executable, "-m", "sgid", "augment", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for flag in ("--models", "--method", "--preset", "--caption", "--prompt", "--label-weight", "--caption-weight",
-                 "--noise", "--steps", "--multiplier", "--seed", "--batch-size", "--device", "--overwrite", "--quiet"):
+    for flag in (
+        "--models",
+        "--method",
+        "--preset",
+        "--caption",
+        "--prompt",
+        "--label-weight",
+        "--caption-weight",
+        "--noise",
+        "--steps",
+        "--multiplier",
+        "--seed",
+        "--batch-size",
+        "--device",
+        "--overwrite",
+        "--quiet",
+    ):
         assert flag in result.stdout
-    result = subprocess.run([sys.executable, "-m", "sgid", "augment", "x", "--out", "y", "--steps", "-1"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sgid", "augment", "x", "--out", "y", "--steps", "-1"], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1

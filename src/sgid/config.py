@@ -64,7 +64,20 @@ class AugmentConfig:
     min_side: int = 8
     keep_generation_size: bool = False
     include_originals: bool = False
-    method_options: tuple[tuple[str, Any], ...] = ()
+    # other methods (issue 5): text2img, diverse_caption, instruct_pix2pix, boomerang, retrieval
+    templates: tuple[str, ...] = ()  # text2img sentence templates; empty = the built-in list
+    text_model: str | None = None  # local causal LM (hub id or path) for sentences, summaries, instructions
+    sentences: int = 10  # text2img: LM sentences per label; diverse_caption --summarize: descriptions per label
+    summarize: bool = False  # diverse_caption: summarise a label's captions into domain descriptions (ALIA)
+    instructions: tuple[str, ...] = ()  # instruct_pix2pix edit instructions; empty = built-in list (or LM)
+    image_guidance: float = 1.5  # instruct_pix2pix image guidance scale
+    boomerang_prompt: str = "empty"  # boomerang: "empty" or "label"
+    pool: Path | None = None  # retrieval: folder of unlabelled images
+    retrieval_query: str = "text"  # retrieval: "text", "image" or "both"
+    duplicate_threshold: float = 0.95  # retrieval: drop pool images this similar to a training image
+    concepts: Path | None = None  # learned textual-inversion concepts (sgid learn-concepts)
+    lora: str | None = None  # LoRA weights for the Stable Diffusion UNet/text encoder
+    lora_scale: float = 1.0
     # execution
     batch_size: int = 4
     cache_dir: Path | None = None
@@ -87,15 +100,22 @@ class AugmentConfig:
         _choice(self.similarity, "--similarity", SIMILARITY_MODES)
         if self.preset is not None:
             PRESETS.get(self.preset)
-        from sgid.methods import METHODS
+        from sgid.methods import METHODS, chain_parts
 
-        METHODS.get(self.method)
+        parts = chain_parts(self.method)  # a chain's stages are configured and checked one by one
+        if len(parts) == 1:
+            METHODS.get(self.method)(self).check()
         from sgid.models.loading import MODEL_PRESETS
 
         MODEL_PRESETS.get(self.models)
         parse_guidance(self.guidance)
         if "{label}" not in self.label_template:
             raise SgidError(f"--label-template must contain {{label}}: {self.label_template!r}")
+        _check(self.sentences, "--sentences", lambda v: v >= 1, "must be >= 1")
+        _check(self.image_guidance, "--image-guidance", lambda v: v >= 0, "must be >= 0")
+        _check(self.duplicate_threshold, "--duplicate-threshold", lambda v: -1 <= v <= 1, "must be in [-1, 1]")
+        _choice(self.boomerang_prompt, "--boomerang-prompt", ("empty", "label"))
+        _choice(self.retrieval_query, "--retrieval-query", ("text", "image", "both"))
         if self.caption == "beam" and not self.captions.beam_captions:
             raise SgidError("--caption beam needs beam captions (--beam-captions > 0)")
         if self.caption == "nucleus" and not self.captions.nucleus_captions:
@@ -105,17 +125,28 @@ class AugmentConfig:
     def build(
         cls, input_dir: str | Path, out_dir: str | Path, preset: str | None = None, **options: Any
     ) -> AugmentConfig:
-        """Defaults, then the preset's settings, then every option that is not ``None``."""
+        """Defaults, then the method's own defaults, then the preset's settings, then every option not ``None``."""
+        from sgid.methods import METHODS
+
         caption_fields = {f.name for f in dataclasses.fields(CaptionSettings)}
         caption_options = {k: options.pop(k) for k in list(options) if k in caption_fields}
-        settings: dict[str, Any] = dict(PRESETS.get(preset)) if preset else {}
+        from sgid.methods import chain_parts
+
+        method = chain_parts(options.get("method") or "sgid")[-1]
+        settings: dict[str, Any] = dict(METHODS.get(method).defaults)
+        settings.update(PRESETS.get(preset) if preset else {})
         settings.update({k: v for k, v in options.items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise TypeError(f"unknown augment options: {', '.join(unknown)}")
         captions = CaptionSettings(**{k: v for k, v in caption_options.items() if v is not None})
-        for name in ("label_names", "cache_dir"):
+        for name in ("templates", "instructions"):
+            if isinstance(settings.get(name), str):
+                settings[name] = (settings[name],)
+            elif settings.get(name) is not None:
+                settings[name] = tuple(settings[name])
+        for name in ("label_names", "cache_dir", "pool", "concepts"):
             if settings.get(name) is not None:
                 settings[name] = Path(settings[name])
         if isinstance(settings.get("guidance"), (int, float)):
@@ -131,13 +162,8 @@ class AugmentConfig:
         """(w_l, w_c) actually applied: (1, 1) when prompt weighting is off."""
         return (self.label_weight, self.caption_weight) if self.prompt_weighting else (1.0, 1.0)
 
-    def option(self, name: str, default: Any = None) -> Any:
-        return dict(self.method_options).get(name, default)
-
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["method_options"] = {k: v for k, v in self.method_options}
-        return _jsonable(data)
+        return _jsonable(dataclasses.asdict(self))
 
     def identity(self) -> dict[str, Any]:
         """The settings that determine the output; a resumed run must match them exactly."""

@@ -17,12 +17,19 @@ from sgid.images import IMAGE_EXTENSIONS
 
 @dataclass(frozen=True)
 class Source:
-    """One input file: where it is and which class it belongs to."""
+    """One input file: where it is and which class it belongs to.
+
+    When the input is an earlier sgid run (methods chained, e.g. ``text2img+sgid``), a source is one of that
+    run's images and ``origin`` keeps the path of the real image it descends from.
+    """
 
     path: Path  # absolute path on disk
     relpath: str  # path relative to the input root, with forward slashes: "<class>/<name>"
     class_name: str  # the class folder's name
     label: str  # the label text used in prompts
+    origin: str | None = None  # chained input: the real source's path in the first run's input folder
+    origin_sha256: str | None = None
+    chain: tuple[str, ...] = ()  # chained input: the methods that made this image, in order
 
 
 @dataclass(frozen=True)
@@ -65,13 +72,19 @@ def read_label_names(path: Path) -> dict[str, str]:
     raise SgidError(f"label-names file {path} must end in .json, .csv or .tsv")
 
 
+def is_run_dir(root: Path) -> bool:
+    return (root / "run.json").is_file() and (root / "metadata.jsonl").is_file()
+
+
 def scan(root: Path, label_names: dict[str, str] | None = None) -> Listing:
-    """List the labelled images under ``root``."""
+    """List the labelled images under ``root`` (an ImageFolder, or an earlier sgid run to chain onto)."""
     root = Path(root)
     if not root.exists():
         raise SgidError(f"input folder not found: {root}")
     if not root.is_dir():
         raise SgidError(f"input is not a folder: {root}")
+    if is_run_dir(root):
+        return scan_run(root, label_names)
     class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if not class_dirs:
         raise SgidError(f"no class folders in {root}: expected one subfolder per class (e.g. {root}/cat/1.jpg)")
@@ -114,3 +127,44 @@ def _walk_files(folder: Path) -> list[Path]:
         elif path.is_file():
             found.append(path)
     return found
+
+
+def scan_run(root: Path, label_names: dict[str, str] | None = None) -> Listing:
+    """The images of an earlier sgid run as sources, with provenance back to their real source images."""
+    rows = []
+    for number, line in enumerate((root / "metadata.jsonl").read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SgidError(f"{root / 'metadata.jsonl'} line {number} is not JSON: {exc}") from None
+    sources: list[Source] = []
+    skipped: list[tuple[str, str]] = []
+    labels: dict[str, str] = {}
+    for row in rows:
+        file_name, class_name = row.get("file_name"), row.get("label")
+        if not file_name or not class_name:
+            raise SgidError(f"{root / 'metadata.jsonl'} is not an sgid manifest (rows need file_name and label)")
+        label = (label_names or {}).get(class_name) or row.get("label_text") or default_label(class_name)
+        labels.setdefault(class_name, label)
+        path = root / file_name
+        if not path.is_file():
+            skipped.append((file_name, "listed in the earlier run's manifest but missing on disk"))
+            continue
+        method = row.get("method") or "unknown"
+        chain = tuple(row.get("chain") or ([] if method == "original" else [method]))
+        sources.append(
+            Source(
+                path=path.resolve(),
+                relpath=file_name,
+                class_name=class_name,
+                label=labels[class_name],
+                origin=row.get("source"),
+                origin_sha256=row.get("source_sha256"),
+                chain=chain,
+            )
+        )
+    if not sources:
+        raise SgidError(f"the run in {root} has no images to build on")
+    sources.sort(key=lambda s: s.relpath)
+    return Listing(tuple(sources), tuple(sorted(skipped)), tuple(sorted(labels)), labels)

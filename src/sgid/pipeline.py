@@ -1,9 +1,17 @@
 """``sgid augment``: read → caption → score → prompt → generate → write.
 
-Phase 1 reads every source and captions and scores it (cached, in fixed groups of ``caption_batch_size``
-images over the sorted source list, so captions never depend on ``--batch-size`` or on what a killed run had
-finished). Phase 2 plans each (source, k) sample with the method, batches samples of equal generation size
-and generates them, committing each image as it is done.
+1. **Read, caption, score.** Every source still needing work is read; when the method uses captions, BLIP
+   captions and CLIP similarities are computed (or taken from the cache) in fixed groups of
+   ``caption_batch_size`` images over the sorted source list, so they never depend on ``--batch-size`` or on
+   what a killed run had finished.
+2. **Prepare and plan.** The method prepares what needs the whole dataset (sentences, caption pools, retrieval
+   assignments), then plans each (source, k): caption, prompt, weights, guidance, generator.
+3. **Score** captions that were chosen from elsewhere (one image and one caption per call, so the result
+   cannot depend on a batch).
+4. **Generate and write.** Samples of equal generator and generation size are batched; each image is committed
+   (atomically, then journaled) as soon as it is made.
+
+``text2img+sgid``-style chains run one method after another, each stage a complete run of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import platform
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +32,7 @@ from sgid.config import AugmentConfig
 from sgid.dataset import Listing, Source, read_label_names, scan
 from sgid.errors import SgidError
 from sgid.images import ImageError, LoadedImage, generation_size, load_rgb, png_bytes, resize
-from sgid.methods import METHODS, Method, MethodContext
+from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
 from sgid.models.loading import TINY_WARNING, ModelChoice, default_cache_dir, is_tiny, resolve_models
 from sgid.progress import bar, note
 from sgid.runstore import RunStore, copy_or_link, item_key
@@ -58,7 +66,21 @@ def augment(input_dir: str | Path, out_dir: str | Path, *, preset: str | None = 
 
     >>> augment("data/train", "data/sgid", models="tiny", noise=0.5, multiplier=2)  # doctest: +SKIP
     """
-    return Augmenter(AugmentConfig.build(input_dir, out_dir, preset=preset, **options)).run()
+    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **options)
+    parts = chain_parts(config.method)
+    if len(parts) == 1:
+        return Augmenter(config).run()
+    # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
+    # is configured (and checked) before the first one starts.
+    out = Path(out_dir)
+    stages: list[AugmentConfig] = []
+    current: Path = Path(input_dir)
+    for number, part in enumerate(parts, start=1):
+        target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
+        stage = AugmentConfig.build(current, target, preset=preset, **{**options, "method": part})
+        stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
+        current = target
+    return [Augmenter(stage).run() for stage in stages][-1]
 
 
 class Augmenter:
@@ -74,7 +96,7 @@ class Augmenter:
         started = time.monotonic()
         # 1. Check inputs (no model is loaded before this passes)
         listing = self._scan()
-        _check_out_dir(c, listing)
+        _check_out_dir(c)
         choice = resolve_models(
             c.models,
             cache_dir=self.cache_dir,
@@ -82,6 +104,7 @@ class Augmenter:
             scorer=c.scorer,
             generator=c.sd_model,
             instruct=c.instruct_model,
+            text=c.text_model,
         )
         store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
         store.check()
@@ -96,12 +119,18 @@ class Augmenter:
             # 3. Read, caption and score
             infos, read_errors = self._read_and_caption(listing, store, stages, cache)
             store.input_errors += read_errors
-            # 4. Plan and generate
-            context = MethodContext(config=c, infos=infos, labels=listing.labels)
-            generated = self._generate(listing, infos, context, store, stages)
+            # 4. Prepare, plan, score chosen captions
+            context = MethodContext(
+                config=c, sources=listing.sources, infos=infos, labels=stages.labels or listing.labels
+            )
+            context = replace(context, prepared=self.method.prepare(context, self._services(stages)))
+            store.input_errors += context.prepared.get("notes", [])
+            pending = self._plan(listing, context, store)
+            pending = self._score_chosen_captions(pending, stages, cache)
+            # 5. Generate and write
+            generated = self._generate(listing, pending, store, stages)
             if c.include_originals:
                 self._write_originals(listing, infos, store)
-            # 5. Write the manifests
             store.write_manifests()
             failed = len(store.input_errors) + len(store.output_errors)
             total = len(store.rows)
@@ -119,34 +148,35 @@ class Augmenter:
         return {
             "sgid_version": __version__,
             "config": self.config.to_dict(),
-            "models": {role: ref.name for role, ref in vars(choice).items()},
+            "models": {role: ref.name for role, ref in vars(choice).items() if ref is not None},
             "versions": package_versions(),
             "command": " ".join(["sgid", *sys.argv[1:]]) if sys.argv and "sgid" in sys.argv[0] else None,
         }
 
-    # -- phase 1: read, caption, score ---------------------------------------------------------------------
-    def _sources_to_read(self, listing: Listing, store: RunStore) -> list[Source]:
-        if not self.method.uses_source_pixels and not self.method.needs_captions():
-            return []
-        if self.method.needs_all_captions():
-            return list(listing.sources)
+    def _services(self, stages: Stages) -> Services:
+        return Services(text=stages.text, scorer=stages.scorer, scorer_id=stages.scorer_id, cache_dir=self.cache_dir)
+
+    # -- 1. read, caption, score ---------------------------------------------------------------------------
+    def _sources_to_read(self, listing: Listing, store: RunStore) -> set[str]:
+        if self.method.needs_all_sources():
+            return {s.relpath for s in listing.sources}
         k_range = range(self.config.multiplier)
-        return [
-            s
+        return {
+            s.relpath
             for s in listing.sources
             if not all(store.is_done(item_key(s.relpath, k, self.method.name)) for k in k_range)
-        ]
+        }
 
     def _read_and_caption(
         self, listing: Listing, store: RunStore, stages: Stages, cache: Cache
     ) -> tuple[dict[str, SourceInfo], list[dict[str, Any]]]:
         c = self.config
-        wanted = {s.relpath for s in self._sources_to_read(listing, store)}
+        wanted = self._sources_to_read(listing, store)
         infos: dict[str, SourceInfo] = {}
         errors: list[dict[str, Any]] = []
         captioning = self.method.needs_captions()
         progress = bar(len(wanted), "reading and captioning" if captioning else "reading", "img", c.quiet)
-        # Fixed groups over the full, sorted source list: composition never depends on what is done.
+        # Fixed groups over the full, sorted source list: their composition never depends on what is done.
         for group in _chunks(list(listing.sources), c.caption_batch_size):
             members = [s for s in group if s.relpath in wanted]
             if not members:
@@ -169,7 +199,7 @@ class Augmenter:
     def _captions(
         self, loaded: list[tuple[Source, LoadedImage]], stages: Stages, cache: Cache
     ) -> dict[str, tuple[Caption, ...]]:
-        """Captions with similarities for one group, from the cache or computed for the whole group at once."""
+        """Captions with similarities for one group: from the cache, or computed for the group at once."""
         c = self.config
         assert stages.captioner is not None and stages.scorer is not None
         seeds = {s.relpath: derive_seed(c.seed, s.relpath, "captions") for s, _ in loaded}
@@ -202,57 +232,73 @@ class Augmenter:
             for s, _ in loaded
         }
 
-    # -- phase 2: plan and generate ------------------------------------------------------------------------
-    def _pending(
-        self, listing: Listing, infos: dict[str, SourceInfo], context: MethodContext, store: RunStore
-    ) -> list[Sample]:
+    # -- 2. plan, 3. score chosen captions -----------------------------------------------------------------
+    def _plan(self, listing: Listing, context: MethodContext, store: RunStore) -> list[Sample]:
         c = self.config
         samples = []
         for source in listing.sources:
-            info = infos.get(source.relpath)
-            if self.method.uses_source_pixels and info is None:
-                continue  # unreadable: already in errors
+            info = context.infos.get(source.relpath)
+            if info is None:
+                continue  # unreadable: already in errors.jsonl
             for k in range(c.multiplier):
-                if store.is_done(item_key(source.relpath, k, self.method.name)):
+                key = item_key(source.relpath, k, self.method.name)
+                if store.is_done(key):
                     continue
                 seed = derive_seed(c.seed, source.relpath, k, self.method.name, "generate")
-                samples.append(self.method.plan(Sample(source=source, k=k, seed=seed, info=info), context))
+                try:
+                    samples.append(self.method.plan(Sample(source=source, k=k, seed=seed, info=info), context))
+                except SkipItem as exc:
+                    store.commit_output_error(key, self._error_row(source, k, str(exc)))
         return samples
 
-    def _generate(
-        self,
-        listing: Listing,
-        infos: dict[str, SourceInfo],
-        context: MethodContext,
-        store: RunStore,
-        stages: Stages,
-    ) -> int:
+    def _error_row(self, source: Source, k: int, reason: str) -> dict[str, Any]:
+        return {"source": source.relpath, "k": k, "method": self.method.name, "reason": reason}
+
+    def _score_chosen_captions(self, samples: list[Sample], stages: Stages, cache: Cache) -> list[Sample]:
+        """CLIP cosine similarity of captions chosen from elsewhere (e.g. another image's), then ``finalize``."""
+        unscored = [i for i, s in enumerate(samples) if s.caption is not None and s.caption.similarity is None]
+        if not unscored:
+            return samples
+        assert stages.scorer is not None
+        keys = {
+            i: cache_key(image=samples[i].info.sha256, scorer=stages.scorer_id, text=samples[i].caption.text)  # type: ignore[union-attr]
+            for i in unscored
+        }
+        known = cache.get_many("similarities", keys.values())
+        progress = bar(len(unscored), "scoring chosen captions", "img", self.config.quiet)
+        for i in unscored:
+            if keys[i] not in known:
+                image = load_rgb(samples[i].source.path, max_pixels=self.config.max_pixels).image
+                # one image and one caption per call: the value cannot depend on what shares a batch
+                (similarity,) = stages.scorer.caption_similarities([image], [[samples[i].caption.text]])[0]  # type: ignore[union-attr]
+                known[keys[i]] = similarity
+                cache.put_many("similarities", {keys[i]: similarity})
+            samples[i] = self.method.finalize(samples[i], float(known[keys[i]]))
+            progress.update(1)
+        progress.close()
+        return samples
+
+    # -- 4. generate and write -----------------------------------------------------------------------------
+    def _generate(self, listing: Listing, pending: list[Sample], store: RunStore, stages: Stages) -> int:
         c = self.config
-        pending = self._pending(listing, infos, context, store)
         names = output_names(listing.sources, self.method.name)
         progress = bar(len(pending), "generating", "img", c.quiet)
         last_flush = time.monotonic()
         made = 0
         for batch in self._batches(pending, stages):
-            outputs = stages.generate(batch, self._pixels(batch, stages))
+            size = self._target_size(batch[0], stages)
+            outputs = stages.generate(batch, self._pixels(batch, size), size)
             for sample, (image, flagged) in zip(batch, outputs, strict=True):
                 key = item_key(sample.source.relpath, sample.k, self.method.name)
                 if flagged:
-                    store.commit_output_error(
-                        key,
-                        {
-                            "source": sample.source.relpath,
-                            "k": sample.k,
-                            "method": self.method.name,
-                            "reason": "the safety checker flagged the generated image (blacked out); not kept",
-                        },
-                    )
+                    reason = "the safety checker flagged the generated image (blacked out); not kept"
+                    store.commit_output_error(key, self._error_row(sample.source, sample.k, reason))
                     continue
-                generated_size = image.size
-                if sample.info is not None and not c.keep_generation_size:
+                produced_size = image.size
+                if self.method.resize_to_source and sample.info is not None and not c.keep_generation_size:
                     image = resize(image, sample.info.size)
                 file_name = f"{sample.source.class_name}/{names[sample.source.relpath]}_{sample.k}.png"
-                row = self.manifest_row(sample, stages, file_name, image.size, generated_size)
+                row = self.manifest_row(sample, stages, file_name, image.size, produced_size)
                 store.commit_image(key, row, png_bytes(image))
                 made += 1
             progress.update(len(batch))
@@ -263,9 +309,11 @@ class Augmenter:
         return made
 
     def _target_size(self, sample: Sample, stages: Stages) -> tuple[int, int]:
-        if sample.info is None:
-            return (stages.resolution(sample.kind), stages.resolution(sample.kind))
-        return generation_size(sample.info.size, stages.resolution(sample.kind), stages.size_multiple(sample.kind))
+        resolution = stages.resolution(sample.kind)
+        if resolution is None:  # not generated (retrieval): sizes are the images' own
+            return (0, 0)
+        assert sample.info is not None
+        return generation_size(sample.info.size, resolution, stages.size_multiple(sample.kind))
 
     def _batches(self, samples: Sequence[Sample], stages: Stages) -> Iterator[list[Sample]]:
         """Batches of up to ``batch_size`` samples sharing generator kind and generation size."""
@@ -275,7 +323,7 @@ class Augmenter:
         for key in sorted(groups):
             yield from _chunks(groups[key], self.config.batch_size)
 
-    def _pixels(self, batch: list[Sample], stages: Stages) -> list[Image.Image] | None:
+    def _pixels(self, batch: list[Sample], size: tuple[int, int]) -> list[Image.Image] | None:
         if not self.method.uses_source_pixels:
             return None
         images = []
@@ -284,58 +332,65 @@ class Augmenter:
             assert sample.info is not None
             if loaded.sha256 != sample.info.sha256:
                 raise SgidError(f"{sample.source.relpath} changed while the run was going; rerun to pick it up")
-            images.append(resize(loaded.image, self._target_size(sample, stages)))
+            images.append(resize(loaded.image, size))
         return images
 
     def manifest_row(
-        self,
-        sample: Sample,
-        stages: Stages,
-        file_name: str,
-        size: tuple[int, int],
-        generated_size: tuple[int, int],
+        self, sample: Sample, stages: Stages, file_name: str, size: tuple[int, int], produced: tuple[int, int]
     ) -> dict[str, Any]:
         c = self.config
-        info = sample.info
+        info, source = sample.info, sample.source
+        captions = info.captions if info else ()
         row: dict[str, Any] = {
             "file_name": file_name,
-            "label": sample.source.class_name,
-            "label_text": sample.source.label,
-            "source": sample.source.relpath,
-            "source_sha256": info.sha256 if info else None,
+            "label": source.class_name,
+            "label_text": source.label,
+            # provenance: the real image this one descends from, also through chained methods
+            "source": source.origin or source.relpath,
+            "source_sha256": source.origin_sha256 if source.origin else (info.sha256 if info else None),
             "k": sample.k,
             "method": self.method.name,
             "seed": sample.seed,
             "run_seed": c.seed,
-            "captions": [
-                {"text": t.text, "strategy": t.strategy, "similarity": t.similarity}
-                for t in (info.captions if info else ())
-            ],
+            "captions": [{"text": t.text, "strategy": t.strategy, "similarity": t.similarity} for t in captions],
             "caption": sample.caption.text if sample.caption else None,
-            "caption_strategy": c.caption if sample.caption else None,
+            "caption_strategy": sample.caption.strategy if sample.caption else None,
             "similarity": sample.similarity,
-            "similarity_mode": c.similarity if sample.caption else None,
+            "similarity_mode": (c.similarity if sample.caption.origin is None else "cosine")
+            if sample.caption
+            else None,
             "prompt": sample.prompt.text if sample.prompt else None,
-            "prompt_mode": c.prompt,
-            "negative_prompt": sample.negative_prompt,
+            "prompt_mode": c.prompt if self.method.name in ("sgid", "diverse_caption") else None,
+            "negative_prompt": sample.negative_prompt if sample.prompt else None,
             "prompt_weighting": c.prompt_weighting,
             "label_weight": sample.label_weight,
             "caption_weight": sample.caption_weight,
             "guidance_scale": sample.guidance_scale,
-            "guidance_map": c.guidance_map.describe(),
+            "guidance_map": c.guidance_map.describe() if sample.guidance_scale is not None else None,
             "diffusers_guidance": c.diffusers_guidance,
             "noise_rate": sample.strength,
-            "steps": c.steps,
-            "denoising_steps": int(c.steps * sample.strength) if sample.strength is not None else c.steps,
+            "steps": c.steps if sample.kind != "retrieval" else None,
+            "denoising_steps": _denoising_steps(sample, c.steps),
             "width": size[0],
             "height": size[1],
-            "generation_width": generated_size[0],
-            "generation_height": generated_size[1],
-            "captioner_model": stages.captioner_id if sample.caption else None,
-            "scorer_model": stages.scorer_id if sample.caption else None,
+            "generation_width": produced[0],
+            "generation_height": produced[1],
+            "captioner_model": stages.captioner_id if captions else None,
+            "scorer_model": stages.scorer_id if captions or sample.caption else None,
             "generator_model": stages.generator_id(sample.kind),
             "safety_checker": c.safety_checker,
         }
+        if source.origin is not None or source.chain:  # chained onto an earlier run
+            row.update(
+                parent=source.relpath,
+                parent_run=str(Path(c.input_dir).resolve()),
+                parent_sha256=info.sha256 if info else None,
+            )
+            row["chain"] = [*source.chain, self.method.name]
+        if c.concepts is not None:
+            row["concept_token"] = stages.labels.get(source.class_name) if stages.labels else None
+        if c.lora is not None:
+            row.update(lora=c.lora, lora_scale=c.lora_scale)
         row.update(self.method.manifest_fields(sample))
         return row
 
@@ -346,8 +401,7 @@ class Augmenter:
             key = item_key(source.relpath, None, "original")
             if info is None or store.is_done(key):
                 continue
-            suffix = source.path.suffix.lower()
-            file_name = f"{source.class_name}/{names[source.relpath]}{suffix}"
+            file_name = f"{source.class_name}/{names[source.relpath]}{source.path.suffix.lower()}"
             copy_or_link(source.path, store.out / file_name)
             store.commit_row(
                 key,
@@ -355,14 +409,20 @@ class Augmenter:
                     "file_name": file_name,
                     "label": source.class_name,
                     "label_text": source.label,
-                    "source": source.relpath,
-                    "source_sha256": info.sha256,
+                    "source": source.origin or source.relpath,
+                    "source_sha256": source.origin_sha256 if source.origin else info.sha256,
                     "k": None,
                     "method": "original",
                     "width": info.size[0],
                     "height": info.size[1],
                 },
             )
+
+
+def _denoising_steps(sample: Sample, steps: int) -> int | None:
+    if sample.kind == "retrieval":
+        return None
+    return int(steps * sample.strength) if sample.strength is not None else steps
 
 
 def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
@@ -372,7 +432,7 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
     """
 
     def stem(source: Source, with_ext: bool) -> str:
-        inner = source.relpath.split("/", 1)[1]
+        inner = source.relpath.split("/", 1)[1] if "/" in source.relpath else source.relpath
         base = inner if with_ext else inner.rsplit(".", 1)[0]
         return base.replace("/", "__")
 
@@ -382,7 +442,7 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
     return {s.relpath: f"{stem(s, plain[(s.class_name, stem(s, False))] > 1)}_{method}" for s in sources}
 
 
-def _check_out_dir(config: AugmentConfig, listing: Listing) -> None:
+def _check_out_dir(config: AugmentConfig) -> None:
     inp, out = Path(config.input_dir).resolve(), Path(config.out_dir).resolve()
     if out == inp or inp in out.parents:
         raise SgidError(f"--out {config.out_dir} is inside the input folder; its images would become inputs")

@@ -117,6 +117,66 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--seed", type=int, default=None, help="run seed; every item's seeds derive from it [default: 0]")
     gen.add_argument("--batch-size", type=int, default=None, help="images per UNet call [default: 4]")
 
+    other = p.add_argument_group("other methods (text2img, diverse_caption, instruct_pix2pix, boomerang, retrieval)")
+    other.add_argument(
+        "--template",
+        dest="templates",
+        action="append",
+        default=None,
+        help="text2img sentence template with {label} (repeatable) [default: built-in list]",
+    )
+    other.add_argument(
+        "--text-model",
+        default=None,
+        help="local causal language model (hub id or folder; "
+        "tiny:lm for tests) for text2img sentences, --summarize and instructions",
+    )
+    other.add_argument(
+        "--sentences",
+        type=int,
+        default=None,
+        help="sentences/descriptions/instructions per label from the text model [default: 10]",
+    )
+    other.add_argument(
+        "--summarize",
+        action="store_true",
+        default=None,
+        help="diverse_caption: summarise each label's captions into domain descriptions with --text-model (ALIA)",
+    )
+    other.add_argument(
+        "--instruction",
+        dest="instructions",
+        action="append",
+        default=None,
+        help="instruct_pix2pix edit instruction (repeatable) [default: built-in list]",
+    )
+    other.add_argument(
+        "--image-guidance", type=float, default=None, help="instruct_pix2pix image guidance [default: 1.5]"
+    )
+    other.add_argument(
+        "--instruct-model", default=None, help="InstructPix2Pix model [default: timbrooks/instruct-pix2pix]"
+    )
+    other.add_argument("--boomerang-prompt", default=None, help="boomerang prompt: empty or label [default: empty]")
+    other.add_argument("--pool", default=None, help="retrieval: folder of unlabelled images to retrieve from")
+    other.add_argument(
+        "--retrieval-query",
+        default=None,
+        help="retrieval: text ('a photo of a {label}'), image (each training image) or both [default: text]",
+    )
+    other.add_argument(
+        "--duplicate-threshold",
+        type=float,
+        default=None,
+        help="retrieval: drop pool images with this cosine similarity to a training image [default: 0.95]",
+    )
+    other.add_argument(
+        "--concepts",
+        default=None,
+        help="learned concepts from sgid learn-concepts: prompts use each class's token instead of its label text",
+    )
+    other.add_argument("--lora", default=None, help="LoRA weights (folder or .safetensors) for Stable Diffusion")
+    other.add_argument("--lora-scale", type=float, default=None, help="LoRA strength [default: 1.0]")
+
     io = p.add_argument_group("input and output")
     io.add_argument("--label-names", help="CSV or JSON mapping class folder names to label text")
     io.add_argument(

@@ -1,15 +1,31 @@
-"""What a method decides: which captions it needs and, for each sample, prompt, guidance and generator."""
+"""What a method decides: which captions it needs and, for each sample, prompt, guidance and generator.
+
+A method is planned in three steps, all before any generation:
+
+1. ``prepare(context, services)`` once per run, for what needs the whole dataset (sentences per label,
+   caption pools, retrieval assignments);
+2. ``plan(sample, context)`` per (source, k): caption, prompt, weights, guidance, generator kind, strength —
+   or :class:`SkipItem` with a reason that goes to errors.jsonl;
+3. ``finalize(sample, similarity)`` for samples whose caption was chosen from elsewhere and scored afterwards.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sgid.errors import SgidError
 from sgid.registry import Registry
 
 if TYPE_CHECKING:
     from sgid.config import AugmentConfig
+    from sgid.dataset import Source
     from sgid.sample import Sample, SourceInfo
+
+
+class SkipItem(Exception):
+    """This (source, k) cannot be made by the method; the message is recorded in errors.jsonl."""
 
 
 @dataclass(frozen=True)
@@ -17,28 +33,75 @@ class MethodContext:
     """Everything a method may read when planning: the run's settings and what reading/captioning found."""
 
     config: AugmentConfig
+    sources: tuple[Source, ...]
     infos: dict[str, SourceInfo]  # relpath -> info, for every readable source
-    labels: dict[str, str]  # class folder -> label text
+    labels: dict[str, str]  # class folder -> label text (a learned concept's token when --concepts is used)
+    prepared: dict[str, Any] = field(default_factory=dict)  # what ``prepare`` computed
+
+
+@dataclass
+class Services:
+    """Models a method may use while preparing (loaded only when the method asks for them)."""
+
+    text: Any = None  # sgid.stages.text.TextGenerator
+    scorer: Any = None  # sgid.stages.score.ClipScorer
+    scorer_id: str | None = None
+    cache_dir: Path | None = None
 
 
 class Method:
     """Base class. ``plan`` fills a sample's prompt-stage and generation fields."""
 
     name = "method"
+    #: whether generation reads the source image's pixels (False: text2img, retrieval)
     uses_source_pixels = True
+    #: generator kinds this method needs loaded (see ``sgid.stages.generate.GENERATORS``)
+    generator_kinds: tuple[str, ...] = ("img2img",)
+    #: settings this method changes from the global defaults (a preset or explicit flag still wins)
+    defaults: dict[str, Any] = {}
+    #: save at the source image's size (False: keep the produced image's own size, e.g. retrieved photos)
+    resize_to_source = True
 
     def __init__(self, config: AugmentConfig) -> None:
         self.config = config
 
+    def check(self) -> None:
+        """Refuse settings this method cannot use (called when the config is built, before any model loads)."""
+        if not self.needs_captions() and self.config.guidance_map.needs_similarity:
+            raise SgidError(
+                f"--method {self.name} uses no captions, so --guidance 'paper' (f of a caption similarity) "
+                f"cannot apply; give a constant --guidance"
+            )
+
     def needs_captions(self) -> bool:
         return False
 
-    def needs_all_captions(self) -> bool:
-        """True when planning one image reads other images' captions (so every source is captioned)."""
+    def needs_all_sources(self) -> bool:
+        """True when planning one image looks at other images (their captions, their features), so every
+        source is read (and captioned) even when its own augmentations are done: plans then never depend on
+        what an interrupted run had finished."""
         return False
+
+    def needs_text_model(self) -> bool:
+        return False
+
+    def needs_scorer(self) -> bool:
+        return False
+
+    def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
+        return {}
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         raise NotImplementedError
+
+    def finalize(self, sample: Sample, similarity: float) -> Sample:
+        """Set the similarity of a caption scored after planning, and the guidance that depends on it."""
+        assert sample.caption is not None
+        return replace(
+            sample,
+            caption=replace(sample.caption, similarity=similarity),
+            guidance_scale=self.config.guidance_map(similarity),
+        )
 
     def manifest_fields(self, sample: Sample) -> dict[str, Any]:
         return dict(sample.extra)

@@ -31,19 +31,24 @@ class SgidMethod(Method):
         c = self.config
         return c.prompt in ("complete", "caption") or c.guidance_map.needs_similarity
 
+    def caption_seed(self, sample: Sample) -> int:
+        return derive_seed(self.config.seed, sample.source.relpath, sample.k, "caption")
+
     def caption_for(self, sample: Sample, context: MethodContext) -> Caption | None:
+        """c*: one of the image's own captions."""
         assert sample.info is not None
         if not sample.info.captions:
             return None
-        seed = derive_seed(self.config.seed, sample.source.relpath, sample.k, "caption")
-        return choose_caption(sample.info.captions, self.config.caption, seed)
+        return choose_caption(sample.info.captions, self.config.caption, self.caption_seed(sample))
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         c = self.config
         caption = self.caption_for(sample, context)
-        prompt = build_prompt(sample.source.label, caption.text if caption else None, c.prompt, c.label_template)
+        label = context.labels[sample.source.class_name]
+        prompt = build_prompt(label, caption.text if caption else None, c.prompt, c.label_template)
         label_weight, caption_weight = c.weights
-        similarity = caption.similarity if caption else None
+        # a caption borrowed from elsewhere has no similarity yet: it is scored, then ``finalize`` sets g
+        unscored = caption is not None and caption.similarity is None
         return replace(
             sample,
             caption=caption,
@@ -51,7 +56,7 @@ class SgidMethod(Method):
             negative_prompt=c.negative_prompt,
             label_weight=label_weight,
             caption_weight=caption_weight,
-            guidance_scale=c.guidance_map(similarity),
+            guidance_scale=None if unscored else c.guidance_map(caption.similarity if caption else None),
             kind="img2img",
             strength=c.noise,
         )

@@ -35,6 +35,7 @@ class ModelChoice:
     scorer: ModelRef
     generator: ModelRef
     instruct: ModelRef
+    text: ModelRef | None = None  # optional local language model (sentences, summaries, instructions)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def resolve_models(
     scorer: str | None = None,
     generator: str | None = None,
     instruct: str | None = None,
+    text: str | None = None,
 ) -> ModelChoice:
     """Turn a preset plus per-model overrides into loadable references (building tiny models if asked)."""
     chosen = MODEL_PRESETS.get(preset)
@@ -90,6 +92,8 @@ def resolve_models(
         "generator": generator or chosen.generator,
         "instruct": instruct or chosen.instruct,
     }
+    if text:
+        names["text"] = text
     refs: dict[str, ModelRef] = {}
     tiny_paths: dict[str, Path] | None = None
     for role, name in names.items():
@@ -205,18 +209,39 @@ def _pipeline_kwargs(dtype: torch.dtype, safety_checker: bool) -> dict[str, Any]
     return kwargs
 
 
-@functools.lru_cache(maxsize=4)
-def load_sd_pipeline(ref: ModelRef, kind: str, device: torch.device, dtype: torch.dtype, safety_checker: bool):  # type: ignore[no-untyped-def]
+SD_PIPELINES = {
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "text2img": "StableDiffusionPipeline",
+    "instruct": "StableDiffusionInstructPix2PixPipeline",
+}
+
+
+def load_sd_pipeline(  # type: ignore[no-untyped-def]
+    ref: ModelRef, kind: str, device: torch.device, dtype: torch.dtype, safety_checker: bool, *, private: bool = False
+):
     """A Stable Diffusion pipeline (``img2img``, ``text2img`` or ``instruct``) from a diffusers folder or hub id,
-    or from a single ``.safetensors`` checkpoint file."""
+    or from a single ``.safetensors`` checkpoint file.
+
+    Pipelines are cached per process, and ``img2img`` and ``text2img`` of one checkpoint share their modules.
+    ``private=True`` returns an uncached copy that may be modified (textual inversion, LoRA) without
+    affecting other users of the cached one.
+    """
+    if private:
+        return _build_sd_pipeline(ref, kind, device, dtype, safety_checker, private=True)
+    return _cached_sd_pipeline(ref, kind, device, dtype, safety_checker)
+
+
+def _build_sd_pipeline(  # type: ignore[no-untyped-def]
+    ref: ModelRef, kind: str, device: torch.device, dtype: torch.dtype, safety_checker: bool, private: bool = False
+):
     import diffusers
 
-    classes = {
-        "img2img": diffusers.StableDiffusionImg2ImgPipeline,
-        "text2img": diffusers.StableDiffusionPipeline,
-        "instruct": diffusers.StableDiffusionInstructPix2PixPipeline,
-    }
-    cls = classes[kind]
+    cls = getattr(diffusers, SD_PIPELINES[kind])
+    if kind == "text2img":  # the same modules as img2img: no second copy in memory
+        base = load_sd_pipeline(ref, "img2img", device, dtype, safety_checker, private=private)
+        pipe = cls(**base.components)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     flag = "--instruct-model" if kind == "instruct" else "--sd-model"
 
     def load():  # type: ignore[no-untyped-def]
@@ -225,7 +250,7 @@ def load_sd_pipeline(ref: ModelRef, kind: str, device: torch.device, dtype: torc
             if not Path(ref.path).is_file():
                 raise OSError(f"no such file {ref.path}")
             pipe = cls.from_single_file(ref.path, **kwargs)
-        elif ref.path.endswith((".ckpt", ".bin", ".pt")):
+        elif ref.path.endswith((".ckpt", ".bin", ".pt", ".pth")):
             raise ValueError("only .safetensors checkpoints are loaded (pickle files can run code)")
         else:
             pipe = cls.from_pretrained(ref.path, **kwargs)
@@ -233,3 +258,24 @@ def load_sd_pipeline(ref: ModelRef, kind: str, device: torch.device, dtype: torc
         return pipe.to(device)
 
     return _load("Stable Diffusion model" if kind != "instruct" else "InstructPix2Pix model", ref, flag, load)
+
+
+_cached_sd_pipeline = functools.lru_cache(maxsize=4)(_build_sd_pipeline)
+
+
+@functools.lru_cache(maxsize=2)
+def load_text_model(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    """A local causal language model and its tokenizer (left padding), for the text-generation steps."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load():  # type: ignore[no-untyped-def]
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype
+        )
+        tokenizer = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model.to(device).eval(), tokenizer  # type: ignore[arg-type]
+
+    return _load("text model", ref, "--text-model", load)

@@ -18,12 +18,12 @@ import torch
 from sgid.models.vocab import bert_vocab_file, clip_vocab_files
 
 #: Bump when the tiny components change so stale caches are rebuilt.
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 TINY_SEED = 0
 WIDTH = 32  # hidden size of every tiny transformer
 IMAGE_SIZE = 30  # BLIP/CLIP vision input (diffusers/transformers tests use 30 with patch 2)
 
-COMPONENTS = ("blip", "clip", "sd", "pix2pix")
+COMPONENTS = ("blip", "clip", "sd", "pix2pix", "lm")
 
 
 def tiny_root(cache_dir: Path) -> Path:
@@ -37,7 +37,7 @@ def ensure_tiny_models(cache_dir: Path) -> dict[str, Path]:
     quiet_hub_logging()
     root = tiny_root(cache_dir)
     paths = {name: root / name for name in COMPONENTS}
-    builders = {"blip": build_blip, "clip": build_clip, "sd": build_sd, "pix2pix": build_pix2pix}
+    builders = {"blip": build_blip, "clip": build_clip, "sd": build_sd, "pix2pix": build_pix2pix, "lm": build_lm}
     for name, path in paths.items():
         if not (path / ".complete").exists():
             _build_atomically(path, builders[name])
@@ -259,3 +259,25 @@ def build_pix2pix(folder: Path) -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
+
+
+def build_lm(folder: Path) -> None:
+    """A tiny GPT-2 for the text-generation steps (Text2Img sentences, caption summaries, edit instructions)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    from sgid.models.vocab import gpt2_vocab_files
+
+    vocab, merges = gpt2_vocab_files(folder / "_vocab")
+    tokenizer = GPT2Tokenizer(vocab=str(vocab), merges=str(merges), model_max_length=128)
+    shutil.rmtree(folder / "_vocab")
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=WIDTH,
+        n_layer=2,
+        n_head=4,
+        n_positions=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).eval().save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)

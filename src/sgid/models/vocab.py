@@ -74,3 +74,32 @@ def bert_vocab_file(folder: Path) -> Path:
     path = folder / "vocab.txt"
     path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return path
+
+
+def gpt2_vocab_files(folder: Path) -> tuple[Path, Path]:
+    """Write ``vocab.json`` and ``merges.txt`` for a byte-level BPE GPT-2 tokenizer over :data:`WORDS`.
+
+    GPT-2 marks a word's leading space with the byte stand-in ``Ġ`` instead of CLIP's ``</w>`` suffix.
+    """
+    alphabet = byte_alphabet()
+    space = alphabet[ord(" ")]
+    tokens: list[str] = list(alphabet)
+    merges: list[str] = []
+    seen = set(tokens)
+    for word in dict.fromkeys(WORDS):
+        symbols = [space, *word]
+        while len(symbols) > 1:
+            first, second = symbols[0], symbols[1]
+            merged = first + second
+            if f"{first} {second}" not in merges:
+                merges.append(f"{first} {second}")
+            if merged not in seen:
+                seen.add(merged)
+                tokens.append(merged)
+            symbols = [merged, *symbols[2:]]
+    tokens.append("<|endoftext|>")
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return vocab_file, merges_file

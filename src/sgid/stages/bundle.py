@@ -1,51 +1,66 @@
 """The stages of a run, with their models, loaded once and handed to the pipeline.
 
 Only what the method needs is loaded: no BLIP/CLIP when no captions are used, no img2img pipeline for
-text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``).
+text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``, ``retrieval``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
+from sgid.images import load_rgb
 from sgid.models.loading import (
     ModelChoice,
+    ModelRef,
     load_captioner,
     load_scorer,
     load_sd_pipeline,
+    load_text_model,
     resolve_device,
     resolve_dtype,
 )
 from sgid.stages.caption import Captioner
-from sgid.stages.generate import GENERATORS
+from sgid.stages.generate import GENERATORS, GenerationOutput
 from sgid.stages.prompt import PromptEncoder
 from sgid.stages.score import ClipScorer
+from sgid.stages.text import TextGenerator
 
 if TYPE_CHECKING:
     from sgid.config import AugmentConfig
     from sgid.methods.base import Method
     from sgid.sample import Sample
 
+Outputs = list[tuple[Image.Image, bool]]  # (image, flagged by the safety checker)
+
 
 @dataclass
 class GenerateStage:
-    """Encodes a batch's prompts (weighted) and runs one generator over the batch."""
+    """Encodes a batch's prompts (weighted) and runs one Stable Diffusion generator over the batch."""
 
-    generator: Any  # Img2ImgGenerator or another generator with the same call signature
+    generator: Any  # one of GENERATORS
     encoder: PromptEncoder
     model_id: str
     steps: int
 
-    def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None) -> list[tuple[Image.Image, bool]]:
+    @property
+    def resolution(self) -> int:
+        return int(self.generator.resolution)
+
+    @property
+    def size_multiple(self) -> int:
+        return int(self.generator.size_multiple)
+
+    def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
         prompts = [s.prompt for s in batch]
         assert all(p is not None for p in prompts)
         embeds = self.encoder.encode(prompts, [(s.label_weight, s.caption_weight) for s in batch])  # type: ignore[arg-type]
         negative = self.encoder.encode_texts([s.negative_prompt for s in batch])
-        output = self.generator(
+        output: GenerationOutput = self.generator(
             pixels,
             embeds,
             negative,
@@ -53,8 +68,21 @@ class GenerateStage:
             strength=batch[0].strength,
             steps=self.steps,
             seeds=[s.seed for s in batch],
+            size=size,
         )
         return list(zip(output.images, output.nsfw, strict=True))
+
+
+@dataclass
+class RetrievalStage:
+    """ "Generates" by reading the pool image each sample was assigned (``extra['pool_file']``)."""
+
+    model_id: str
+    resolution = None
+    size_multiple = 1
+
+    def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
+        return [(load_rgb(Path(s.extra["pool_file"])).image, False) for s in batch]
 
 
 @dataclass
@@ -63,19 +91,21 @@ class Stages:
     scorer: ClipScorer | None = None
     captioner_id: str | None = None
     scorer_id: str | None = None
-    generators: dict[str, GenerateStage] = field(default_factory=dict)
+    text: TextGenerator | None = None
+    generators: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] | None = None  # class folder -> learned concept token (--concepts)
 
-    def generate(self, batch: list[Sample], pixels: list[Image.Image] | None) -> list[tuple[Image.Image, bool]]:
-        return self.generators[batch[0].kind](batch, pixels)
+    def generate(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
+        return self.generators[batch[0].kind](batch, pixels, size)  # type: ignore[no-any-return]
 
-    def resolution(self, kind: str) -> int:
-        return int(self.generators[kind].generator.resolution)
+    def resolution(self, kind: str) -> int | None:
+        return self.generators[kind].resolution  # type: ignore[no-any-return]
 
     def size_multiple(self, kind: str) -> int:
-        return int(self.generators[kind].generator.size_multiple)
+        return int(self.generators[kind].size_multiple)
 
     def generator_id(self, kind: str) -> str:
-        return self.generators[kind].model_id
+        return str(self.generators[kind].model_id)
 
 
 def model_fingerprint(name: str, model: Any) -> str:
@@ -90,20 +120,45 @@ def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> S
     stages = Stages()
     if method.needs_captions():
         blip, blip_processor = load_captioner(choice.captioner, device, dtype)
-        clip, clip_processor = load_scorer(choice.scorer, device, dtype)
         stages.captioner = Captioner(blip, blip_processor, config.captions)
-        stages.scorer = ClipScorer(clip, clip_processor)
         stages.captioner_id = model_fingerprint(choice.captioner.name, blip)
+    if method.needs_captions() or method.needs_scorer():
+        clip, clip_processor = load_scorer(choice.scorer, device, dtype)
+        stages.scorer = ClipScorer(clip, clip_processor)
         stages.scorer_id = model_fingerprint(choice.scorer.name, clip)
-    for kind in getattr(method, "generator_kinds", ("img2img",)):
-        stages.generators[kind] = build_generate_stage(kind, config, choice, device, dtype)
+    if method.needs_text_model():
+        assert choice.text is not None, "--text-model is required"
+        model, tokenizer = load_text_model(choice.text, device, dtype)
+        stages.text = TextGenerator(model, tokenizer)
+    for kind in method.generator_kinds:
+        if kind == "retrieval":
+            stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or choice.scorer.name)
+            continue
+        ref = choice.instruct if kind == "instruct" else choice.generator
+        stage, labels = build_generate_stage(kind, ref, config, device, dtype)
+        stages.generators[kind] = stage
+        stages.labels = labels or stages.labels
     return stages
 
 
 def build_generate_stage(
-    kind: str, config: AugmentConfig, choice: ModelChoice, device: torch.device, dtype: torch.dtype
-) -> GenerateStage:
-    ref = choice.instruct if kind == "instruct" else choice.generator
-    pipe = load_sd_pipeline(ref, kind, device, dtype, config.safety_checker)
-    generator = GENERATORS.get(kind)(pipe, diffusers_guidance=config.diffusers_guidance)
-    return GenerateStage(generator, PromptEncoder(pipe.tokenizer, pipe.text_encoder), ref.name, config.steps)
+    kind: str, ref: ModelRef, config: AugmentConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[GenerateStage, dict[str, str] | None]:
+    """A generator of ``kind`` with learned concepts and LoRA weights applied (on a private pipeline copy)."""
+    modified = config.concepts is not None or config.lora is not None
+    pipe = load_sd_pipeline(ref, kind, device, dtype, config.safety_checker, private=modified)
+    labels = None
+    if config.concepts is not None:
+        from sgid.concepts import apply_concepts
+
+        labels = apply_concepts(pipe, config.concepts)
+    if config.lora is not None:
+        from sgid.concepts import apply_lora
+
+        apply_lora(pipe, config.lora, scale=config.lora_scale)
+    options: dict[str, Any] = {"diffusers_guidance": config.diffusers_guidance}
+    if kind == "instruct":
+        options["image_guidance"] = config.image_guidance
+    generator = GENERATORS.get(kind)(pipe, **options)
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    return GenerateStage(generator, encoder, ref.name, config.steps), labels

@@ -58,8 +58,9 @@ class CaptionSettings:
 @dataclass(frozen=True)
 class Caption:
     text: str
-    strategy: str  # "beam" or "nucleus"
+    strategy: str  # "beam" or "nucleus" ("summary" for a language model's domain description)
     similarity: float | None = None
+    origin: str | None = None  # where a borrowed caption came from (another image's path, or "summary")
 
 
 class GumbelSampler(LogitsProcessor):

@@ -102,9 +102,11 @@ class Img2ImgGenerator:
         strength: float,
         steps: int,
         seeds: Sequence[int],
+        size: tuple[int, int] | None = None,
     ) -> GenerationOutput:
         pipe = self.pipe
         # 1. Check inputs
+        del size  # the images' own size
         batch = len(images)
         if not (batch == prompt_embeds.shape[0] == negative_embeds.shape[0] == len(guidance) == len(seeds)):
             raise ValueError("images, embeddings, guidance scales and seeds must have the same length")
@@ -154,3 +156,108 @@ class Img2ImgGenerator:
             for i in range(image.shape[0])
         ]
         return self.pipe.vae.config.scaling_factor * torch.cat(latents)
+
+
+@GENERATORS.register("text2img")
+class Text2ImgGenerator:
+    """Stable Diffusion text-to-image (the paper's Text2Img baseline): no source pixels, per-sample guidance.
+
+    diffusers' ``StableDiffusionPipeline`` recipe (latents from one generator per image, scaled by the
+    scheduler's initial sigma, all timesteps) with the same per-sample guidance as :class:`Img2ImgGenerator`.
+    """
+
+    def __init__(self, pipe, *, diffusers_guidance: bool = False) -> None:  # type: ignore[no-untyped-def]
+        self.pipe = pipe
+        self.diffusers_guidance = diffusers_guidance
+
+    resolution = Img2ImgGenerator.resolution
+    size_multiple = Img2ImgGenerator.size_multiple
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: Sequence[Image.Image] | None,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor,
+        guidance: Sequence[float],
+        *,
+        strength: float | None,
+        steps: int,
+        seeds: Sequence[int],
+        size: tuple[int, int],
+    ) -> GenerationOutput:
+        pipe = self.pipe
+        # 1. Check inputs: no source image is used
+        del images, strength
+        batch = prompt_embeds.shape[0]
+        # 2. Define call parameters
+        device, dtype = pipe._execution_device, pipe.unet.dtype
+        generators = [generator(seed) for seed in seeds]
+        width, height = size
+        # 3. Prompt embeddings come encoded from the prompt stage
+        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
+        negative_embeds = negative_embeds.to(device=device, dtype=dtype)
+        # 4. Set timesteps
+        pipe.scheduler.set_timesteps(steps, device=device)
+        # 5. Prepare latent variables, one generator per image
+        latents = pipe.prepare_latents(batch, pipe.unet.config.in_channels, height, width, dtype, device, generators)
+        # 6. Denoising loop with per-sample guidance
+        latents = denoise(
+            pipe,
+            latents,
+            pipe.scheduler.timesteps,
+            prompt_embeds,
+            negative_embeds,
+            torch.tensor([float(g) for g in guidance]),
+            pipe.prepare_extra_step_kwargs(generators, 0.0),
+            diffusers_guidance=self.diffusers_guidance,
+        )
+        # 7. Decode, safety check, convert
+        return decode(pipe, latents, generators, dtype)
+
+
+@GENERATORS.register("instruct")
+class InstructPix2PixGenerator:
+    """InstructPix2Pix (the paper's SGID+InstructPix2Pix baseline): edit the image following an instruction.
+
+    Runs diffusers' ``StableDiffusionInstructPix2PixPipeline`` itself with one generator per image. Its
+    guidance is three-way (text and image scales) and constant over a run, so no per-sample variant is needed.
+    """
+
+    def __init__(self, pipe, *, diffusers_guidance: bool = False, image_guidance: float = 1.5) -> None:  # type: ignore[no-untyped-def]
+        del diffusers_guidance  # the pipeline's own guidance rules apply
+        self.pipe = pipe
+        self.image_guidance = image_guidance
+
+    resolution = Img2ImgGenerator.resolution
+    size_multiple = Img2ImgGenerator.size_multiple
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images: Sequence[Image.Image] | None,
+        prompt_embeds: torch.Tensor,
+        negative_embeds: torch.Tensor,
+        guidance: Sequence[float],
+        *,
+        strength: float | None,
+        steps: int,
+        seeds: Sequence[int],
+        size: tuple[int, int],
+    ) -> GenerationOutput:
+        del strength, size
+        if images is None:
+            raise ValueError("InstructPix2Pix edits a source image")
+        if len(set(guidance)) != 1:
+            raise ValueError("InstructPix2Pix takes one text guidance scale per batch")
+        output = self.pipe(
+            image=list(images),
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            num_inference_steps=steps,
+            guidance_scale=float(guidance[0]),
+            image_guidance_scale=self.image_guidance,
+            generator=[generator(seed) for seed in seeds],
+        )
+        flags = output.nsfw_content_detected or [False] * len(output.images)
+        return GenerationOutput(images=list(output.images), nsfw=[bool(f) for f in flags])

@@ -1,0 +1,33 @@
+"""Boomerang (Luzi et al.; ``seeds/001``): img2img with a low noise rate and an empty or label-only prompt.
+
+Local sampling on the image manifold: the image is noised a little and denoised back. No captions. With the
+empty prompt the guidance scale has no effect (the conditional and unconditional predictions coincide).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sgid.methods.base import METHODS, Method, MethodContext
+from sgid.sample import Sample
+from sgid.stages.prompt import build_prompt
+
+
+@METHODS.register("boomerang")
+class BoomerangMethod(Method):
+    name = "boomerang"
+    defaults = {"noise": 0.2, "guidance": "1.0", "prompt_weighting": False}
+
+    def plan(self, sample: Sample, context: MethodContext) -> Sample:
+        c = self.config
+        mode = "label" if c.boomerang_prompt == "label" else "none"
+        label = context.labels[sample.source.class_name]
+        return replace(
+            sample,
+            prompt=build_prompt(label, None, mode, c.label_template),
+            negative_prompt=c.negative_prompt,
+            guidance_scale=c.guidance_map(None),
+            kind="img2img",
+            strength=c.noise,
+            extra={"boomerang_prompt": c.boomerang_prompt},
+        )

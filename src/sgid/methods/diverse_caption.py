@@ -1,0 +1,79 @@
+"""SGID+DiverseCaption (the paper's generative baseline after Dunlap et al.'s ALIA).
+
+img2img exactly as SGID, except that the caption comes from *other* images of the same label, so the prompt
+describes a different scene. Optionally (``--summarize``, with ``--text-model``) a label's captions are first
+summarised by a language model into a few domain descriptions, ALIA's idea, and those are used instead.
+The borrowed caption's similarity to *this* image is computed before generation and feeds g = f(s).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any
+
+from sgid.methods.base import METHODS, MethodContext, Services, SkipItem
+from sgid.methods.sgid import SgidMethod
+from sgid.sample import Sample
+from sgid.seeding import derive_seed
+from sgid.stages.caption import Caption
+
+SUMMARY_PROMPT = "Photos of a {label}: {captions}. In a few words, the setting of such a photo is"
+
+
+@METHODS.register("diverse_caption")
+class DiverseCaptionMethod(SgidMethod):
+    name = "diverse_caption"
+
+    def needs_captions(self) -> bool:
+        return True
+
+    def needs_all_sources(self) -> bool:
+        return True
+
+    def needs_text_model(self) -> bool:
+        return self.config.summarize
+
+    def pool_for(self, info_captions: tuple[Caption, ...]) -> list[Caption]:
+        """The captions one image lends to others: its c* for ``clip``, else its captions of that strategy."""
+        if not info_captions:
+            return []
+        if self.config.caption == "clip":
+            return [max(info_captions, key=lambda c: c.similarity or 0.0)]
+        return [c for c in info_captions if c.strategy == self.config.caption]
+
+    def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
+        pools: dict[str, list[tuple[str, str]]] = defaultdict(list)  # label -> [(lender relpath, text)]
+        for source in context.sources:
+            info = context.infos.get(source.relpath)
+            if info is not None:
+                pools[source.class_name] += [(source.relpath, c.text) for c in self.pool_for(info.captions)]
+        if not self.config.summarize:
+            return {"pools": dict(pools)}
+        if services.text is None:
+            raise RuntimeError("--summarize needs the text model")
+        summaries: dict[str, list[tuple[str, str]]] = {}
+        for class_name, pool in sorted(pools.items()):
+            texts = "; ".join(dict.fromkeys(text for _, text in pool))[:1000]
+            prompt = SUMMARY_PROMPT.format(label=context.labels[class_name], captions=texts)
+            seed = derive_seed(self.config.seed, class_name, "summaries")
+            found = [d for d in services.text.generate(prompt, self.config.sentences, seed) if d]
+            summaries[class_name] = [("summary", d) for d in found]
+        return {"pools": summaries}
+
+    def caption_for(self, sample: Sample, context: MethodContext) -> Caption | None:
+        pool = [
+            (lender, text)
+            for lender, text in context.prepared["pools"].get(sample.source.class_name, [])
+            if lender != sample.source.relpath
+        ]
+        if not pool:
+            raise SkipItem(f"no other image of label {sample.source.class_name!r} to borrow a caption from")
+        lender, text = pool[random.Random(self.caption_seed(sample)).randrange(len(pool))]
+        return Caption(text, "summary" if lender == "summary" else self.config.caption, None, origin=lender)
+
+    def plan(self, sample: Sample, context: MethodContext) -> Sample:
+        planned = super().plan(sample, context)
+        assert planned.caption is not None
+        return replace(planned, extra={"caption_source": planned.caption.origin})

@@ -1,0 +1,144 @@
+"""Retrieval: instead of generating, take the nearest real images from an unlabelled pool (``--pool DIR``).
+
+Queries by CLIP similarity to the class text "a photo of a {label}" (``text``), to each training image
+(``image``), or to the mean of both (``both``). Pool images that are near-duplicates of a training image
+(cosine >= ``--duplicate-threshold``, 0.95) are dropped and listed in errors.jsonl. Every (source, k) gets its
+own pool image; the manifest records the ``query``, the ``score`` and the ``pool_path``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgid.errors import SgidError
+from sgid.images import IMAGE_EXTENSIONS
+from sgid.methods.base import METHODS, Method, MethodContext, Services, SkipItem
+from sgid.retrieval import Query, assign, near_duplicates
+from sgid.sample import Sample
+
+TEXT_QUERY = "a photo of a {label}"
+
+
+def list_pool(pool: Path) -> list[Path]:
+    if not pool.is_dir():
+        raise SgidError(f"--pool {pool} is not a folder")
+    found = sorted(
+        p
+        for p in pool.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(pool).parts)
+    )
+    if not found:
+        raise SgidError(f"--pool {pool} holds no images")
+    return found
+
+
+@METHODS.register("retrieval")
+class RetrievalMethod(Method):
+    name = "retrieval"
+    uses_source_pixels = False
+    resize_to_source = False
+    generator_kinds = ("retrieval",)
+    defaults = {"guidance": "1.0", "prompt_weighting": False}
+
+    def needs_scorer(self) -> bool:
+        return True
+
+    def needs_all_sources(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        if self.config.pool is None:
+            raise SgidError("--method retrieval needs --pool DIR (a folder of unlabelled images)")
+
+    def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
+        from sgid.features import ClipImageFeatures, FeatureCache, FeatureStore
+
+        c = self.config
+        assert c.pool is not None and services.scorer is not None
+        pool_paths = list_pool(c.pool)
+        cache = FeatureCache(services.cache_dir / "features.sqlite" if services.cache_dir else None)
+        store = FeatureStore(
+            ClipImageFeatures(services.scorer, services.scorer_id or "clip"),
+            cache,
+            quiet=c.quiet,
+            label="pool features",
+        )
+        pool, pool_errors = store.extract(pool_paths)
+        readable = [s for s in context.sources if s.relpath in context.infos]
+        train = store([s.path for s in readable])
+        excluded = np.zeros(len(pool_paths), bool)
+        notes: list[dict[str, Any]] = []
+        for index, reason in pool_errors.items():
+            excluded[index] = True
+            notes.append({"source": f"pool:{self.pool_name(pool_paths[index])}", "k": None, "reason": reason})
+        duplicate, neighbour, closeness = near_duplicates(np.nan_to_num(pool), train, c.duplicate_threshold)
+        for dup in np.flatnonzero(duplicate & ~excluded):
+            excluded[dup] = True
+            notes.append(
+                {
+                    "source": f"pool:{self.pool_name(pool_paths[dup])}",
+                    "k": None,
+                    "reason": f"near-duplicate of training image {readable[neighbour[dup]].relpath} "
+                    f"(cosine {closeness[dup]:.4f} >= {c.duplicate_threshold})",
+                }
+            )
+        queries, texts = self.queries(readable, train, context, services)
+        matches = assign(queries, np.nan_to_num(pool), excluded)
+        plans: dict[tuple[str, int], dict[str, Any]] = {}
+        by_class: dict[str, list[Any]] = defaultdict(list)
+        for source in readable:
+            by_class[source.class_name].append(source)
+        for query in queries:
+            for match in matches[query.key]:
+                if c.retrieval_query == "text":  # spread the class's ranked images over its sources and k
+                    members = by_class[query.key]
+                    source, k = members[match.rank % len(members)], match.rank // len(members)
+                else:
+                    source, k = next(s for s in readable if s.relpath == query.key), match.rank
+                plans[(source.relpath, k)] = {
+                    "query": texts.get(query.key, source.relpath)
+                    if c.retrieval_query != "both"
+                    else f"{texts[query.key]} + {source.relpath}",
+                    "score": match.score,
+                    "pool_path": self.pool_name(pool_paths[match.pool_index]),
+                    "pool_file": str(pool_paths[match.pool_index]),
+                }
+        return {"plans": plans, "notes": notes}
+
+    def pool_name(self, path: Path) -> str:
+        assert self.config.pool is not None
+        return path.relative_to(self.config.pool).as_posix()
+
+    def queries(
+        self, readable, train, context: MethodContext, services: Services
+    ) -> tuple[list[Query], dict[str, str]]:  # type: ignore[no-untyped-def]
+        c = self.config
+        K = c.multiplier
+        if c.retrieval_query == "text":
+            classes = sorted({s.class_name for s in readable})
+            texts = {name: TEXT_QUERY.format(label=context.labels[name]) for name in classes}
+            vectors = services.scorer.text_embeddings([texts[name] for name in classes]).numpy()
+            counts = {name: K * sum(s.class_name == name for s in readable) for name in classes}
+            return [Query(name, vectors[i], counts[name]) for i, name in enumerate(classes)], texts
+        texts = {s.relpath: TEXT_QUERY.format(label=context.labels[s.class_name]) for s in readable}
+        vectors = train
+        if c.retrieval_query == "both":
+            text_vectors = services.scorer.text_embeddings([texts[s.relpath] for s in readable]).numpy()
+            vectors = (train + text_vectors) / 2  # inner product = mean of the two cosines
+        return [Query(s.relpath, vectors[i], K) for i, s in enumerate(readable)], texts
+
+    def plan(self, sample: Sample, context: MethodContext) -> Sample:
+        found = context.prepared["plans"].get((sample.source.relpath, sample.k))
+        if found is None:
+            raise SkipItem("no unused pool image left among the query's nearest neighbours")
+        return replace(sample, kind="retrieval", strength=None, guidance_scale=None, extra=dict(found))
+
+    def manifest_fields(self, sample: Sample) -> dict[str, Any]:
+        return {k: v for k, v in sample.extra.items() if k != "pool_file"}

@@ -1,0 +1,101 @@
+"""Text2Img (He et al. 2022; the paper's generative baseline): Stable Diffusion text-to-image from the label.
+
+No source pixels are used: each augmentation of an image is a new image of its label, generated from a
+sentence. Sentences come from templates ("a photo of a {label}", "a HQ image of the {label}", ...; ``seeds/001``)
+or, with ``--text-model``, from a local language model prompted with "Describe what a {label} looks like:" and
+the other prompts of ``seeds/004`` ("language enhancement"); the label sentence is kept in front so the class is
+always named.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from sgid.methods.base import METHODS, Method, MethodContext, Services
+from sgid.sample import Sample
+from sgid.seeding import derive_seed
+from sgid.stages.prompt import Prompt
+
+TEMPLATES = (
+    "a photo of a {label}",
+    "a HQ image of the {label}",
+    "a photo of the {label}",
+    "a close-up photo of a {label}",
+    "a bright photo of a {label}",
+    "a cropped photo of the {label}",
+    "a good photo of a {label}",
+    "a photo of one {label}",
+)
+LANGUAGE_PROMPTS = (  # seeds/004, section 6.1
+    "Describe what a {label} looks like:",
+    "How can you identify a {label}?",
+    "What does a {label} look like?",
+    "Describe an image from the internet of a {label}:",
+    "A caption of an image of a {label}:",
+)
+
+
+def sentences_from_model(text, label: str, n: int, seed: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """n descriptions of ``label``, spread over the language prompts, each prefixed with the label sentence."""
+    found: list[str] = []
+    for p, prompt in enumerate(LANGUAGE_PROMPTS):
+        count = len(range(p, n, len(LANGUAGE_PROMPTS)))
+        if count:
+            found += [t for t in text.generate(prompt.format(label=label), count, derive_seed(seed, p)) if t]
+    return [f"a photo of a {label}, {t}" for t in found]
+
+
+@METHODS.register("text2img")
+class Text2ImgMethod(Method):
+    name = "text2img"
+    uses_source_pixels = False
+    generator_kinds = ("text2img",)
+    defaults = {"guidance": "7.5", "prompt_weighting": False}
+
+    def needs_text_model(self) -> bool:
+        return self.config.text_model is not None
+
+    def templates(self) -> tuple[str, ...]:
+        return self.config.templates or TEMPLATES
+
+    def check(self) -> None:
+        super().check()
+        from sgid.errors import SgidError
+
+        for template in self.templates():
+            if "{label}" not in template:
+                raise SgidError(f"--template {template!r} must contain {{label}}")
+
+    def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
+        if services.text is None:
+            return {"sentences": {}}
+        sentences = {}
+        for class_name in sorted({s.class_name for s in context.sources}):
+            seed = derive_seed(self.config.seed, class_name, "sentences")
+            sentences[class_name] = sentences_from_model(
+                services.text, context.labels[class_name], self.config.sentences, seed
+            )
+        return {"sentences": sentences}
+
+    def plan(self, sample: Sample, context: MethodContext) -> Sample:
+        c = self.config
+        label = context.labels[sample.source.class_name]
+        generated = context.prepared.get("sentences", {}).get(sample.source.class_name)
+        pool = generated or [t.replace("{label}", label) for t in self.templates()]
+        text = pool[
+            random.Random(derive_seed(c.seed, sample.source.relpath, sample.k, "sentence")).randrange(len(pool))
+        ]
+        label_weight, caption_weight = c.weights
+        return replace(
+            sample,
+            prompt=Prompt(text, (0, len(text)), (0, 0)),  # the whole sentence counts as label guidance
+            negative_prompt=c.negative_prompt,
+            label_weight=label_weight,
+            caption_weight=caption_weight,
+            guidance_scale=c.guidance_map(None),
+            kind="text2img",
+            strength=None,
+            extra={"sentence_source": "language_model" if generated else "template", "uses_source_pixels": False},
+        )
