@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, make_image_folder, noise_image
 from PIL import Image
 
+from conftest import FAST, make_image_folder, noise_image
 from sgid.config import AugmentConfig
 from sgid.errors import SgidError
 from sgid.pipeline import Augmenter, augment
