@@ -287,3 +287,11 @@ def test_a_real_augment_run_links_to_its_training_images(augmented_run: Path, tm
     runs = {(r["variant"], r["seed"]): r["details"] for r in _results(tmp_path / "out")["runs"]}
     assert runs[("generated@replace-p1", 0)]["plan_generated"] == 6  # 3 images per class, all replaced
     assert runs[("generated@replace-p0.5", 1)]["plan_generated"] == 4  # round(0.5 · 3) = 2 per class
+
+
+def test_swap_training_draws_generated_images_at_rate_p(toy) -> None:
+    assert main(_args(toy, "--generated", str(toy["generated"]), "--methods", "generated", "--mix", "swap",
+                      "--proportion", "0.5", "--seeds", "1", "--epochs", "8")) == 0
+    details = next(r["details"] for r in _results(toy["out"])["runs"] if r["variant"] == "generated@swap-p0.5")
+    assert details["plan_size"] == 12 and details["plan_generated"] == 0 and details["draws"] == 96
+    assert 0.35 < details["generated_fraction_seen"] < 0.65  # 96 seeded coin flips at p = 0.5
