@@ -22,7 +22,7 @@ from sgid.concepts.data import ConceptImages
 from sgid.concepts.store import ConceptsDir
 from sgid.concepts.tokens import choose_init_token, concept_tokens
 from sgid.concepts.trainer import ConceptTrainer, DiffusionParts, TrainSettings
-from sgid.dataset import Listing, Source, read_label_names, scan
+from sgid.dataset import Listing, read_label_names, scan
 from sgid.errors import SgidError
 from sgid.images import ImageError, LoadedImage, load_rgb
 from sgid.models.loading import (
@@ -146,7 +146,6 @@ def read_class_images(listing: Listing, class_name: str) -> ClassImages:
     skipped = [{"file": rel, "reason": why} for rel, why in listing.skipped if rel.startswith(prefix)]
     images: list[LoadedImage] = []
     relpaths: list[str] = []
-    source: Source
     for source in (s for s in listing.sources if s.class_name == class_name):
         try:
             images.append(load_rgb(source.path))
