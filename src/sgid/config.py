@@ -146,6 +146,9 @@ class AugmentConfig:
                 settings[name] = (settings[name],)
             elif settings.get(name) is not None:
                 settings[name] = tuple(settings[name])
+        for name in ("captioner", "scorer", "sd_model", "instruct_model", "text_model", "lora"):
+            if settings.get(name) is not None:
+                settings[name] = str(settings[name])
         for name in ("label_names", "cache_dir", "pool", "concepts"):
             if settings.get(name) is not None:
                 settings[name] = Path(settings[name])
@@ -171,6 +174,15 @@ class AugmentConfig:
         for name in EXECUTION_ONLY:
             data.pop(name, None)
         data["input_dir"] = str(Path(self.input_dir).resolve())
+        # learned weights are identified by content, so retrained ones at the same path are a new run
+        if self.concepts is not None:
+            from sgid.concepts import concepts_fingerprint
+
+            data["concepts_sha256"] = concepts_fingerprint(self.concepts)
+        if self.lora is not None:
+            from sgid.concepts import lora_fingerprint
+
+            data["lora_sha256"] = lora_fingerprint(self.lora)
         return data
 
 

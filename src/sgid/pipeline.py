@@ -121,7 +121,11 @@ class Augmenter:
             store.input_errors += read_errors
             # 4. Prepare, plan, score chosen captions
             context = MethodContext(
-                config=c, sources=listing.sources, infos=infos, labels=stages.labels or listing.labels
+                config=c,
+                sources=listing.sources,
+                infos=infos,
+                labels=listing.labels,
+                prompt_labels={**listing.labels, **(stages.concept_tokens or {})},
             )
             context = replace(context, prepared=self.method.prepare(context, self._services(stages)))
             store.input_errors += context.prepared.get("notes", [])
@@ -388,7 +392,7 @@ class Augmenter:
             )
             row["chain"] = [*source.chain, self.method.name]
         if c.concepts is not None:
-            row["concept_token"] = stages.labels.get(source.class_name) if stages.labels else None
+            row["concept_token"] = (stages.concept_tokens or {}).get(source.class_name)
         if c.lora is not None:
             row.update(lora=c.lora, lora_scale=c.lora_scale)
         row.update(self.method.manifest_fields(sample))

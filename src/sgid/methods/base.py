@@ -35,7 +35,8 @@ class MethodContext:
     config: AugmentConfig
     sources: tuple[Source, ...]
     infos: dict[str, SourceInfo]  # relpath -> info, for every readable source
-    labels: dict[str, str]  # class folder -> label text (a learned concept's token when --concepts is used)
+    labels: dict[str, str]  # class folder -> label text (for CLIP queries and language-model prompts)
+    prompt_labels: dict[str, str]  # class folder -> what Stable Diffusion prompts say: a learned token or the text
     prepared: dict[str, Any] = field(default_factory=dict)  # what ``prepare`` computed
 
 

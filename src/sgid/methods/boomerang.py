@@ -21,7 +21,7 @@ class BoomerangMethod(Method):
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         c = self.config
         mode = "label" if c.boomerang_prompt == "label" else "none"
-        label = context.labels[sample.source.class_name]
+        label = context.prompt_labels[sample.source.class_name]
         return replace(
             sample,
             prompt=build_prompt(label, None, mode, c.label_template),

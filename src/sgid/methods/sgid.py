@@ -44,7 +44,7 @@ class SgidMethod(Method):
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         c = self.config
         caption = self.caption_for(sample, context)
-        label = context.labels[sample.source.class_name]
+        label = context.prompt_labels[sample.source.class_name]
         prompt = build_prompt(label, caption.text if caption else None, c.prompt, c.label_template)
         label_weight, caption_weight = c.weights
         # a caption borrowed from elsewhere has no similarity yet: it is scored, then ``finalize`` sets g

@@ -38,13 +38,13 @@ LANGUAGE_PROMPTS = (  # seeds/004, section 6.1
 
 
 def sentences_from_model(text, label: str, n: int, seed: int) -> list[str]:  # type: ignore[no-untyped-def]
-    """n descriptions of ``label``, spread over the language prompts, each prefixed with the label sentence."""
+    """n descriptions of ``label`` written by the language model, spread over the prompts of seeds/004."""
     found: list[str] = []
     for p, prompt in enumerate(LANGUAGE_PROMPTS):
         count = len(range(p, n, len(LANGUAGE_PROMPTS)))
         if count:
             found += [t for t in text.generate(prompt.format(label=label), count, derive_seed(seed, p)) if t]
-    return [f"a photo of a {label}, {t}" for t in found]
+    return found
 
 
 @METHODS.register("text2img")
@@ -81,9 +81,14 @@ class Text2ImgMethod(Method):
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         c = self.config
-        label = context.labels[sample.source.class_name]
+        label = context.prompt_labels[sample.source.class_name]
         generated = context.prepared.get("sentences", {}).get(sample.source.class_name)
-        pool = generated or [t.replace("{label}", label) for t in self.templates()]
+        # the label sentence stays in front of a model's description, so the class is always named
+        pool = (
+            [f"a photo of a {label}, {t}" for t in generated]
+            if generated
+            else [t.replace("{label}", label) for t in self.templates()]
+        )
         text = pool[
             random.Random(derive_seed(c.seed, sample.source.relpath, sample.k, "sentence")).randrange(len(pool))
         ]

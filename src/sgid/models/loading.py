@@ -174,19 +174,25 @@ def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:  # type: ignore[n
         raise ModelLoadError(f"cannot load the {role} {ref.name!r}: {reason}; {hint}") from None
 
 
+def _load_transformers(role: str, ref: ModelRef, flag: str, model_cls, processor_cls, device, dtype):  # type: ignore[no-untyped-def]
+    """A transformers model (safetensors only, no remote code) and its processor or tokenizer, on ``device``."""
+
+    def load():  # type: ignore[no-untyped-def]
+        model = model_cls.from_pretrained(ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype)
+        processor = processor_cls.from_pretrained(ref.path, trust_remote_code=False)
+        return model.to(device).eval(), processor
+
+    return _load(role, ref, flag, load)
+
+
 @functools.lru_cache(maxsize=8)
 def load_captioner(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
     """BLIP captioning model and processor."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    def load():  # type: ignore[no-untyped-def]
-        model = BlipForConditionalGeneration.from_pretrained(
-            ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype
-        )
-        processor = BlipProcessor.from_pretrained(ref.path, trust_remote_code=False)
-        return model.to(device).eval(), processor  # type: ignore[arg-type]
-
-    return _load("captioner", ref, "--captioner", load)
+    return _load_transformers(
+        "captioner", ref, "--captioner", BlipForConditionalGeneration, BlipProcessor, device, dtype
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -194,12 +200,7 @@ def load_scorer(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # typ
     """CLIP model and processor for image–text and image–image similarity."""
     from transformers import CLIPModel, CLIPProcessor
 
-    def load():  # type: ignore[no-untyped-def]
-        model = CLIPModel.from_pretrained(ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype)
-        processor = CLIPProcessor.from_pretrained(ref.path, trust_remote_code=False)
-        return model.to(device).eval(), processor  # type: ignore[arg-type]
-
-    return _load("scorer", ref, "--scorer", load)
+    return _load_transformers("scorer", ref, "--scorer", CLIPModel, CLIPProcessor, device, dtype)
 
 
 def _pipeline_kwargs(dtype: torch.dtype, safety_checker: bool) -> dict[str, Any]:
@@ -268,14 +269,10 @@ def load_text_model(ref: ModelRef, device: torch.device, dtype: torch.dtype):  #
     """A local causal language model and its tokenizer (left padding), for the text-generation steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    def load():  # type: ignore[no-untyped-def]
-        model = AutoModelForCausalLM.from_pretrained(
-            ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype
-        )
-        tokenizer = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return model.to(device).eval(), tokenizer  # type: ignore[arg-type]
-
-    return _load("text model", ref, "--text-model", load)
+    model, tokenizer = _load_transformers(
+        "text model", ref, "--text-model", AutoModelForCausalLM, AutoTokenizer, device, dtype
+    )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

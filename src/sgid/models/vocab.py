@@ -35,29 +35,46 @@ def byte_alphabet() -> list[str]:
     return [chr(mapping[b]) for b in range(256)]
 
 
-def clip_vocab_files(folder: Path) -> tuple[Path, Path]:
-    """Write ``vocab.json`` and ``merges.txt`` for a byte-level BPE CLIP tokenizer over :data:`WORDS`."""
-    alphabet = byte_alphabet()
-    tokens: list[str] = alphabet + [c + "</w>" for c in alphabet]
+def _byte_bpe(symbols_of, specials: list[str]) -> tuple[dict[str, int], list[str]]:  # type: ignore[no-untyped-def]
+    """A byte-level BPE vocabulary and merge list that spells every word of :data:`WORDS` as one token.
+
+    ``symbols_of(word)`` gives the word's initial symbols (CLIP: characters with ``</w>`` on the last; GPT-2:
+    ``Ġ`` for the leading space, then characters); merges join them left to right.
+    """
+    tokens = list(dict.fromkeys(symbols_of("")))
     merges: list[str] = []
     seen = set(tokens)
     for word in dict.fromkeys(WORDS):
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        symbols = symbols_of(word)
         while len(symbols) > 1:
             first, second = symbols[0], symbols[1]
-            merged = first + second
             if f"{first} {second}" not in merges:
                 merges.append(f"{first} {second}")
-            if merged not in seen:
-                seen.add(merged)
-                tokens.append(merged)
-            symbols = [merged, *symbols[2:]]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
+            if first + second not in seen:
+                seen.add(first + second)
+                tokens.append(first + second)
+            symbols = [first + second, *symbols[2:]]
+    return {t: i for i, t in enumerate(tokens + specials)}, merges
+
+
+def _write_bpe(folder: Path, vocab: dict[str, int], merges: list[str]) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
-    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
     merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     return vocab_file, merges_file
+
+
+def clip_vocab_files(folder: Path) -> tuple[Path, Path]:
+    """Write ``vocab.json`` and ``merges.txt`` for a byte-level BPE CLIP tokenizer over :data:`WORDS`."""
+    alphabet = byte_alphabet()
+
+    def symbols(word: str) -> list[str]:
+        if not word:  # the base alphabet: every byte, bare and word-final
+            return alphabet + [c + "</w>" for c in alphabet]
+        return list(word[:-1]) + [word[-1] + "</w>"]
+
+    return _write_bpe(folder, *_byte_bpe(symbols, ["<|startoftext|>", "<|endoftext|>"]))
 
 
 def bert_vocab_file(folder: Path) -> Path:
@@ -83,23 +100,8 @@ def gpt2_vocab_files(folder: Path) -> tuple[Path, Path]:
     """
     alphabet = byte_alphabet()
     space = alphabet[ord(" ")]
-    tokens: list[str] = list(alphabet)
-    merges: list[str] = []
-    seen = set(tokens)
-    for word in dict.fromkeys(WORDS):
-        symbols = [space, *word]
-        while len(symbols) > 1:
-            first, second = symbols[0], symbols[1]
-            merged = first + second
-            if f"{first} {second}" not in merges:
-                merges.append(f"{first} {second}")
-            if merged not in seen:
-                seen.add(merged)
-                tokens.append(merged)
-            symbols = [merged, *symbols[2:]]
-    tokens.append("<|endoftext|>")
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
-    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return vocab_file, merges_file
+
+    def symbols(word: str) -> list[str]:
+        return [space, *word] if word else alphabet
+
+    return _write_bpe(folder, *_byte_bpe(symbols, ["<|endoftext|>"]))

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 
+from sgid.concepts import Prepared, prepare_pipeline
 from sgid.images import load_rgb
 from sgid.models.loading import (
     ModelChoice,
@@ -93,7 +93,7 @@ class Stages:
     scorer_id: str | None = None
     text: TextGenerator | None = None
     generators: dict[str, Any] = field(default_factory=dict)
-    labels: dict[str, str] | None = None  # class folder -> learned concept token (--concepts)
+    concept_tokens: dict[str, str] | None = None  # class folder -> learned concept token (--concepts)
 
     def generate(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
         return self.generators[batch[0].kind](batch, pixels, size)  # type: ignore[no-any-return]
@@ -130,35 +130,40 @@ def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> S
         assert choice.text is not None, "--text-model is required"
         model, tokenizer = load_text_model(choice.text, device, dtype)
         stages.text = TextGenerator(model, tokenizer)
+    prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
     for kind in method.generator_kinds:
         if kind == "retrieval":
             stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or choice.scorer.name)
             continue
         ref = choice.instruct if kind == "instruct" else choice.generator
-        stage, labels = build_generate_stage(kind, ref, config, device, dtype)
-        stages.generators[kind] = stage
-        stages.labels = labels or stages.labels
+        base_kind = "instruct" if kind == "instruct" else "img2img"
+        if (ref, base_kind) not in prepared:
+            prepared[(ref, base_kind)] = prepare(
+                load_sd_pipeline(ref, base_kind, device, dtype, config.safety_checker), config
+            )
+        base = prepared[(ref, base_kind)]
+        stages.concept_tokens = base.tokens or stages.concept_tokens
+        stages.generators[kind] = generate_stage(kind, base.pipe, ref.name, config)
     return stages
 
 
-def build_generate_stage(
-    kind: str, ref: ModelRef, config: AugmentConfig, device: torch.device, dtype: torch.dtype
-) -> tuple[GenerateStage, dict[str, str] | None]:
-    """A generator of ``kind`` with learned concepts and LoRA weights applied (on a private pipeline copy)."""
-    modified = config.concepts is not None or config.lora is not None
-    pipe = load_sd_pipeline(ref, kind, device, dtype, config.safety_checker, private=modified)
-    labels = None
-    if config.concepts is not None:
-        from sgid.concepts import apply_concepts
+def prepare(pipe: Any, config: AugmentConfig) -> Prepared:
+    """The pipeline with learned concepts and LoRA weights applied to a private fork (the cached one untouched)."""
+    return prepare_pipeline(pipe, concepts=config.concepts, lora=config.lora, lora_scale=config.lora_scale)
 
-        labels = apply_concepts(pipe, config.concepts)
-    if config.lora is not None:
-        from sgid.concepts import apply_lora
 
-        apply_lora(pipe, config.lora, scale=config.lora_scale)
+def generate_stage(kind: str, base: Any, model_id: str, config: AugmentConfig) -> GenerateStage:
+    """A generator of ``kind`` over ``base``'s modules (text2img shares img2img's: no second copy)."""
+    import diffusers
+
+    from sgid.models.loading import SD_PIPELINES
+
+    pipe = base
+    if type(base).__name__ != SD_PIPELINES[kind]:
+        pipe = getattr(diffusers, SD_PIPELINES[kind])(**base.components)
+        pipe.set_progress_bar_config(disable=True)
     options: dict[str, Any] = {"diffusers_guidance": config.diffusers_guidance}
     if kind == "instruct":
         options["image_guidance"] = config.image_guidance
     generator = GENERATORS.get(kind)(pipe, **options)
-    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
-    return GenerateStage(generator, encoder, ref.name, config.steps), labels
+    return GenerateStage(generator, PromptEncoder(pipe.tokenizer, pipe.text_encoder), model_id, config.steps)

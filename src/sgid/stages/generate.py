@@ -74,9 +74,22 @@ def decode(pipe, latents, generators, dtype) -> GenerationOutput:  # type: ignor
     return GenerationOutput(images=list(pil), nsfw=flags)
 
 
-@GENERATORS.register("img2img")
-class Img2ImgGenerator:
-    """SGID's image-to-image step: x' = StableDiffusion(x, p, g, n) (paper eq. 3), batched, per-sample g."""
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One batch to generate: everything but the models."""
+
+    images: Sequence[Image.Image] | None  # source pixels (None for text-to-image)
+    prompt_embeds: torch.Tensor  # (B, 77, D), already weighted
+    negative_embeds: torch.Tensor  # (B, 77, D)
+    guidance: Sequence[float]  # one guidance scale per sample
+    strength: float | None  # the noise rate (img2img)
+    steps: int
+    seeds: Sequence[int]  # one generator per sample
+    size: tuple[int, int] | None  # (width, height) to generate at when there is no source image
+
+
+class StableDiffusionGenerator:
+    """A generator over a diffusers pipeline's components: ``generator(images, embeds, ...)`` → images."""
 
     def __init__(self, pipe, *, diffusers_guidance: bool = False) -> None:  # type: ignore[no-untyped-def]
         self.pipe = pipe
@@ -94,36 +107,50 @@ class Img2ImgGenerator:
     @torch.no_grad()
     def __call__(
         self,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image] | None,
         prompt_embeds: torch.Tensor,
         negative_embeds: torch.Tensor,
         guidance: Sequence[float],
         *,
-        strength: float,
+        strength: float | None,
         steps: int,
         seeds: Sequence[int],
         size: tuple[int, int] | None = None,
     ) -> GenerationOutput:
-        pipe = self.pipe
+        batch = prompt_embeds.shape[0]
+        if not (batch == negative_embeds.shape[0] == len(guidance) == len(seeds)):
+            raise ValueError("embeddings, guidance scales and seeds must have the same length")
+        if images is not None and (len(images) != batch or len({im.size for im in images}) != 1):
+            raise ValueError("one image per prompt, all of one size")
+        return self.generate(
+            GenerationRequest(images, prompt_embeds, negative_embeds, guidance, strength, steps, seeds, size)
+        )
+
+    def generate(self, request: GenerationRequest) -> GenerationOutput:
+        raise NotImplementedError
+
+
+@GENERATORS.register("img2img")
+class Img2ImgGenerator(StableDiffusionGenerator):
+    """SGID's image-to-image step: x' = StableDiffusion(x, p, g, n) (paper eq. 3), batched, per-sample g."""
+
+    def generate(self, request: GenerationRequest) -> GenerationOutput:
+        pipe, r = self.pipe, request
         # 1. Check inputs
-        del size  # the images' own size
-        batch = len(images)
-        if not (batch == prompt_embeds.shape[0] == negative_embeds.shape[0] == len(guidance) == len(seeds)):
-            raise ValueError("images, embeddings, guidance scales and seeds must have the same length")
-        if len({im.size for im in images}) != 1:
-            raise ValueError("all images of one batch must have the same size")
+        if r.images is None or r.strength is None:
+            raise ValueError("img2img needs source images and a strength")
+        batch = len(r.images)
         # 2. Define call parameters: one generator per image, so results do not depend on the batch
-        device = pipe._execution_device
-        dtype = pipe.unet.dtype
-        generators = [generator(seed) for seed in seeds]
+        device, dtype = pipe._execution_device, pipe.unet.dtype
+        generators = [generator(seed) for seed in r.seeds]
         # 3. Prompt embeddings come encoded (and weighted) from the prompt stage
-        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
-        negative_embeds = negative_embeds.to(device=device, dtype=dtype)
+        prompt_embeds = r.prompt_embeds.to(device=device, dtype=dtype)
+        negative_embeds = r.negative_embeds.to(device=device, dtype=dtype)
         # 4. Preprocess image
-        image = pipe.image_processor.preprocess(list(images))
+        image = pipe.image_processor.preprocess(list(r.images))
         # 5. Set timesteps: img2img runs int(steps * strength) of the schedule's last steps
-        pipe.scheduler.set_timesteps(steps, device=device)
-        timesteps, _ = pipe.get_timesteps(steps, strength, device)
+        pipe.scheduler.set_timesteps(r.steps, device=device)
+        timesteps, _ = pipe.get_timesteps(r.steps, r.strength, device)
         # 6. Prepare latent variables (VAE encoding and noise, each from its image's generator)
         if len(timesteps) == 0:
             # noise rate 0: no denoising steps; the result is the VAE's reconstruction of the input
@@ -140,7 +167,7 @@ class Img2ImgGenerator:
             timesteps,
             prompt_embeds,
             negative_embeds,
-            torch.tensor([float(g) for g in guidance]),
+            torch.tensor([float(g) for g in r.guidance]),
             extra_step_kwargs,
             diffusers_guidance=self.diffusers_guidance,
         )
@@ -159,48 +186,30 @@ class Img2ImgGenerator:
 
 
 @GENERATORS.register("text2img")
-class Text2ImgGenerator:
+class Text2ImgGenerator(StableDiffusionGenerator):
     """Stable Diffusion text-to-image (the paper's Text2Img baseline): no source pixels, per-sample guidance.
 
     diffusers' ``StableDiffusionPipeline`` recipe (latents from one generator per image, scaled by the
     scheduler's initial sigma, all timesteps) with the same per-sample guidance as :class:`Img2ImgGenerator`.
     """
 
-    def __init__(self, pipe, *, diffusers_guidance: bool = False) -> None:  # type: ignore[no-untyped-def]
-        self.pipe = pipe
-        self.diffusers_guidance = diffusers_guidance
-
-    resolution = Img2ImgGenerator.resolution
-    size_multiple = Img2ImgGenerator.size_multiple
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        images: Sequence[Image.Image] | None,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor,
-        guidance: Sequence[float],
-        *,
-        strength: float | None,
-        steps: int,
-        seeds: Sequence[int],
-        size: tuple[int, int],
-    ) -> GenerationOutput:
-        pipe = self.pipe
-        # 1. Check inputs: no source image is used
-        del images, strength
-        batch = prompt_embeds.shape[0]
+    def generate(self, request: GenerationRequest) -> GenerationOutput:
+        pipe, r = self.pipe, request
+        # 1. Check inputs: no source image is used, only its size
+        if r.size is None:
+            raise ValueError("text-to-image needs a size")
+        width, height = r.size
         # 2. Define call parameters
         device, dtype = pipe._execution_device, pipe.unet.dtype
-        generators = [generator(seed) for seed in seeds]
-        width, height = size
+        generators = [generator(seed) for seed in r.seeds]
         # 3. Prompt embeddings come encoded from the prompt stage
-        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
-        negative_embeds = negative_embeds.to(device=device, dtype=dtype)
+        prompt_embeds = r.prompt_embeds.to(device=device, dtype=dtype)
+        negative_embeds = r.negative_embeds.to(device=device, dtype=dtype)
         # 4. Set timesteps
-        pipe.scheduler.set_timesteps(steps, device=device)
+        pipe.scheduler.set_timesteps(r.steps, device=device)
         # 5. Prepare latent variables, one generator per image
-        latents = pipe.prepare_latents(batch, pipe.unet.config.in_channels, height, width, dtype, device, generators)
+        channels = pipe.unet.config.in_channels
+        latents = pipe.prepare_latents(len(r.seeds), channels, height, width, dtype, device, generators)
         # 6. Denoising loop with per-sample guidance
         latents = denoise(
             pipe,
@@ -208,7 +217,7 @@ class Text2ImgGenerator:
             pipe.scheduler.timesteps,
             prompt_embeds,
             negative_embeds,
-            torch.tensor([float(g) for g in guidance]),
+            torch.tensor([float(g) for g in r.guidance]),
             pipe.prepare_extra_step_kwargs(generators, 0.0),
             diffusers_guidance=self.diffusers_guidance,
         )
@@ -217,7 +226,7 @@ class Text2ImgGenerator:
 
 
 @GENERATORS.register("instruct")
-class InstructPix2PixGenerator:
+class InstructPix2PixGenerator(StableDiffusionGenerator):
     """InstructPix2Pix (the paper's SGID+InstructPix2Pix baseline): edit the image following an instruction.
 
     Runs diffusers' ``StableDiffusionInstructPix2PixPipeline`` itself with one generator per image. Its
@@ -225,39 +234,23 @@ class InstructPix2PixGenerator:
     """
 
     def __init__(self, pipe, *, diffusers_guidance: bool = False, image_guidance: float = 1.5) -> None:  # type: ignore[no-untyped-def]
-        del diffusers_guidance  # the pipeline's own guidance rules apply
-        self.pipe = pipe
+        super().__init__(pipe, diffusers_guidance=diffusers_guidance)  # the pipeline's own guidance rules apply
         self.image_guidance = image_guidance
 
-    resolution = Img2ImgGenerator.resolution
-    size_multiple = Img2ImgGenerator.size_multiple
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        images: Sequence[Image.Image] | None,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor,
-        guidance: Sequence[float],
-        *,
-        strength: float | None,
-        steps: int,
-        seeds: Sequence[int],
-        size: tuple[int, int],
-    ) -> GenerationOutput:
-        del strength, size
-        if images is None:
+    def generate(self, request: GenerationRequest) -> GenerationOutput:
+        r = request
+        if r.images is None:
             raise ValueError("InstructPix2Pix edits a source image")
-        if len(set(guidance)) != 1:
+        if len(set(r.guidance)) != 1:
             raise ValueError("InstructPix2Pix takes one text guidance scale per batch")
         output = self.pipe(
-            image=list(images),
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            num_inference_steps=steps,
-            guidance_scale=float(guidance[0]),
+            image=list(r.images),
+            prompt_embeds=r.prompt_embeds,
+            negative_prompt_embeds=r.negative_embeds,
+            num_inference_steps=r.steps,
+            guidance_scale=float(r.guidance[0]),
             image_guidance_scale=self.image_guidance,
-            generator=[generator(seed) for seed in seeds],
+            generator=[generator(seed) for seed in r.seeds],
         )
         flags = output.nsfw_content_detected or [False] * len(output.images)
         return GenerationOutput(images=list(output.images), nsfw=[bool(f) for f in flags])
