@@ -90,7 +90,8 @@ def results_markdown(title: str, protocol: dict[str, Any], summary: Sequence[Sum
         lines += _table(["Method", *classes], [[labels[s.variant], *(_pct(s.per_class.get(c), 1) for c in classes)]
                                                 for s in rows])
     lines += ["", "## Settings", ""]
-    lines += [f"- {key}: {value}" for key, value in protocol.items() if value not in (None, {}, [], "")]
+    lines += [f"- {key}: {value}" for key, value in protocol.items()
+              if key != "format" and value not in (None, {}, [], "")]
     lines.append("")
     return "\n".join(lines)
 
