@@ -31,6 +31,16 @@ def pngs(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
 
 
+def assert_reaches_evaluate(out: Path, train: Path) -> None:
+    """`sgid evaluate --generated OUT --train TRAIN` reads every generated image and links it to its source."""
+    from sgid.evaluate.data import linked_generated, read_generated, read_image_folder
+
+    classes, real = read_image_folder(train)
+    generated = read_generated(out, classes)
+    assert len(generated) == len(rows(out)) > 0
+    assert linked_generated(generated, real) == generated
+
+
 @pytest.fixture
 def two_by_two(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "in", {"cat": 2, "dog": 2}, size=(24, 20))
@@ -186,6 +196,7 @@ def test_text2img_then_sgid_keeps_provenance(two_by_two: Path, tmp_path: Path, c
     first = {r["file_name"]: r for r in rows(stage)}
     final = rows(out)
     assert len(first) == 8 and len(final) == 8
+    assert_reaches_evaluate(out, two_by_two)  # provenance leads back to the real training images
     for row in final:
         parent = first[row["parent"]]
         assert row["chain"] == ["text2img", "sgid"] and row["method"] == "sgid"
@@ -348,3 +359,34 @@ def test_batch_size_invariance_and_rerun(method: str, options: dict, tmp_path: P
         source, tmp_path / "bs3", method=method, batch_size=3, multiplier=2, cache_dir=cache_dir, **options, **FAST
     )
     assert again.generated == 0 and pngs(tmp_path / "bs3") == three
+
+
+def test_a_method_output_trains_in_sgid_evaluate(two_by_two: Path, tmp_path: Path, cache_dir: Path) -> None:
+    from sgid.cli import main
+
+    augment(two_by_two, tmp_path / "gen", method="boomerang", cache_dir=cache_dir, **FAST)
+    code = main(
+        [
+            "evaluate",
+            "--train",
+            str(two_by_two),
+            "--test",
+            str(two_by_two),
+            "--generated",
+            str(tmp_path / "gen"),
+            "--methods",
+            "baseline,generated",
+            "--backbone",
+            "small_cnn",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "eval"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert {r["method"] for r in results["runs"]} >= {"baseline", "generated"}
