@@ -49,6 +49,31 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class FolderLock:
+    """An exclusive, non-blocking lock on an output folder (``fcntl.flock`` on a lock file inside it), so two
+    processes never write one folder at once. Released on ``release()`` or when the process dies."""
+
+    def __init__(self, folder: Path, name: str = LOCK) -> None:
+        self.path = Path(folder) / name
+        self._handle: IO[str] | None = None
+
+    def acquire(self, busy_message: str) -> FolderLock:
+        handle = open(self.path, "a")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise RunDirError(busy_message) from None
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
 def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -71,18 +96,12 @@ class RunStore:
         self.output_errors: dict[str, dict[str, Any]] = {}
         self.input_errors: list[dict[str, Any]] = []  # inputs that could not be used, found afresh each run
         self._journal: IO[str] | None = None
-        self._lock: IO[str] | None = None
+        self._lock = FolderLock(self.out)
 
     # -- opening -----------------------------------------------------------------------------------------
     def open(self) -> RunStore:
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.out / LOCK, "a")
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RunDirError(
-                f"another sgid run is writing to {self.out}; wait for it or choose another --out"
-            ) from None
+        self._lock.acquire(f"another sgid run is writing to {self.out}; wait for it or choose another --out")
         run_file = self.out / RUN_FILE
         self.check()
         if run_file.exists() and self.overwrite:
@@ -208,10 +227,7 @@ class RunStore:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-        if self._lock is not None:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-            self._lock.close()
-            self._lock = None
+        self._lock.release()
 
     @contextmanager
     def session(self) -> Iterator[RunStore]:

@@ -16,13 +16,12 @@ most the steps since the last checkpoint.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -30,7 +29,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from sgid.concepts.trainer import TrainState
 from sgid.errors import RunDirError, SgidError
-from sgid.runstore import atomic_write, identity_hash
+from sgid.runstore import FolderLock, atomic_write, identity_hash
 
 CONCEPTS_FILE = "concepts.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -72,7 +71,7 @@ class ConceptsDir:
         self.identity = identity
         self.overwrite = overwrite
         self.index: dict[str, Any] = {}
-        self._lock: IO[str] | None = None
+        self._lock = FolderLock(self.path)
 
     # -- opening -----------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -97,15 +96,7 @@ class ConceptsDir:
     def open(self, info: dict[str, Any]) -> ConceptsDir:
         """Lock DIR, clear an earlier run if ``overwrite``, and write the index (``info`` + identity)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / LOCK, "a")
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            self._lock = None
-            raise RunDirError(
-                f"another sgid run is writing to {self.path}; wait for it or choose another --out"
-            ) from None
+        self._lock.acquire(f"another sgid run is writing to {self.path}; wait for it or choose another --out")
         self.check()
         if (self.path / CONCEPTS_FILE).exists() and self.overwrite:
             self._clear()
@@ -124,10 +115,7 @@ class ConceptsDir:
         return self
 
     def close(self) -> None:
-        if self._lock is not None:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-            self._lock.close()
-            self._lock = None
+        self._lock.release()
 
     @contextmanager
     def session(self, info: dict[str, Any]) -> Iterator[ConceptsDir]:

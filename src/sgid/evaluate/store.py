@@ -16,15 +16,14 @@ what sgid evaluate wrote.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sgid.errors import RunDirError
 from sgid.evaluate.stats import RunRecord
-from sgid.runstore import atomic_write, identity_hash
+from sgid.runstore import FolderLock, atomic_write, identity_hash
 
 PROTOCOL_FILE = "evaluation.json"
 LOCK = ".sgid-evaluate-lock"
@@ -44,49 +43,47 @@ def _read_json(path: Path) -> Any:
 
 
 class EvaluationStore:
-    def __init__(self, out: Path, protocol: dict[str, Any], *, overwrite: bool = False,
-                 info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, out: Path, protocol: dict[str, Any], *, overwrite: bool = False, info: dict[str, Any] | None = None
+    ) -> None:
         self.out = Path(out)
         self.protocol = protocol
         self.overwrite = overwrite
         self.info = info or {}
-        self._lock: IO[str] | None = None
+        self._lock = FolderLock(self.out, LOCK)
 
     def open(self) -> EvaluationStore:
         if self.out.exists() and not self.out.is_dir():
             raise RunDirError(f"--out {self.out} exists and is not a folder")
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.out / LOCK, "a")
-        try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RunDirError(
-                f"another sgid evaluate is writing to {self.out}; wait for it or use another --out"
-            ) from None
+        self._lock.acquire(f"another sgid evaluate is writing to {self.out}; wait for it or use another --out")
         protocol_file = self.out / PROTOCOL_FILE
         if protocol_file.exists():
             previous = _read_json(protocol_file)
             if previous.get("protocol_sha256") != identity_hash(self.protocol):
                 if not self.overwrite:
-                    changed = sorted(k for k in {*self.protocol, *previous.get("protocol", {})}
-                                     if self.protocol.get(k) != previous.get("protocol", {}).get(k))
+                    changed = sorted(
+                        k
+                        for k in {*self.protocol, *previous.get("protocol", {})}
+                        if self.protocol.get(k) != previous.get("protocol", {}).get(k)
+                    )
                     raise RunDirError(
                         f"{self.out} holds an evaluation with different settings ({', '.join(changed)}); rerun with "
                         f"the same settings to resume, choose another --out, or pass --overwrite"
                     )
                 self.clear()
         elif any(p.name != LOCK for p in self.out.iterdir()):
-            raise RunDirError(f"{self.out} is not empty and holds no sgid evaluation ({PROTOCOL_FILE}); "
-                              f"choose an empty or new folder")
+            raise RunDirError(
+                f"{self.out} is not empty and holds no sgid evaluation ({PROTOCOL_FILE}); choose an empty or new folder"
+            )
         if not protocol_file.exists():
-            _write_json(protocol_file, {"protocol": self.protocol, "protocol_sha256": identity_hash(self.protocol),
-                                        **self.info})
+            _write_json(
+                protocol_file, {"protocol": self.protocol, "protocol_sha256": identity_hash(self.protocol), **self.info}
+            )
         return self
 
     def close(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        self._lock.release()
 
     def __enter__(self) -> EvaluationStore:
         return self.open()
@@ -117,8 +114,10 @@ class EvaluationStore:
             return None
         record = RunRecord.from_json(_read_json(path))
         if record.details.get("data_fingerprint") != fingerprint:
-            raise RunDirError(f"{path} was made from different data for dataset {dataset!r}; use another --out, "
-                              f"another dataset name, or --overwrite")
+            raise RunDirError(
+                f"{path} was made from different data for dataset {dataset!r}; use another --out, "
+                f"another dataset name, or --overwrite"
+            )
         return record
 
     def save(self, record: RunRecord) -> None:
