@@ -35,6 +35,7 @@ class AugmentConfig:
     captioner: str | None = None
     scorer: str | None = None
     sd_model: str | None = None
+    sd_config: str | None = None  # configs for a single-file --sd-model (diffusers folder or hub id)
     instruct_model: str | None = None
     safety_checker: bool = False
     device: str = "auto"
@@ -146,7 +147,7 @@ class AugmentConfig:
                 settings[name] = (settings[name],)
             elif settings.get(name) is not None:
                 settings[name] = tuple(settings[name])
-        for name in ("captioner", "scorer", "sd_model", "instruct_model", "text_model", "lora"):
+        for name in ("captioner", "scorer", "sd_model", "sd_config", "instruct_model", "text_model", "lora"):
             if settings.get(name) is not None:
                 settings[name] = str(settings[name])
         for name in ("label_names", "cache_dir", "pool", "concepts"):

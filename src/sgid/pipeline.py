@@ -105,6 +105,7 @@ class Augmenter:
             generator=c.sd_model,
             instruct=c.instruct_model,
             text=c.text_model,
+            sd_config=c.sd_config,
         )
         store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
         store.check()

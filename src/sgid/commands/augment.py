@@ -21,6 +21,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--sd-model", help="Stable Diffusion 1.x/2.x: hub id, diffusers folder or single .safetensors file"
     )
+    group.add_argument(
+        "--sd-config", help="for a single-file --sd-model: a diffusers folder or hub id with its model's configs"
+    )
     group.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:N [default: auto]")
     group.add_argument("--dtype", default=None, help="auto (fp16 on cuda, fp32 otherwise), fp32, fp16, bf16")
     group.add_argument("--cache-dir", help="where tiny models and the caption cache live [default: ~/.cache/sgid]")

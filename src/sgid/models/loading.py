@@ -27,6 +27,7 @@ class ModelRef:
 
     name: str
     path: str
+    config: str | None = None  # single-file checkpoints: a diffusers folder or hub id holding its configs
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def resolve_models(
     generator: str | None = None,
     instruct: str | None = None,
     text: str | None = None,
+    sd_config: str | None = None,
 ) -> ModelChoice:
     """Turn a preset plus per-model overrides into loadable references (building tiny models if asked)."""
     chosen = MODEL_PRESETS.get(preset)
@@ -108,6 +110,8 @@ def resolve_models(
             refs[role] = ModelRef(name=name, path=str(tiny_paths[component]))
         else:
             refs[role] = ModelRef(name=name, path=os.path.expanduser(name))
+    if sd_config:
+        refs["generator"] = ModelRef(refs["generator"].name, refs["generator"].path, os.path.expanduser(sd_config))
     return ModelChoice(**refs)
 
 
@@ -160,17 +164,23 @@ def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:  # type: ignore[n
     quiet_hub_logging()
     local = Path(ref.path)
     if ref.path.startswith((".", "/", "~")) and not local.exists():
-        raise ModelLoadError(f"cannot load the {role} {ref.name!r}: no such directory {local}")
+        raise ModelLoadError(f"cannot load the {role} {ref.name!r}: no such file or folder {local}")
     try:
         return loader()
     except (OSError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:300]
-        hint = (
-            f"download it where the Hugging Face hub is reachable (hf download {ref.name}) and pass "
-            f"{flag} /path/to/local/copy"
-            if not local.exists()
-            else f"check that {local} holds a complete checkpoint with .safetensors weights"
-        )
+        if ref.path.endswith(".safetensors") and local.is_file():
+            hint = (
+                "a single-file checkpoint needs its architecture's configs: pass --sd-config with a diffusers "
+                "folder or hub id of the same model family (e.g. a local copy of stable-diffusion-v1-5)"
+            )
+        elif not local.exists():
+            hint = (
+                f"download it where the Hugging Face hub is reachable (hf download {ref.name}) and pass "
+                f"{flag} /path/to/local/copy"
+            )
+        else:
+            hint = f"check that {local} holds a complete checkpoint with .safetensors weights"
         raise ModelLoadError(f"cannot load the {role} {ref.name!r}: {reason}; {hint}") from None
 
 
@@ -250,6 +260,8 @@ def _build_sd_pipeline(  # type: ignore[no-untyped-def]
         if ref.path.endswith(".safetensors"):
             if not Path(ref.path).is_file():
                 raise OSError(f"no such file {ref.path}")
+            if ref.config:
+                kwargs["config"] = ref.config
             pipe = cls.from_single_file(ref.path, **kwargs)
         elif ref.path.endswith((".ckpt", ".bin", ".pt", ".pth")):
             raise ValueError("only .safetensors checkpoints are loaded (pickle files can run code)")
