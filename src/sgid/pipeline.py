@@ -365,7 +365,7 @@ class Augmenter:
             if sample.caption
             else None,
             "prompt": sample.prompt.text if sample.prompt else None,
-            "prompt_mode": c.prompt if self.method.name in ("sgid", "diverse_caption") else None,
+            "prompt_mode": c.prompt if self.method.uses_prompt_mode else None,
             "negative_prompt": sample.negative_prompt if sample.prompt else None,
             "prompt_weighting": c.prompt_weighting,
             "label_weight": sample.label_weight,

@@ -62,6 +62,8 @@ class Method:
     defaults: dict[str, Any] = {}
     #: save at the source image's size (False: keep the produced image's own size, e.g. retrieved photos)
     resize_to_source = True
+    #: whether ``--prompt`` (complete / label / caption / none) shapes this method's prompts
+    uses_prompt_mode = False
 
     def __init__(self, config: AugmentConfig) -> None:
         self.config = config

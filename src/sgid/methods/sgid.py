@@ -26,6 +26,7 @@ def choose_caption(captions: tuple[Caption, ...], strategy: str, seed: int) -> C
 @METHODS.register("sgid")
 class SgidMethod(Method):
     name = "sgid"
+    uses_prompt_mode = True
 
     def needs_captions(self) -> bool:
         c = self.config
