@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -40,6 +39,7 @@ from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import Stages, load_stages
 from sgid.stages.caption import Caption
+from sgid.versions import package_versions
 
 MANIFEST_FLUSH_SECONDS = 30.0
 
@@ -453,18 +453,6 @@ def _check_out_dir(config: AugmentConfig) -> None:
         raise SgidError(f"--out {config.out_dir} is inside the input folder; its images would become inputs")
     if out in inp.parents:
         raise SgidError(f"--out {config.out_dir} contains the input folder; choose a separate folder")
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "diffusers", "transformers", "safetensors", "pillow", "numpy"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:  # type: ignore[type-arg]

@@ -16,7 +16,6 @@ sees the same subset and starts from the same weights at seed s; methods differ 
 from __future__ import annotations
 
 import os
-import platform
 import re
 import time
 from collections.abc import Sequence
@@ -289,14 +288,9 @@ def run_zero_shot(data: EvalData, config: EvalConfig, device: str, store: Evalua
 
 
 def _package_info() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
+    from sgid.versions import package_versions
 
-    versions = {"python": platform.python_version()}
-    for name in ("sgid", "torch", "torchvision", "timm", "open_clip_torch", "scipy", "numpy"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
+    versions = package_versions(("sgid", "torch", "torchvision", "timm", "open_clip_torch", "scipy", "numpy"))
     return {"versions": versions, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
