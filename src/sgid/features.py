@@ -281,6 +281,41 @@ def choose_clip(
     )
 
 
+@dataclass
+class RunClip:
+    """The CLIP model a command reading a run uses, and the feature cache it shares with other commands."""
+
+    choice: ClipChoice
+    cache: FeatureCache
+    tiny_note: str | None  # the tiny-models warning, when they are used (also recorded in reports)
+
+
+def open_run_clip(
+    run_models: Mapping[str, str],
+    run_preset: str | None,
+    *,
+    models: str | None,
+    scorer: str | None,
+    device: str | None,
+    dtype: str | None,
+    cache_dir: str | Path | None,
+    cache: bool,
+    quiet: bool,
+) -> RunClip:
+    """Choose the CLIP model (see :func:`choose_clip`), say so when it is the tiny one, open the cache."""
+    from sgid.models.loading import TINY_WARNING, default_cache_dir
+    from sgid.progress import note
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    choice = choose_clip(
+        run_models, run_preset, models=models, scorer=scorer, device=device, dtype=dtype, cache_dir=root
+    )
+    tiny_note = TINY_WARNING if choice.tiny else None
+    if tiny_note:
+        note(tiny_note, quiet)
+    return RunClip(choice, FeatureCache(root / FEATURE_CACHE_FILE if cache else None), tiny_note)
+
+
 def load_clip(choice: ClipChoice) -> tuple[Any, str]:
     """(ClipScorer, identity) for ``choice``; loaded once per process."""
     from sgid.models.loading import load_scorer

@@ -13,12 +13,11 @@ from typing import Any
 
 from sgid.dataset import Source, scan
 from sgid.errors import SgidError
-from sgid.features import FEATURE_CACHE_FILE, ClipModels, FeatureCache, choose_clip
+from sgid.features import ClipModels, open_run_clip
 from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, FilterOptions, PredictProba
 from sgid.filters.chain import run_chain
 from sgid.filters.output import check_out_dir, write_output
 from sgid.filters.report import build_report, report_markdown
-from sgid.models.loading import TINY_WARNING, default_cache_dir
 from sgid.progress import note
 from sgid.rundir import RunDir, check_sources, read_run_dir
 
@@ -96,22 +95,12 @@ def filter_run(
     tiny_note = scorer_id = None
     feature_cache = None
     if loaded is None:
-        root = Path(cache_dir) if cache_dir else default_cache_dir()
-        choice = choose_clip(
-            run.models,
-            run.models_preset,
-            models=models,
-            scorer=scorer,
-            device=device,
-            dtype=dtype,
-            cache_dir=root,
+        clip = open_run_clip(
+            run.models, run.models_preset, models=models, scorer=scorer, device=device, dtype=dtype,
+            cache_dir=cache_dir, cache=cache, quiet=quiet,
         )
-        scorer_id = choice.identity
-        if choice.tiny:
-            tiny_note = TINY_WARNING
-            note(TINY_WARNING, quiet)
-        feature_cache = FeatureCache(root / FEATURE_CACHE_FILE if cache else None)
-        loaded = LoadedFilterModels(choice, feature_cache, quiet=quiet)
+        scorer_id, tiny_note, feature_cache = clip.choice.identity, clip.tiny_note, clip.cache
+        loaded = LoadedFilterModels(clip.choice, feature_cache, quiet=quiet)
     try:
         chain_filters: list[Filter] = [cls.create(options, loaded) for cls in classes]
         # 3. Score and decide

@@ -23,14 +23,12 @@ import numpy as np
 from sgid.dataset import scan
 from sgid.errors import SgidError
 from sgid.features import (
-    FEATURE_CACHE_FILE,
     FEATURES,
     ClipModels,
     ExtractorOptions,
-    FeatureCache,
     FeatureStore,
     build_extractor,
-    choose_clip,
+    open_run_clip,
     rowwise_cosine,
 )
 from sgid.metrics.compute import DEFINITIONS, MetricsInput, compute_metrics
@@ -84,7 +82,6 @@ def metrics_run(
     quiet: bool = False,
 ) -> MetricsSummary:
     """Python API of ``sgid metrics``."""
-    from sgid.models.loading import TINY_WARNING, default_cache_dir
 
     started = time.monotonic()
     out = Path(out_dir)
@@ -109,20 +106,11 @@ def metrics_run(
         run.require_source_dir("for the similarity to the originals")
         check_sources(with_source)
     # 2. Models: CLIP for similarity, diversity and CLIP score; the --features extractor for FID and KID
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    choice = choose_clip(
-        run.models,
-        run.models_preset,
-        models=models,
-        scorer=scorer,
-        device=device,
-        dtype=dtype,
-        cache_dir=root,
+    run_clip = open_run_clip(
+        run.models, run.models_preset, models=models, scorer=scorer, device=device, dtype=dtype,
+        cache_dir=cache_dir, cache=cache, quiet=quiet,
     )
-    tiny_note = TINY_WARNING if choice.tiny else None
-    if tiny_note:
-        note(tiny_note, quiet)
-    feature_cache = FeatureCache(root / FEATURE_CACHE_FILE if cache else None)
+    choice, feature_cache, tiny_note = run_clip.choice, run_clip.cache, run_clip.tiny_note
     clip = ClipModels(choice, feature_cache, quiet=quiet)
     if features == "clip":
         store = clip.images
