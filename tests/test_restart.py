@@ -66,13 +66,11 @@ def run_killed_then_resumed(source: Path, out: Path, cache_dir: Path, batch: int
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode() if resumed.stderr else ""
 
 
-@pytest.mark.parametrize("batch", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_kill_during_generation_then_rerun_equals_uninterrupted(tmp_path: Path, cache_dir: Path, batch: int) -> None:
-    source = make_image_folder(tmp_path / "in", {"a": 3, "b": 3}, size=(32, 24))
-    reference = tmp_path / "reference"
+def uninterrupted(source: Path, out: Path, cache_dir: Path, batch: int) -> Path:
+    """The reference: the same settings as OPTIONS, run in one go (captions computed, not cached)."""
     augment(
         source,
-        reference,
+        out,
         models="tiny",
         steps=20,
         multiplier=2,
@@ -81,6 +79,13 @@ def test_kill_during_generation_then_rerun_equals_uninterrupted(tmp_path: Path, 
         cache_dir=cache_dir,
         caption_cache=False,
     )
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_kill_during_generation_then_rerun_equals_uninterrupted(tmp_path: Path, cache_dir: Path, batch: int) -> None:
+    source = make_image_folder(tmp_path / "in", {"a": 3, "b": 3}, size=(32, 24))
+    reference = uninterrupted(source, tmp_path / "reference", cache_dir, batch)
     out = tmp_path / "killed"
     run_killed_then_resumed(source, out, cache_dir, batch, lambda: journal_rows(out) >= 3)
     got, expected = snapshot(out), snapshot(reference)
@@ -96,18 +101,7 @@ def test_kill_during_generation_then_rerun_equals_uninterrupted(tmp_path: Path, 
 @pytest.mark.slow
 def test_kill_during_captioning_then_rerun_equals_uninterrupted(tmp_path: Path, cache_dir: Path) -> None:
     source = make_image_folder(tmp_path / "in", {"a": 12, "b": 12}, size=(32, 24))
-    reference = tmp_path / "reference"
-    augment(
-        source,
-        reference,
-        models="tiny",
-        steps=20,
-        multiplier=2,
-        batch_size=1,
-        quiet=True,
-        cache_dir=cache_dir,
-        caption_cache=False,
-    )
+    reference = uninterrupted(source, tmp_path / "reference", cache_dir, 1)
     fresh_cache = tmp_path / "fresh-cache"  # nothing cached: the first run must caption
     (fresh_cache / "tiny-models").mkdir(parents=True)
     os.symlink(cache_dir / "tiny-models" / "v2", fresh_cache / "tiny-models" / "v2")
