@@ -211,18 +211,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(run=run)
 
 
-CAPTION_FLAGS = (
-    "beam_captions",
-    "num_beams",
-    "nucleus_captions",
-    "top_p",
-    "top_k",
-    "min_length",
-    "max_length",
-    "repetition_penalty",
-)
-
-
 def options_from_args(
     args: argparse.Namespace, skip: tuple[str, ...] = ("input", "out", "run", "command")
 ) -> dict[str, Any]:
