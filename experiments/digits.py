@@ -52,20 +52,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=None, help="[default: small_cnn's recipe]")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads [default: 1, the fastest for this "
-                        "small network on a shared 2-core machine]")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads [default: 1, the fastest for this small network on a shared 2-core machine]",
+    )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     data = digits_dataset()
-    config = EvalConfig(methods=tuple(args.methods.split(",")), backbone="small_cnn", seeds=args.seeds,
-                        shots=args.shots, epochs=args.epochs, threads=args.threads, device="cpu", quiet=args.quiet)
+    config = EvalConfig(
+        methods=tuple(args.methods.split(",")),
+        backbone="small_cnn",
+        seeds=args.seeds,
+        shots=args.shots,
+        epochs=args.epochs,
+        threads=args.threads,
+        device="cpu",
+        quiet=args.quiet,
+    )
     result = evaluate(data, config, Path(args.out))
     print((result.out / "results.md").read_text(encoding="utf-8"))
-    print(f"{result.trained} runs trained, {result.reused} reused, {time.perf_counter() - started:.0f}s in total",
-          file=sys.stderr)
+    print(
+        f"{result.trained} runs trained, {result.reused} reused, {time.perf_counter() - started:.0f}s in total",
+        file=sys.stderr,
+    )
     return 0
 
 

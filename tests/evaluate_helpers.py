@@ -28,7 +28,7 @@ def pattern(label: int, index: int, size: int = 32) -> np.ndarray:
     rng = np.random.default_rng(1000 * label + index)
     image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
     start = (label * size // 4) % size
-    image[start:start + size // 4, :, label % 3] = 230
+    image[start : start + size // 4, :, label % 3] = 230
     return image
 
 
@@ -36,25 +36,35 @@ def real_examples(counts: Sequence[int], size: int = 32) -> tuple[Example, ...]:
     """``counts[c]`` real examples of class c, keyed "c<c>/<i>.png"."""
     return tuple(
         Example(key=f"c{label}/{i}.png", label=label, load=ArrayImage(pattern(label, i, size)))
-        for label, count in enumerate(counts) for i in range(count)
+        for label, count in enumerate(counts)
+        for i in range(count)
     )
 
 
 def generated_examples(real: Sequence[Example], per_image: int = 1, size: int = 32) -> tuple[Example, ...]:
     """``per_image`` generated examples for every real one, with ``source`` set to the real key."""
     return tuple(
-        Example(key=f"gen:{ex.key}#{k}", label=ex.label, source=ex.key, generated=True,
-                load=ArrayImage(pattern(ex.label, 500 + 10 * i + k, size)))
-        for i, ex in enumerate(real) for k in range(per_image)
+        Example(
+            key=f"gen:{ex.key}#{k}",
+            label=ex.label,
+            source=ex.key,
+            generated=True,
+            load=ArrayImage(pattern(ex.label, 500 + 10 * i + k, size)),
+        )
+        for i, ex in enumerate(real)
+        for k in range(per_image)
     )
 
 
-def tiny_data(counts: Sequence[int] = (6, 6), test_counts: Sequence[int] = (4, 4), per_image: int = 1,
-              name: str = "tiny") -> EvalData:
+def tiny_data(
+    counts: Sequence[int] = (6, 6), test_counts: Sequence[int] = (4, 4), per_image: int = 1, name: str = "tiny"
+) -> EvalData:
     classes = tuple(f"c{i}" for i in range(len(counts)))
     train = real_examples(counts)
-    test = tuple(Example(key=f"test/{ex.key}", label=ex.label, load=ArrayImage(pattern(ex.label, 900 + i)))
-                 for i, ex in enumerate(real_examples(test_counts)))
+    test = tuple(
+        Example(key=f"test/{ex.key}", label=ex.label, load=ArrayImage(pattern(ex.label, 900 + i)))
+        for i, ex in enumerate(real_examples(test_counts))
+    )
     return EvalData(name, classes, train, test, generated=generated_examples(train, per_image) if per_image else ())
 
 
@@ -67,8 +77,9 @@ def write_folder(root: Path, counts: dict[str, int], size: int = 32, offset: int
     return root
 
 
-def write_generated(out: Path, train: Path, per_image: int = 1, *, originals: bool = False,
-                    source_prefix: str = "") -> Path:
+def write_generated(
+    out: Path, train: Path, per_image: int = 1, *, originals: bool = False, source_prefix: str = ""
+) -> Path:
     """A hand-made ``sgid augment`` output folder for the images of ``train`` (metadata.jsonl + run.json)."""
     rows = []
     for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
@@ -79,13 +90,22 @@ def write_generated(out: Path, train: Path, per_image: int = 1, *, originals: bo
             if originals:
                 name = f"{class_dir.name}/{image_path.stem}.png"
                 Image.fromarray(image).save(out / name)
-                rows.append({"file_name": name, "label": class_dir.name, "source": source, "k": None,
-                             "method": "original"})
+                rows.append(
+                    {"file_name": name, "label": class_dir.name, "source": source, "k": None, "method": "original"}
+                )
             for k in range(per_image):
                 name = f"{class_dir.name}/{image_path.stem}_sgid_{k}.png"
                 Image.fromarray(255 - image).save(out / name)
-                rows.append({"file_name": name, "label": class_dir.name, "source": source, "k": k, "method": "sgid",
-                             "guidance_scale": 1.1})
+                rows.append(
+                    {
+                        "file_name": name,
+                        "label": class_dir.name,
+                        "source": source,
+                        "k": k,
+                        "method": "sgid",
+                        "guidance_scale": 1.1,
+                    }
+                )
     (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (out / "run.json").write_text(json.dumps({"config": {"input_dir": str(train)}}), encoding="utf-8")
     return out

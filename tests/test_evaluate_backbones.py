@@ -16,21 +16,28 @@ from sgid.evaluate.backbones import BACKBONES, build_backbone, freeze_for_linear
 from sgid.evaluate.checkpoint import load_classifier, predict_proba, save_classifier
 from sgid.evaluate.train import make_optimizer
 
-TINY_ARCH = {"vit_b16_in21k": TINY_VIT, "clip_vit_b32": TINY_CLIP, "zero_shot_clip": TINY_CLIP,
-             "wrn28_10": {"depth": 10, "widen": 1}, "small_cnn": {"width": 4}}
+TINY_ARCH = {
+    "vit_b16_in21k": TINY_VIT,
+    "clip_vit_b32": TINY_CLIP,
+    "zero_shot_clip": TINY_CLIP,
+    "wrn28_10": {"depth": 10, "widen": 1},
+    "small_cnn": {"width": 4},
+}
 TRAINED = [name for name in BACKBONES.names() if BACKBONES.get(name).recipe is not None]
 
 
 def test_backbone_names_are_the_issues() -> None:
-    assert sorted(BACKBONES.names()) == sorted(["resnet50", "resnet18", "wrn28_10", "vit_b16_in21k", "clip_vit_b32",
-                                                "zero_shot_clip", "small_cnn"])
+    assert sorted(BACKBONES.names()) == sorted(
+        ["resnet50", "resnet18", "wrn28_10", "vit_b16_in21k", "clip_vit_b32", "zero_shot_clip", "small_cnn"]
+    )
     with pytest.raises(SgidError, match="unknown backbone 'resnet51'; choose from: resnet50"):
         BACKBONES.get("resnet51")
 
 
 @pytest.mark.parametrize("name, batch, epochs", [("resnet50", 256, 300), ("resnet18", 256, 200), ("wrn28_10", 64, 300)])
 def test_from_scratch_recipe_is_sgd_01_momentum_09_wd_5e4_divided_by_10_at_half_and_three_quarters(
-        name: str, batch: int, epochs: int) -> None:
+    name: str, batch: int, epochs: int
+) -> None:
     recipe = BACKBONES.get(name).recipe
     assert recipe is not None
     assert (recipe.optimizer, recipe.lr, recipe.momentum, recipe.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
@@ -135,8 +142,9 @@ def test_save_load_predict_gives_identical_probabilities(name: str, tmp_path: Pa
     spec = BACKBONES.get(name)
     torch.manual_seed(0)
     model = build_backbone(name, 3, image_size=32, pretrained=False, arch=TINY_ARCH.get(name)).eval()
-    save_classifier(model, tmp_path / "clf", backbone=name, classes=["a", "b", "c"], image_size=32,
-                    mean=spec.mean, std=spec.std)
+    save_classifier(
+        model, tmp_path / "clf", backbone=name, classes=["a", "b", "c"], image_size=32, mean=spec.mean, std=spec.std
+    )
     assert (tmp_path / "clf" / "classifier.safetensors").is_file()
     loaded, meta = load_classifier(tmp_path / "clf")
     assert meta["classes"] == ["a", "b", "c"] and meta["num_classes"] == 3 and meta["image_size"] == 32
@@ -164,8 +172,9 @@ def test_loading_a_missing_or_mismatched_classifier_is_a_one_line_error(tmp_path
         load_classifier(tmp_path)
     spec = BACKBONES.get("small_cnn")
     model = build_backbone("small_cnn", 3, image_size=32, pretrained=False)
-    save_classifier(model, tmp_path, backbone="small_cnn", classes=["a", "b"], image_size=32, mean=spec.mean,
-                    std=spec.std)  # two classes named, three trained
+    save_classifier(
+        model, tmp_path, backbone="small_cnn", classes=["a", "b"], image_size=32, mean=spec.mean, std=spec.std
+    )  # two classes named, three trained
     with pytest.raises(ModelLoadError, match="does not match backbone 'small_cnn'"):
         load_classifier(tmp_path)
 

@@ -28,8 +28,18 @@ def toy(tmp_path: Path) -> dict[str, Path]:
 
 
 def _args(toy: dict[str, Path], *extra: str, out: Path | None = None, quiet: bool = True) -> list[str]:
-    return ["evaluate", "--train", str(toy["train"]), "--test", str(toy["test"]), "--out", str(out or toy["out"]),
-            *FAST, *(["--quiet"] if quiet else []), *extra]
+    return [
+        "evaluate",
+        "--train",
+        str(toy["train"]),
+        "--test",
+        str(toy["test"]),
+        "--out",
+        str(out or toy["out"]),
+        *FAST,
+        *(["--quiet"] if quiet else []),
+        *extra,
+    ]
 
 
 def _results(out: Path) -> dict:
@@ -37,15 +47,31 @@ def _results(out: Path) -> dict:
 
 
 def test_evaluate_writes_runs_table_plots_and_scipys_p_values(toy, capsys) -> None:
-    code = main(_args(toy, "--generated", str(toy["generated"]), "--methods", "randaugment,generated+cutmix",
-                      "--mix", "replace", "--proportion", "0,1", "--seeds", "3", quiet=False))
+    code = main(
+        _args(
+            toy,
+            "--generated",
+            str(toy["generated"]),
+            "--methods",
+            "randaugment,generated+cutmix",
+            "--mix",
+            "replace",
+            "--proportion",
+            "0,1",
+            "--seeds",
+            "3",
+            quiet=False,
+        )
+    )
     assert code == 0
     results = _results(toy["out"])
     runs = results["runs"]
     assert len(runs) == 4 * 3  # baseline, randaugment, generated+cutmix at p=0 and p=1; three seeds each
     assert {(r["variant"], r["seed"]) for r in runs} == {
-        (v, s) for v in ("baseline", "randaugment", "generated+cutmix@replace-p0", "generated+cutmix@replace-p1")
-        for s in range(3)}
+        (v, s)
+        for v in ("baseline", "randaugment", "generated+cutmix@replace-p0", "generated+cutmix@replace-p1")
+        for s in range(3)
+    }
     by = {(r["variant"], r["seed"]): r for r in runs}
     for seed in range(3):
         p0 = by[("generated+cutmix@replace-p0", seed)]["details"]
@@ -73,17 +99,34 @@ def test_evaluate_writes_runs_table_plots_and_scipys_p_values(toy, capsys) -> No
 def test_results_json_p_values_equal_scipys_on_its_own_per_seed_accuracies(toy, monkeypatch) -> None:
     from sgid.evaluate.train import Accuracy
 
-    planned = iter([0.50, 0.55, 0.53, 0.60, 0.57,  # baseline, seeds 0-4
-                    0.58, 0.61, 0.60, 0.66, 0.62,  # cutmix
-                    0.40, 0.52, 0.47, 0.49, 0.45])  # moex
+    planned = iter(
+        [
+            0.50,
+            0.55,
+            0.53,
+            0.60,
+            0.57,  # baseline, seeds 0-4
+            0.58,
+            0.61,
+            0.60,
+            0.66,
+            0.62,  # cutmix
+            0.40,
+            0.52,
+            0.47,
+            0.49,
+            0.45,
+        ]
+    )  # moex
     monkeypatch.setattr(api, "test_accuracy", lambda *a: Accuracy(next(planned), (None, None), 8))
     assert main(_args(toy, "--methods", "cutmix,moex", "--seeds", "5")) == 0
     results = _results(toy["out"])
     accuracy = {(r["variant"], r["seed"]): r["accuracy"] for r in results["runs"]}
     rows = {r["variant"]: r for r in results["summary"] if r["dataset"] == "toy"}
     for variant in ("cutmix", "moex"):
-        expected = stats.ttest_rel([accuracy[(variant, s)] for s in range(5)],
-                                   [accuracy[("baseline", s)] for s in range(5)]).pvalue
+        expected = stats.ttest_rel(
+            [accuracy[(variant, s)] for s in range(5)], [accuracy[("baseline", s)] for s in range(5)]
+        ).pvalue
         assert rows[variant]["p_value"] == pytest.approx(expected, rel=1e-12)
         assert rows[variant]["significant"] == (expected < 0.05)
     assert rows["cutmix"]["mark"] == "*" and rows["moex"]["mark"] == "†"
@@ -129,7 +172,8 @@ def test_runs_are_reproducible(toy, tmp_path) -> None:
         assert main(_args(toy, "--methods", "random_erasing,randaugment,moex", "--seeds", "1", out=out)) == 0
     first, second = (_results(out)["runs"] for out in outs)
     assert [(r["accuracy"], r["details"]["final_train_loss"]) for r in first] == [
-        (r["accuracy"], r["details"]["final_train_loss"]) for r in second]
+        (r["accuracy"], r["details"]["final_train_loss"]) for r in second
+    ]
 
 
 def test_every_method_starts_from_the_same_weights_at_a_seed(toy, monkeypatch) -> None:
@@ -154,8 +198,10 @@ def test_k_shot_and_fraction_subsets(toy, tmp_path) -> None:
 
 
 def test_generated_images_follow_their_sources_into_a_k_shot_subset(toy) -> None:
-    assert main(_args(toy, "--generated", str(toy["generated"]), "--methods", "generated", "--seeds", "1",
-                      "--shots", "2")) == 0
+    assert (
+        main(_args(toy, "--generated", str(toy["generated"]), "--methods", "generated", "--seeds", "1", "--shots", "2"))
+        == 0
+    )
     details = next(r["details"] for r in _results(toy["out"])["runs"] if r["variant"] == "generated@add")
     assert details["train_real"] == 4 and details["plan_generated"] == 8  # two per source; "original" rows skipped
 
@@ -169,25 +215,28 @@ def test_save_models_writes_loadable_classifiers(toy) -> None:
         assert predict_proba(model, meta, [image]).shape == (1, 2)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--backbone", "resnet51"], "unknown backbone 'resnet51'; choose from: resnet50"),
-    (["--methods", "baseline,mixup"], "unknown method component 'mixup'"),
-    (["--mix", "blend", "--methods", "generated"], "unknown mix mode 'blend'; choose from: add, replace, swap"),
-    (["--methods", "generated", "--mix", "replace", "--proportion", "1.5"], r"--proportion must be in \[0, 1\]"),
-    (["--methods", "generated", "--mix", "replace"], "--mix replace needs --proportion"),
-    (["--methods", "generated", "--mix", "balance", "--proportion", "0.5"], "takes no --proportion"),
-    (["--methods", "randaugment", "--proportion", "0.5"], "--proportion applies to methods with generated images"),
-    (["--methods", "generated"], "need --generated DIR"),
-    (["--seeds", "0"], "--seeds must be at least 1"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--shots", "2", "--fraction", "0.5"], "alternatives"),
-    (["--shots", "7"], "fewer than --shots 7"),
-    (["--fraction", "1.5"], r"--fraction must be in \(0, 1\]"),
-    (["--proportion", "x"], "expected numbers in"),
-    (["--linear-probe"], "--linear-probe needs a pre-trained backbone"),
-    (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
-    (["--backbone", "zero_shot_clip", "--methods", "randaugment"], "is not trained"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backbone", "resnet51"], "unknown backbone 'resnet51'; choose from: resnet50"),
+        (["--methods", "baseline,mixup"], "unknown method component 'mixup'"),
+        (["--mix", "blend", "--methods", "generated"], "unknown mix mode 'blend'; choose from: add, replace, swap"),
+        (["--methods", "generated", "--mix", "replace", "--proportion", "1.5"], r"--proportion must be in \[0, 1\]"),
+        (["--methods", "generated", "--mix", "replace"], "--mix replace needs --proportion"),
+        (["--methods", "generated", "--mix", "balance", "--proportion", "0.5"], "takes no --proportion"),
+        (["--methods", "randaugment", "--proportion", "0.5"], "--proportion applies to methods with generated images"),
+        (["--methods", "generated"], "need --generated DIR"),
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--shots", "2", "--fraction", "0.5"], "alternatives"),
+        (["--shots", "7"], "fewer than --shots 7"),
+        (["--fraction", "1.5"], r"--fraction must be in \(0, 1\]"),
+        (["--proportion", "x"], "expected numbers in"),
+        (["--linear-probe"], "--linear-probe needs a pre-trained backbone"),
+        (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+        (["--backbone", "zero_shot_clip", "--methods", "randaugment"], "is not trained"),
+    ],
+)
 def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, message) -> None:
     assert main(_args(toy, *extra)) == 2
     err = capsys.readouterr().err
@@ -196,13 +245,18 @@ def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, mess
     assert not toy["out"].exists()  # nothing was trained or written
 
 
-@pytest.mark.parametrize("args, message", [
-    (["evaluate", "--test", "t", "--out", "o"], "pass --train DIR and --test DIR"),
-    (["evaluate", "--train", "/nonexistent/train", "--test", "/nonexistent/test", "--out", "o"],
-     "--train folder not found: /nonexistent/train"),
-    (["evaluate", "--dataset", "cifar10", "--out", "o"], "--dataset needs --data-root"),
-    (["evaluate", "--dataset", "imagenet", "--data-root", ".", "--out", "o"], "unknown dataset 'imagenet'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--test", "t", "--out", "o"], "pass --train DIR and --test DIR"),
+        (
+            ["evaluate", "--train", "/nonexistent/train", "--test", "/nonexistent/test", "--out", "o"],
+            "--train folder not found: /nonexistent/train",
+        ),
+        (["evaluate", "--dataset", "cifar10", "--out", "o"], "--dataset needs --data-root"),
+        (["evaluate", "--dataset", "imagenet", "--data-root", ".", "--out", "o"], "unknown dataset 'imagenet'"),
+    ],
+)
 def test_bad_data_options_are_one_line_errors(args, message, capsys) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -225,20 +279,37 @@ def test_generated_folder_from_other_images_is_refused(toy, tmp_path, capsys) ->
 
 def test_python_api_restores_torch_threads_and_returns_the_summary(tmp_path) -> None:
     before = torch.get_num_threads()
-    result = evaluate(tiny_data(), EvalConfig(methods=("baseline", "generated"), seeds=2, epochs=1, batch_size=8,
-                                              threads=1, quiet=True), tmp_path / "api")
+    result = evaluate(
+        tiny_data(),
+        EvalConfig(methods=("baseline", "generated"), seeds=2, epochs=1, batch_size=8, threads=1, quiet=True),
+        tmp_path / "api",
+    )
     assert torch.get_num_threads() == before
     assert result.trained == 4 and result.reused == 0
     assert [s.label for s in result.summary if s.dataset == "tiny"] == ["baseline", "generated [add]"]
 
 
 def test_pretrained_backbones_choose_the_lr_on_validation(tmp_path) -> None:
-    config = EvalConfig(methods=("baseline",), backbone="vit_b16_in21k", pretrained=False, arch=TINY_VIT,
-                        image_size=32, seeds=1, epochs=1, batch_size=8, threads=1, quiet=True)
+    config = EvalConfig(
+        methods=("baseline",),
+        backbone="vit_b16_in21k",
+        pretrained=False,
+        arch=TINY_VIT,
+        image_size=32,
+        seeds=1,
+        epochs=1,
+        batch_size=8,
+        threads=1,
+        quiet=True,
+    )
     result = evaluate(tiny_data(per_image=0), config, tmp_path / "vit")
     search = json.loads((tmp_path / "vit" / "runs" / "tiny" / "baseline" / "lr_search.json").read_text())
-    assert search["grid"] == [1e-4, 3e-4, 1e-3, 3e-3] and set(search["val_accuracy"]) == {"0.0001", "0.0003",
-                                                                                          "0.001", "0.003"}
+    assert search["grid"] == [1e-4, 3e-4, 1e-3, 3e-3] and set(search["val_accuracy"]) == {
+        "0.0001",
+        "0.0003",
+        "0.001",
+        "0.003",
+    }
     assert result.records[0].details["lr"] == search["chosen"]
     cifar = evaluate(tiny_data(per_image=0, name="cifar10"), config, tmp_path / "cifar")
     assert cifar.records[0].details["lr"] == 5e-5 and cifar.records[0].details["epochs"] == 1
@@ -246,11 +317,13 @@ def test_pretrained_backbones_choose_the_lr_on_validation(tmp_path) -> None:
 
 def test_zero_shot_clip_is_a_reference_row(tmp_path) -> None:
     clip = {"pretrained": False, "image_size": 32, "quiet": True, "threads": 1}
-    alone = evaluate(tiny_data(per_image=0), EvalConfig(backbone="zero_shot_clip", arch=TINY_CLIP, **clip),
-                     tmp_path / "zs")
+    alone = evaluate(
+        tiny_data(per_image=0), EvalConfig(backbone="zero_shot_clip", arch=TINY_CLIP, **clip), tmp_path / "zs"
+    )
     assert [(r.variant, r.reference, r.details["test_size"]) for r in alone.records] == [("zero_shot_clip", True, 8)]
-    config = EvalConfig(methods=("baseline",), seeds=2, epochs=1, batch_size=8, zero_shot_row=True,
-                        zero_shot_arch=TINY_CLIP, **clip)  # type: ignore[arg-type]
+    config = EvalConfig(
+        methods=("baseline",), seeds=2, epochs=1, batch_size=8, zero_shot_row=True, zero_shot_arch=TINY_CLIP, **clip
+    )  # type: ignore[arg-type]
     beside = evaluate(tiny_data(per_image=0), config, tmp_path / "row")
     assert beside.records[-1].accuracy == alone.records[0].accuracy  # deterministic, untrained
     rows = [line for line in (tmp_path / "row" / "results.md").read_text().splitlines() if line.startswith("| ")]
@@ -280,9 +353,27 @@ def test_an_exported_split_links_back_to_its_examples(tmp_path) -> None:
 @pytest.mark.slow
 def test_a_real_augment_run_links_to_its_training_images(augmented_run: Path, tmp_path: Path) -> None:
     source = augmented_run.parent / "input"
-    args = ["evaluate", "--train", str(source), "--test", str(source), "--generated", str(augmented_run),
-            "--methods", "generated", "--mix", "replace", "--proportion", "0.5,1", "--seeds", "2", "--out",
-            str(tmp_path / "out"), *FAST, "--quiet"]
+    args = [
+        "evaluate",
+        "--train",
+        str(source),
+        "--test",
+        str(source),
+        "--generated",
+        str(augmented_run),
+        "--methods",
+        "generated",
+        "--mix",
+        "replace",
+        "--proportion",
+        "0.5,1",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        *FAST,
+        "--quiet",
+    ]
     assert main(args) == 0
     runs = {(r["variant"], r["seed"]): r["details"] for r in _results(tmp_path / "out")["runs"]}
     assert runs[("generated@replace-p1", 0)]["plan_generated"] == 6  # 3 images per class, all replaced
@@ -290,8 +381,26 @@ def test_a_real_augment_run_links_to_its_training_images(augmented_run: Path, tm
 
 
 def test_swap_training_draws_generated_images_at_rate_p(toy) -> None:
-    assert main(_args(toy, "--generated", str(toy["generated"]), "--methods", "generated", "--mix", "swap",
-                      "--proportion", "0.5", "--seeds", "1", "--epochs", "8")) == 0
+    assert (
+        main(
+            _args(
+                toy,
+                "--generated",
+                str(toy["generated"]),
+                "--methods",
+                "generated",
+                "--mix",
+                "swap",
+                "--proportion",
+                "0.5",
+                "--seeds",
+                "1",
+                "--epochs",
+                "8",
+            )
+        )
+        == 0
+    )
     details = next(r["details"] for r in _results(toy["out"])["runs"] if r["variant"] == "generated@swap-p0.5")
     assert details["plan_size"] == 12 and details["plan_generated"] == 0 and details["draws"] == 96
     assert 0.35 < details["generated_fraction_seen"] < 0.65  # 96 seeded coin flips at p = 0.5

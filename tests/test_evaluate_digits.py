@@ -42,11 +42,16 @@ def test_digits_data_is_32x32_rgb_split_in_halves() -> None:
 
 def test_digits_experiment_runs_through_the_evaluate_api(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "digits"
-    assert _experiment().main(["--out", str(out), "--seeds", "2", "--epochs", "1", "--methods", "baseline,cutmix",
-                               "--quiet"]) == 0
+    assert (
+        _experiment().main(
+            ["--out", str(out), "--seeds", "2", "--epochs", "1", "--methods", "baseline,cutmix", "--quiet"]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
-    assert {(r["variant"], r["seed"]) for r in results["runs"]} == {(m, s) for m in ("baseline", "cutmix")
-                                                                     for s in (0, 1)}
+    assert {(r["variant"], r["seed"]) for r in results["runs"]} == {
+        (m, s) for m in ("baseline", "cutmix") for s in (0, 1)
+    }
     assert all(r["details"]["train_real"] == 100 for r in results["runs"])  # 10-shot, 10 classes
     assert "| Method | digits | Avg. |" in capsys.readouterr().out
 
@@ -56,8 +61,10 @@ def test_the_report_holds_a_result_for_every_method() -> None:
     assert list(rows) == METHODS
     for method, cells in rows.items():
         assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d[*†]?", cells[0]), (method, cells)
-    assert "python experiments/digits.py --out experiments/out/digits" in (
-        ROOT / "docs" / "experiments" / "digits.md").read_text()
+    assert (
+        "python experiments/digits.py --out experiments/out/digits"
+        in (ROOT / "docs" / "experiments" / "digits.md").read_text()
+    )
 
 
 @pytest.mark.slow

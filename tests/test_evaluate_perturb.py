@@ -41,11 +41,14 @@ def test_method_names_are_the_issues() -> None:
     assert parse_method("randaugment+random_erasing", NAMES).perturbations == ("randaugment", "random_erasing")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("mixup", "unknown method component 'mixup'.*choose from: baseline, generated, random_erasing"),
-    ("baseline+cutmix", "cannot be combined"),
-    ("cutmix+cutmix", "twice"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("mixup", "unknown method component 'mixup'.*choose from: baseline, generated, random_erasing"),
+        ("baseline+cutmix", "cannot be combined"),
+        ("cutmix+cutmix", "twice"),
+    ],
+)
 def test_bad_method_names_fail_listing_the_valid_ones(bad: str, message: str) -> None:
     with pytest.raises(SgidError, match=message):
         parse_method(bad, NAMES)
@@ -59,7 +62,10 @@ def test_baseline_is_always_run_first() -> None:
 def test_a_proportion_sweep_makes_one_variant_per_value_for_generated_methods() -> None:
     rows = variants(parse_methods("baseline,generated+randaugment", NAMES), "replace", (0.0, 0.5))
     assert [v.slug for v in rows] == [
-        "baseline", "generated+randaugment@replace-p0", "generated+randaugment@replace-p0.5"]
+        "baseline",
+        "generated+randaugment@replace-p0",
+        "generated+randaugment@replace-p0.5",
+    ]
     assert rows[2].label == "generated+randaugment [replace p=0.5]"
 
 
@@ -185,8 +191,9 @@ def test_generated_plus_randaugment_runs_randaugment_on_the_generated_images(mon
     monkeypatch.setitem(perturb._IMAGE_OPS, "randaugment", lambda: recorder)
     red, blue = solid((250, 0, 0)), solid((0, 0, 250))
     real = [Example(key=f"c{i % 2}/{i}.png", label=i % 2, load=ArrayImage(blue)) for i in range(4)]
-    generated = [Example(key=f"g:{ex.key}", label=ex.label, load=ArrayImage(red), source=ex.key, generated=True)
-                 for ex in real]
+    generated = [
+        Example(key=f"g:{ex.key}", label=ex.label, load=ArrayImage(red), source=ex.key, generated=True) for ex in real
+    ]
     plan = Plan(tuple(Slot(ex) for ex in (*real, *generated)))
     spec = BACKBONES.get("small_cnn")
     settings = TrainSettings("small_cnn", 32, True, replace(spec.recipe, epochs=2, batch_size=4), quiet=True)

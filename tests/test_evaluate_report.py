@@ -16,11 +16,20 @@ BETTER = {"pets": [0.55, 0.56, 0.55, 0.57, 0.54], "dtd": [0.31, 0.30, 0.31, 0.32
 WORSE = {"pets": [0.40, 0.41, 0.42, 0.40, 0.39], "dtd": [0.20, 0.22, 0.21, 0.20, 0.19]}
 
 
-def _records(variant: str, accuracies: dict[str, list[float]], seeds: list[int] | None = None,
-             **extra: object) -> list[RunRecord]:
+def _records(
+    variant: str, accuracies: dict[str, list[float]], seeds: list[int] | None = None, **extra: object
+) -> list[RunRecord]:
     return [
-        RunRecord(dataset=dataset, variant=variant, label=variant, method=variant.split("@")[0], seed=seed,
-                  accuracy=acc, per_class={"a": acc - 0.05, "b": acc + 0.05}, **extra)  # type: ignore[arg-type]
+        RunRecord(
+            dataset=dataset,
+            variant=variant,
+            label=variant,
+            method=variant.split("@")[0],
+            seed=seed,
+            accuracy=acc,
+            per_class={"a": acc - 0.05, "b": acc + 0.05},
+            **extra,
+        )  # type: ignore[arg-type]
         for dataset, values in accuracies.items()
         for seed, acc in zip(seeds or range(len(values)), values, strict=True)
     ]
@@ -75,14 +84,19 @@ def test_undefined_tests_are_reported_as_none() -> None:
 
 def test_results_md_has_table_1s_layout(records) -> None:
     zero_shot = _records("zero_shot_clip", {"pets": [0.8], "dtd": [0.4]}, reference=True)
-    text = results_markdown("sgid evaluate: resnet50", {"backbone": "resnet50"}, summarize([*records, *zero_shot]),
-                            [*records, *zero_shot])
+    text = results_markdown(
+        "sgid evaluate: resnet50", {"backbone": "resnet50"}, summarize([*records, *zero_shot]), [*records, *zero_shot]
+    )
     lines = text.splitlines()
     start = lines.index("| Method | pets | dtd | Avg. |")
-    table = lines[start:start + 6]
+    table = lines[start : start + 6]
     assert table[1] == "| --- | --- | --- | --- |"
-    assert [row.split(" | ")[0] for row in table[2:]] == ["| baseline", "| randaugment", "| cutmix",
-                                                        "| zero_shot_clip (reference)"]
+    assert [row.split(" | ")[0] for row in table[2:]] == [
+        "| baseline",
+        "| randaugment",
+        "| cutmix",
+        "| zero_shot_clip (reference)",
+    ]
     ra = [np.mean(BETTER["pets"]) * 100, np.std(BETTER["pets"], ddof=1) * 100]
     assert table[3].startswith(f"| randaugment | {ra[0]:.2f} ± {ra[1]:.2f}*")
     assert "†" in table[4] and table[5] == "| zero_shot_clip (reference) | 80.00 | 40.00 | 60.00 |"
@@ -92,8 +106,9 @@ def test_results_md_has_table_1s_layout(records) -> None:
 
 
 def test_plots_show_per_class_accuracy_and_accuracy_against_p(tmp_path: Path) -> None:
-    sweep = [r for p in (0.0, 0.5, 1.0) for r in _records(f"generated@replace-p{p:g}", BETTER, mix="replace",
-                                                          proportion=p)]
+    sweep = [
+        r for p in (0.0, 0.5, 1.0) for r in _records(f"generated@replace-p{p:g}", BETTER, mix="replace", proportion=p)
+    ]
     files = write_plots(summarize([*_records("baseline", BASE), *sweep]), tmp_path)
     names = sorted(f.name for f in files)
     assert names == ["accuracy_vs_p_dtd.png", "accuracy_vs_p_pets.png", "per_class_dtd.png", "per_class_pets.png"]

@@ -59,9 +59,7 @@ def test_label_filter_rejects_an_image_that_clip_puts_in_another_class(tmp_path)
         "golden_retriever",
     ]
     assert result.scores.values[1] < 0 <= result.scores.values[0]
-    assert result.verdict.reasons[1].startswith(
-        "label: CLIP zero-shot predicts 'golden_retriever', not 'cat'"
-    )
+    assert result.verdict.reasons[1].startswith("label: CLIP zero-shot predicts 'golden_retriever', not 'cat'")
 
 
 def test_label_template_must_name_the_label() -> None:
@@ -149,9 +147,7 @@ def test_best_of_k_keeps_the_most_similar_augmentation_of_each_source(tmp_path) 
         "cat/1_sgid_1.png": 0.1,
         "cat/1_sgid_2.png": 0.3,
     }
-    images = FakeImages(
-        {"cat/0.png": unit(1), "cat/1.png": unit(1), **{n: at_cosine(s) for n, s in cosines.items()}}
-    )
+    images = FakeImages({"cat/0.png": unit(1), "cat/1.png": unit(1), **{n: at_cosine(s) for n, s in cosines.items()}})
     data = data_of(run)
     best = BestOfKFilter(OriginalFilter(images), keep=1).apply(data, everything(data))
     assert best.verdict.reject.tolist() == [True, False, True, True, True, False]

@@ -187,9 +187,7 @@ def test_a_broken_run_folder_is_one_line_exit_2(
     elif problem == "moved sources":
         (tmp_path / "input").rename(tmp_path / "elsewhere")
     elif problem == "changed source":
-        (tmp_path / "input" / "cat" / "0.png").write_bytes(
-            (tmp_path / "input" / "cat" / "1.png").read_bytes()
-        )
+        (tmp_path / "input" / "cat" / "0.png").write_bytes((tmp_path / "input" / "cat" / "1.png").read_bytes())
     manifest.write_text("\n".join(lines) + "\n")
     assert main(["filter", str(run), "--filters", "original", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

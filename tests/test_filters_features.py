@@ -37,9 +37,7 @@ def images(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def test_features_are_extracted_in_batches_and_identical_files_once(
-    images: list[Path], tmp_path: Path
-) -> None:
+def test_features_are_extracted_in_batches_and_identical_files_once(images: list[Path], tmp_path: Path) -> None:
     duplicate = tmp_path / "img" / "copy.png"
     duplicate.write_bytes(images[0].read_bytes())
     extractor = MeanColour()
@@ -59,9 +57,7 @@ def test_a_second_store_on_the_same_cache_file_computes_nothing(images: list[Pat
     assert extractor.batches == [] and (second.computed, second.reused) == (0, 5)
 
 
-def test_another_extractor_identity_is_never_served_from_the_cache(
-    images: list[Path], tmp_path: Path
-) -> None:
+def test_another_extractor_identity_is_never_served_from_the_cache(images: list[Path], tmp_path: Path) -> None:
     FeatureStore(MeanColour("a"), FeatureCache(tmp_path / "features.sqlite"))(images)
     other = FeatureStore(MeanColour("b"), FeatureCache(tmp_path / "features.sqlite"))
     other(images)

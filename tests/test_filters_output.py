@@ -92,14 +92,10 @@ def test_the_filtered_folder_holds_kept_images_and_originals_as_hard_links(
     assert images == kept | originals
     info = json.loads((out / "run.json").read_text())
     assert info["filter"]["filters"] == ["original"] and "identity_sha256" not in info
-    assert info["config"]["input_dir"] == str(
-        (run.parent / "input").resolve()
-    )  # still points at the real data
+    assert info["config"]["input_dir"] == str((run.parent / "input").resolve())  # still points at the real data
 
 
-def test_the_filtered_folder_loads_with_torchvision_image_folder(
-    run: Path, models: FakeModels, tmp_path: Path
-) -> None:
+def test_the_filtered_folder_loads_with_torchvision_image_folder(run: Path, models: FakeModels, tmp_path: Path) -> None:
     from torchvision.datasets import ImageFolder
 
     out = tmp_path / "out"
@@ -109,15 +105,11 @@ def test_the_filtered_folder_loads_with_torchvision_image_folder(
     assert len(dataset) == len(read_jsonl(out / "metadata.jsonl"))
 
 
-def test_the_filtered_folder_loads_as_a_hugging_face_imagefolder(
-    run: Path, models: FakeModels, tmp_path: Path
-) -> None:
+def test_the_filtered_folder_loads_as_a_hugging_face_imagefolder(run: Path, models: FakeModels, tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "out"
     filter_run(run, out, "original", loaded=models, quiet=True)
-    loaded = datasets.load_dataset(
-        "imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf")
-    )
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
     manifest = read_jsonl(out / "metadata.jsonl")
     assert loaded.num_rows == len(manifest)
     assert sorted(loaded["label"]) == sorted(r["label"] for r in manifest)

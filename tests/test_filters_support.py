@@ -53,11 +53,7 @@ def make_run(
                 name = f"{label}/{i}_sgid_{j}.png"
                 noise_image(seed).save(run / name)
                 seed += 1
-                text = (
-                    prompt(label, i, j)
-                    if prompt
-                    else f"A picture of a {label.replace('_', ' ')}, caption {i}"
-                )
+                text = prompt(label, i, j) if prompt else f"A picture of a {label.replace('_', ' ')}, caption {i}"
                 rows.append(
                     {
                         "file_name": name,

@@ -126,9 +126,7 @@ def test_metrics_with_inception_features_from_local_weights(
     assert metrics["overall"]["fid"] is not None
 
 
-def test_a_moved_dataset_is_found_with_source_dir(
-    augmented_run: Path, tmp_path: Path, cache_dir: Path, capsys
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_moved_dataset_is_found_with_source_dir(augmented_run: Path, tmp_path: Path, cache_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     run = tmp_path / "run"
     shutil.copytree(augmented_run, run)
     info = json.loads((run / "run.json").read_text())

@@ -197,7 +197,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _check(value: float, flag: str, ok, rule: str) -> None:  # type: ignore[no-untyped-def]
+def _check(value: float, flag: str, ok, rule: str) -> None:
     if isinstance(value, float) and math.isnan(value) or not ok(value):
         raise SgidError(f"invalid {flag} {value!r}: {rule}")
 

@@ -30,7 +30,7 @@ class MissingDependencyError(SgidError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 
 
-def require(module: str, extra: str):  # type: ignore[no-untyped-def]
+def require(module: str, extra: str):
     """Import ``module`` or fail with a message naming the ``pip install 'sgid[extra]'`` to run."""
     import importlib
 

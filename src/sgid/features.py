@@ -99,9 +99,7 @@ class InceptionFeatures:
     FID_CLASSES = 1008
     IMAGE_SIZE = 299
 
-    def __init__(
-        self, model: Any, identity: str, fid_network: bool, device: str = "cpu", batch_size: int = 32
-    ) -> None:
+    def __init__(self, model: Any, identity: str, fid_network: bool, device: str = "cpu", batch_size: int = 32) -> None:
         self.model = model
         self.identity = identity
         self.fid_network = fid_network
@@ -146,8 +144,7 @@ class InceptionFeatures:
                 )
             except ModuleNotFoundError:
                 raise MissingDependencyError(
-                    f"{path} is FID's Inception network, which runs through torch-fidelity: "
-                    f"pip install torch-fidelity"
+                    f"{path} is FID's Inception network, which runs through torch-fidelity: pip install torch-fidelity"
                 ) from None
             return cls(model.to(device).eval(), f"inception-fid:{digest}", True, device)
         from torchvision.models.inception import Inception3
@@ -162,8 +159,7 @@ class InceptionFeatures:
             network.load_state_dict(state)
         except RuntimeError as exc:
             raise SgidError(
-                f"--inception-weights {path} does not fit torchvision's inception_v3 "
-                f"({str(exc).splitlines()[0]})"
+                f"--inception-weights {path} does not fit torchvision's inception_v3 ({str(exc).splitlines()[0]})"
             ) from None
         network.fc = torch.nn.Identity()  # the 2048-d average-pooled features
         return cls(network.to(device).eval(), f"inception-torchvision:{digest}", False, device)
@@ -185,9 +181,7 @@ class InceptionFeatures:
                     batch = torch.stack(
                         [
                             normalize(
-                                resize(
-                                    pil_to_tensor(image), [self.IMAGE_SIZE, self.IMAGE_SIZE], antialias=True
-                                ).float()
+                                resize(pil_to_tensor(image), [self.IMAGE_SIZE, self.IMAGE_SIZE], antialias=True).float()
                                 / 255.0,
                                 [0.485, 0.456, 0.406],
                                 [0.229, 0.224, 0.225],

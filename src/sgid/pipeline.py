@@ -455,6 +455,6 @@ def _check_out_dir(config: AugmentConfig) -> None:
         raise SgidError(f"--out {config.out_dir} contains the input folder; choose a separate folder")
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:  # type: ignore[type-arg]
+def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -34,7 +34,7 @@ class Match:
     rank: int  # 0 for the query's best assigned image, 1 for the next, ...
 
 
-def _index(vectors: np.ndarray):  # type: ignore[no-untyped-def]
+def _index(vectors: np.ndarray):
     faiss = require("faiss", "retrieval")
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))

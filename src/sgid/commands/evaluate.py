@@ -25,56 +25,109 @@ def _proportions(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("evaluate", help=HELP, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "evaluate", help=HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     data = p.add_argument_group("data (image folders, or one of the paper's datasets through torchvision)")
     data.add_argument("--train", metavar="DIR", help="training images: DIR/<class>/<image>")
     data.add_argument("--test", metavar="DIR", help="test images: DIR/<class>/<image>")
-    data.add_argument("--val", metavar="DIR", help="validation images, used to choose the lr of pre-trained "
-                      "backbones [default: 10%% of the training set held out]")
-    data.add_argument("--generated", action="extend", nargs="+", default=[], metavar="DIR",
-                      help="output folder(s) of sgid augment; each image follows its source into subsets")
-    data.add_argument("--name", metavar="NAME", help="dataset name, the column of results.md [default: from "
-                      "--train; cifar10 and cifar100 select the CIFAR recipe of pre-trained backbones]")
-    data.add_argument("--dataset", metavar="NAME[,NAME]", help="instead of folders: cifar10, cifar100, caltech101, "
-                      "stanford_cars, flowers102, oxford_pets, dtd; never downloaded")
+    data.add_argument(
+        "--val",
+        metavar="DIR",
+        help="validation images, used to choose the lr of pre-trained "
+        "backbones [default: 10%% of the training set held out]",
+    )
+    data.add_argument(
+        "--generated",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="output folder(s) of sgid augment; each image follows its source into subsets",
+    )
+    data.add_argument(
+        "--name",
+        metavar="NAME",
+        help="dataset name, the column of results.md [default: from "
+        "--train; cifar10 and cifar100 select the CIFAR recipe of pre-trained backbones]",
+    )
+    data.add_argument(
+        "--dataset",
+        metavar="NAME[,NAME]",
+        help="instead of folders: cifar10, cifar100, caltech101, "
+        "stanford_cars, flowers102, oxford_pets, dtd; never downloaded",
+    )
     data.add_argument("--data-root", metavar="DIR", help="folder holding the --dataset files")
-    data.add_argument("--export-train", metavar="DIR", help="write the --dataset training split as an image "
-                      "folder (input for sgid augment) and exit")
+    data.add_argument(
+        "--export-train",
+        metavar="DIR",
+        help="write the --dataset training split as an image folder (input for sgid augment) and exit",
+    )
     data.add_argument("--shots", type=int, metavar="K", help="k-shot: K training images per class, drawn per seed")
-    data.add_argument("--fraction", type=float, metavar="F", help="a stratified fraction of the training set, "
-                      "drawn per seed (e.g. 0.1)")
+    data.add_argument(
+        "--fraction",
+        type=float,
+        metavar="F",
+        help="a stratified fraction of the training set, drawn per seed (e.g. 0.1)",
+    )
 
     method = p.add_argument_group("methods")
-    method.add_argument("--methods", metavar="LIST", help="comma-separated: baseline, generated, random_erasing, "
-                        "cutmix, randaugment, moex and '+' combinations such as generated+randaugment; baseline is "
-                        f"always included [default: baseline,{PERTURBATION_METHODS}, plus generated with --generated]")
-    method.add_argument("--mix", metavar="MODE", default="add", help="how generated images join the real ones: "
-                        "add, replace, swap, balance [default: add]")
-    method.add_argument("--proportion", type=_proportions, default=(), metavar="P[,P...]",
-                        help="p in [0, 1] for --mix replace/swap (required) or add (fraction of generated images "
-                        "added); several values run a sweep")
+    method.add_argument(
+        "--methods",
+        metavar="LIST",
+        help="comma-separated: baseline, generated, random_erasing, "
+        "cutmix, randaugment, moex and '+' combinations such as generated+randaugment; baseline is "
+        f"always included [default: baseline,{PERTURBATION_METHODS}, plus generated with --generated]",
+    )
+    method.add_argument(
+        "--mix",
+        metavar="MODE",
+        default="add",
+        help="how generated images join the real ones: add, replace, swap, balance [default: add]",
+    )
+    method.add_argument(
+        "--proportion",
+        type=_proportions,
+        default=(),
+        metavar="P[,P...]",
+        help="p in [0, 1] for --mix replace/swap (required) or add (fraction of generated images "
+        "added); several values run a sweep",
+    )
 
     model = p.add_argument_group("classifier")
-    model.add_argument("--backbone", metavar="NAME", default="resnet50", help="resnet50, resnet18, wrn28_10, "
-                       "vit_b16_in21k, clip_vit_b32, zero_shot_clip, small_cnn [default: resnet50]")
-    model.add_argument("--seeds", metavar="S", type=int, default=5,
-                       help="seeds 0..S-1, the same for every method [default: 5]")
-    model.add_argument("--epochs", metavar="E", type=int,
-                       help="[default: the backbone's recipe, e.g. 300 for resnet50]")
-    model.add_argument("--batch-size", metavar="B", type=int,
-                       help="[default: the backbone's recipe, e.g. 256 for resnet50]")
-    model.add_argument("--lr", metavar="LR", type=float,
-                       help="[default: the recipe's; searched on validation for ViT/CLIP]")
-    model.add_argument("--image-size", metavar="N", type=int, help="input size [default: the images' own size "
-                       "for small images and from-scratch networks, else 224]")
+    model.add_argument(
+        "--backbone",
+        metavar="NAME",
+        default="resnet50",
+        help="resnet50, resnet18, wrn28_10, vit_b16_in21k, clip_vit_b32, zero_shot_clip, small_cnn [default: resnet50]",
+    )
+    model.add_argument(
+        "--seeds", metavar="S", type=int, default=5, help="seeds 0..S-1, the same for every method [default: 5]"
+    )
+    model.add_argument(
+        "--epochs", metavar="E", type=int, help="[default: the backbone's recipe, e.g. 300 for resnet50]"
+    )
+    model.add_argument(
+        "--batch-size", metavar="B", type=int, help="[default: the backbone's recipe, e.g. 256 for resnet50]"
+    )
+    model.add_argument(
+        "--lr", metavar="LR", type=float, help="[default: the recipe's; searched on validation for ViT/CLIP]"
+    )
+    model.add_argument(
+        "--image-size",
+        metavar="N",
+        type=int,
+        help="input size [default: the images' own size for small images and from-scratch networks, else 224]",
+    )
     model.add_argument("--linear-probe", action="store_true", help="train only the head of a pre-trained backbone")
     model.add_argument("--weights", metavar="PATH", help="pre-trained weights: a local file or a timm/open_clip name")
     model.add_argument("--zero-shot-row", action="store_true", help="add zero-shot CLIP as a reference row")
-    model.add_argument("--zero-shot-weights", metavar="PATH", help="CLIP weights for that row: a local file or an "
-                       "open_clip tag [default: laion2b_s34b_b79k]")
-    model.add_argument("--device", metavar="DEVICE", default="auto",
-                       help="auto, cpu, cuda, cuda:N [default: auto]")
+    model.add_argument(
+        "--zero-shot-weights",
+        metavar="PATH",
+        help="CLIP weights for that row: a local file or an open_clip tag [default: laion2b_s34b_b79k]",
+    )
+    model.add_argument("--device", metavar="DEVICE", default="auto", help="auto, cpu, cuda, cuda:N [default: auto]")
     model.add_argument("--threads", metavar="N", type=int, help="torch CPU threads [default: the CPUs available]")
     model.add_argument("--workers", metavar="N", type=int, default=0, help="data-loading processes [default: 0]")
 
@@ -105,13 +158,27 @@ def _config(args: argparse.Namespace) -> Any:
 
     default_methods = f"baseline,{PERTURBATION_METHODS}" + (",generated" if args.generated else "")
     return EvalConfig(
-        methods=tuple((args.methods or default_methods).split(",")), backbone=args.backbone, seeds=args.seeds,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, shots=args.shots, fraction=args.fraction,
-        mix=args.mix, proportions=tuple(args.proportion), image_size=args.image_size,
-        linear_probe=args.linear_probe, weights=args.weights, zero_shot_row=args.zero_shot_row,
+        methods=tuple((args.methods or default_methods).split(",")),
+        backbone=args.backbone,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        shots=args.shots,
+        fraction=args.fraction,
+        mix=args.mix,
+        proportions=tuple(args.proportion),
+        image_size=args.image_size,
+        linear_probe=args.linear_probe,
+        weights=args.weights,
+        zero_shot_row=args.zero_shot_row,
         zero_shot_weights=args.zero_shot_weights,
-        save_models=args.save_models, device=args.device, threads=args.threads, workers=args.workers,
-        quiet=args.quiet, overwrite=args.overwrite,
+        save_models=args.save_models,
+        device=args.device,
+        threads=args.threads,
+        workers=args.workers,
+        quiet=args.quiet,
+        overwrite=args.overwrite,
     )
 
 

@@ -16,9 +16,7 @@ FILTER_NAMES = "label, prompt, original, threshold, best_of_k, realfake, confide
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("filter", help=HELP, description=__doc__)
-    p.add_argument(
-        "run_dir", metavar="RUN_DIR", help="output folder of sgid augment (metadata.jsonl + images)"
-    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of sgid augment (metadata.jsonl + images)")
     p.add_argument(
         "--filters",
         required=True,
@@ -32,9 +30,7 @@ def register(subparsers: Any) -> None:
         help="output folder: kept images (imagefolder), decisions.jsonl, "
         "report.json/.md; a previous sgid filter output there is replaced",
     )
-    p.add_argument(
-        "--source-dir", help="where the run's real input images are now [default: run.json's input]"
-    )
+    p.add_argument("--source-dir", help="where the run's real input images are now [default: run.json's input]")
     rules = p.add_argument_group("filter settings")
     rules.add_argument(
         "--label-template",
@@ -47,9 +43,7 @@ def register(subparsers: Any) -> None:
         help="threshold: lowest CLIP similarity to the source image to "
         "keep, in [-1, 1] (required with the threshold filter)",
     )
-    rules.add_argument(
-        "--keep", type=int, default=1, help="best_of_k: augmentations kept per source [default: 1]"
-    )
+    rules.add_argument("--keep", type=int, default=1, help="best_of_k: augmentations kept per source [default: 1]")
     rules.add_argument(
         "--rank-by",
         default="original",
@@ -75,9 +69,7 @@ def register(subparsers: Any) -> None:
         help="confidence: reject when the "
         "classifier's top class is another one with at least this probability [default: 0.5]",
     )
-    rules.add_argument(
-        "--seed", type=int, default=0, help="realfake: seed of the fold assignment [default: 0]"
-    )
+    rules.add_argument("--seed", type=int, default=0, help="realfake: seed of the fold assignment [default: 0]")
     add_model_options(p)
     p.add_argument(
         "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"

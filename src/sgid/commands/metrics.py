@@ -14,17 +14,13 @@ HELP = "measure generated vs real images: similarity, diversity, CLIP score, FID
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("metrics", help=HELP, description=__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of sgid augment (or of sgid filter)")
-    p.add_argument(
-        "--out", "-o", required=True, help="output folder: metrics.json, metrics.md, images.jsonl, plots/"
-    )
+    p.add_argument("--out", "-o", required=True, help="output folder: metrics.json, metrics.md, images.jsonl, plots/")
     p.add_argument(
         "--reference",
         metavar="REAL_DIR",
         help="real images, one subfolder per class, for FID and KID [default: the run's input folder]",
     )
-    p.add_argument(
-        "--source-dir", help="where the run's real input images are now [default: run.json's input]"
-    )
+    p.add_argument("--source-dir", help="where the run's real input images are now [default: run.json's input]")
     p.add_argument(
         "--features",
         default="clip",

@@ -162,7 +162,7 @@ class ConceptTrainer:
     # -- set-up ------------------------------------------------------------------------------------------
     @property
     def _embeddings(self) -> torch.nn.Embedding:
-        return self.parts.text_encoder.get_input_embeddings()  # type: ignore[no-any-return]
+        return self.parts.text_encoder.get_input_embeddings()
 
     def _add_token(self, token: str, init_token: str) -> int:
         tokenizer, text_encoder = self.parts.tokenizer, self.parts.text_encoder
@@ -225,7 +225,7 @@ class ConceptTrainer:
         if kind == "epsilon":
             return noise
         if kind == "v_prediction":
-            return self.parts.noise_scheduler.get_velocity(latents, noise, timesteps)  # type: ignore[no-any-return]
+            return self.parts.noise_scheduler.get_velocity(latents, noise, timesteps)
         raise SgidError(f"textual inversion supports epsilon and v_prediction models, not {kind!r}")
 
     # -- state -------------------------------------------------------------------------------------------

@@ -9,6 +9,14 @@ from sgid.evaluate.data import EvalData, Example, load_folder_dataset
 from sgid.evaluate.datasets import load_dataset
 
 __all__ = [
-    "EvalConfig", "EvalData", "Evaluation", "Example", "evaluate", "load_classifier", "load_dataset",
-    "load_folder_dataset", "predict_proba", "save_classifier",
+    "EvalConfig",
+    "EvalData",
+    "Evaluation",
+    "Example",
+    "evaluate",
+    "load_classifier",
+    "load_dataset",
+    "load_folder_dataset",
+    "predict_proba",
+    "save_classifier",
 ]

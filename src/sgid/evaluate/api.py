@@ -79,10 +79,15 @@ class EvalConfig:
         """Validate every option (before any data is read or model trained); return the backbone and variants."""
         spec = BACKBONES.get(self.backbone)
         methods = parse_methods(self.methods, PERTURBATIONS.names())
-        for name, value, low in (("--seeds", self.seeds, 1), ("--epochs", self.epochs, 1),
-                                 ("--batch-size", self.batch_size, 1), ("--shots", self.shots, 1),
-                                 ("--image-size", self.image_size, 8), ("--threads", self.threads, 1),
-                                 ("--workers", self.workers, 0)):
+        for name, value, low in (
+            ("--seeds", self.seeds, 1),
+            ("--epochs", self.epochs, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--shots", self.shots, 1),
+            ("--image-size", self.image_size, 8),
+            ("--threads", self.threads, 1),
+            ("--workers", self.workers, 0),
+        ):
             if value is not None and value < low:
                 raise SgidError(f"{name} must be at least {low}, got {value}")
         if self.lr is not None and not self.lr > 0:
@@ -107,8 +112,10 @@ class EvalConfig:
         if self.mix in NO_PROPORTION and self.proportions:
             raise SgidError(f"--mix {self.mix} takes no --proportion")
         if spec.recipe is None and (len(methods) > 1 or self.zero_shot_row):
-            raise SgidError(f"--backbone {self.backbone} is not trained, so it evaluates no augmentation; use it "
-                            f"with --methods baseline, or add --zero-shot-row to a trained backbone")
+            raise SgidError(
+                f"--backbone {self.backbone} is not trained, so it evaluates no augmentation; use it "
+                f"with --methods baseline, or add --zero-shot-row to a trained backbone"
+            )
         if self.linear_probe and not spec.pretrained:
             raise SgidError(f"--linear-probe needs a pre-trained backbone, not {self.backbone} (from scratch)")
         return spec, variants(methods, self.mix, self.proportions)
@@ -116,11 +123,21 @@ class EvalConfig:
     def protocol(self) -> dict[str, Any]:
         """What makes runs comparable: changing any of it in an existing --out is refused."""
         return {
-            "format": FORMAT_VERSION, "backbone": self.backbone, "arch": self.arch, "pretrained": self.pretrained,
-            "weights": self.weights, "linear_probe": self.linear_probe, "epochs": self.epochs,
-            "batch_size": self.batch_size, "lr": self.lr, "image_size": self.image_size, "shots": self.shots,
-            "fraction": self.fraction, "val_fraction": self.val_fraction,
-            "zero_shot_weights": self.zero_shot_weights, "zero_shot_arch": self.zero_shot_arch,
+            "format": FORMAT_VERSION,
+            "backbone": self.backbone,
+            "arch": self.arch,
+            "pretrained": self.pretrained,
+            "weights": self.weights,
+            "linear_probe": self.linear_probe,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "image_size": self.image_size,
+            "shots": self.shots,
+            "fraction": self.fraction,
+            "val_fraction": self.val_fraction,
+            "zero_shot_weights": self.zero_shot_weights,
+            "zero_shot_arch": self.zero_shot_arch,
         }
 
 
@@ -167,8 +184,13 @@ def training_plan(data: EvalData, variant: Variant, real: Sequence[Example], see
     """Real images, mixed with the generated images linked to them when the variant uses generated images."""
     if not variant.method.generated:
         return make_plan(None, real, (), None, seed)
-    return make_plan(variant.mix, real, linked_generated(data.generated, real), variant.proportion,
-                     derive_seed(seed, data.name, "mix"))
+    return make_plan(
+        variant.mix,
+        real,
+        linked_generated(data.generated, real),
+        variant.proportion,
+        derive_seed(seed, data.name, "mix"),
+    )
 
 
 def train_settings(data: EvalData, spec: BackboneSpec, config: EvalConfig, device: str) -> TrainSettings:
@@ -182,9 +204,17 @@ def train_settings(data: EvalData, spec: BackboneSpec, config: EvalConfig, devic
     image_size = spec.resolve_image_size(native, config.image_size)
     pad_crop = native is not None and native == (image_size, image_size) and image_size <= SMALL_IMAGE
     return TrainSettings(
-        backbone=spec.name, image_size=image_size, pad_crop=pad_crop, recipe=recipe, pretrained=config.pretrained,
-        weights=config.weights, arch=dict(config.arch), linear_probe=config.linear_probe, device=device,
-        workers=config.workers, quiet=config.quiet,
+        backbone=spec.name,
+        image_size=image_size,
+        pad_crop=pad_crop,
+        recipe=recipe,
+        pretrained=config.pretrained,
+        weights=config.weights,
+        arch=dict(config.arch),
+        linear_probe=config.linear_probe,
+        device=device,
+        workers=config.workers,
+        quiet=config.quiet,
     )
 
 
@@ -205,8 +235,9 @@ def check_data(data: EvalData, variant_list: Sequence[Variant], config: EvalConf
 # -- running -------------------------------------------------------------------------------------------------
 
 
-def select_lr(data: EvalData, variant: Variant, settings: TrainSettings, config: EvalConfig,
-              store: EvaluationStore) -> tuple[float, dict[str, Any] | None]:
+def select_lr(
+    data: EvalData, variant: Variant, settings: TrainSettings, config: EvalConfig, store: EvaluationStore
+) -> tuple[float, dict[str, Any] | None]:
     """The recipe's lr, or the best of its grid on validation (first seed; the paper's fixed-seed grid search).
 
     Validation is the dataset's val split, else ``val_fraction`` of the (subsetted) training set held out."""
@@ -224,45 +255,97 @@ def select_lr(data: EvalData, variant: Variant, settings: TrainSettings, config:
     plan = training_plan(data, variant, train_part, 0)
     scores: dict[str, float] = {}
     for lr in recipe.lr_grid:
-        result = fit(plan, len(data.classes), variant.method.perturbations, settings,
-                     derive_seed(0, data.name, "train"), lr=lr, desc=f"{data.name} {variant.label} lr {lr:g}")
+        result = fit(
+            plan,
+            len(data.classes),
+            variant.method.perturbations,
+            settings,
+            derive_seed(0, data.name, "train"),
+            lr=lr,
+            desc=f"{data.name} {variant.label} lr {lr:g}",
+        )
         scores[f"{lr:g}"] = test_accuracy(result.model, val, len(data.classes), settings).accuracy
     chosen = max(recipe.lr_grid, key=lambda lr: scores[f"{lr:g}"])
-    search = {"grid": list(recipe.lr_grid), "val_accuracy": scores, "chosen": chosen,
-              "validation": "val split" if data.val else f"{config.val_fraction:g} of the training set held out"}
+    search = {
+        "grid": list(recipe.lr_grid),
+        "val_accuracy": scores,
+        "chosen": chosen,
+        "validation": "val split" if data.val else f"{config.val_fraction:g} of the training set held out",
+    }
     store.save_lr_search(data.name, variant.slug, search)
     return chosen, search
 
 
-def run_one(data: EvalData, variant: Variant, seed: int, settings: TrainSettings, config: EvalConfig,
-            store: EvaluationStore, lr: float, lr_search: dict[str, Any] | None) -> RunRecord:
+def run_one(
+    data: EvalData,
+    variant: Variant,
+    seed: int,
+    settings: TrainSettings,
+    config: EvalConfig,
+    store: EvaluationStore,
+    lr: float,
+    lr_search: dict[str, Any] | None,
+) -> RunRecord:
     """Train and test one (dataset, variant, seed) and save it."""
     real = training_subset(data, seed, config)
     plan = training_plan(data, variant, real, seed)
-    result = fit(plan, len(data.classes), variant.method.perturbations, settings, derive_seed(seed, data.name, "train"),
-                 lr=lr, desc=f"{data.name} {variant.label} seed {seed}")
+    result = fit(
+        plan,
+        len(data.classes),
+        variant.method.perturbations,
+        settings,
+        derive_seed(seed, data.name, "train"),
+        lr=lr,
+        desc=f"{data.name} {variant.label} seed {seed}",
+    )
     acc = test_accuracy(result.model, data.test, len(data.classes), settings)
     if config.save_models:
         spec = BACKBONES.get(settings.backbone)
-        save_classifier(result.model.cpu(), store.model_dir(data.name, variant.slug, seed), backbone=settings.backbone,
-                        classes=list(data.classes), image_size=settings.image_size, mean=spec.mean, std=spec.std)
+        save_classifier(
+            result.model.cpu(),
+            store.model_dir(data.name, variant.slug, seed),
+            backbone=settings.backbone,
+            classes=list(data.classes),
+            image_size=settings.image_size,
+            mean=spec.mean,
+            std=spec.std,
+        )
     in_plan = sum(ex.generated for ex in plan.examples())
     details = {
-        "data_fingerprint": data.fingerprint(variant.method.generated), "lr": lr, "lr_search": lr_search,
-        "epochs": settings.recipe.epochs, "batch_size": settings.recipe.batch_size,
-        "optimizer": settings.recipe.optimizer, "schedule": settings.recipe.schedule,
-        "image_size": settings.image_size, "pad_crop": settings.pad_crop,
+        "data_fingerprint": data.fingerprint(variant.method.generated),
+        "lr": lr,
+        "lr_search": lr_search,
+        "epochs": settings.recipe.epochs,
+        "batch_size": settings.recipe.batch_size,
+        "optimizer": settings.recipe.optimizer,
+        "schedule": settings.recipe.schedule,
+        "image_size": settings.image_size,
+        "pad_crop": settings.pad_crop,
         "perturbations": list(variant.method.perturbations),
-        "train_real": len(real), "plan_size": len(plan.slots), "plan_generated": in_plan,
-        "swap_probability": plan.swap_probability, "draws": result.draws, "generated_draws": result.generated_draws,
+        "train_real": len(real),
+        "plan_size": len(plan.slots),
+        "plan_generated": in_plan,
+        "swap_probability": plan.swap_probability,
+        "draws": result.draws,
+        "generated_draws": result.generated_draws,
         "generated_fraction_seen": result.generated_draws / max(result.draws, 1),
-        "test_size": acc.total, "final_train_loss": result.train_loss, "seconds": round(result.seconds, 3),
-        "device": settings.device, "torch_threads": torch.get_num_threads(),
+        "test_size": acc.total,
+        "final_train_loss": result.train_loss,
+        "seconds": round(result.seconds, 3),
+        "device": settings.device,
+        "torch_threads": torch.get_num_threads(),
     }
     record = RunRecord(
-        dataset=data.name, variant=variant.slug, label=variant.label, method=variant.method.name, seed=seed,
-        accuracy=acc.accuracy, per_class=dict(zip(data.classes, acc.per_class, strict=True)), mix=variant.mix,
-        proportion=variant.proportion, details=details,
+        dataset=data.name,
+        variant=variant.slug,
+        label=variant.label,
+        method=variant.method.name,
+        seed=seed,
+        accuracy=acc.accuracy,
+        per_class=dict(zip(data.classes, acc.per_class, strict=True)),
+        mix=variant.mix,
+        proportion=variant.proportion,
+        details=details,
     )
     store.save(record)
     return record
@@ -273,15 +356,30 @@ def run_zero_shot(data: EvalData, config: EvalConfig, device: str, store: Evalua
     spec = BACKBONES.get(ZERO_SHOT)
     image_size = spec.resolve_image_size(None, config.image_size)
     own = config.backbone == ZERO_SHOT  # else a reference row next to another backbone, with its own weights
-    acc = zero_shot_accuracy(data.classes, data.test, image_size=image_size,
-                             weights=config.weights if own else config.zero_shot_weights,
-                             arch=config.arch if own else config.zero_shot_arch, pretrained=config.pretrained,
-                             device=device)
+    acc = zero_shot_accuracy(
+        data.classes,
+        data.test,
+        image_size=image_size,
+        weights=config.weights if own else config.zero_shot_weights,
+        arch=config.arch if own else config.zero_shot_arch,
+        pretrained=config.pretrained,
+        device=device,
+    )
     record = RunRecord(
-        dataset=data.name, variant=ZERO_SHOT, label=ZERO_SHOT, method=ZERO_SHOT, seed=0, accuracy=acc.accuracy,
-        per_class=dict(zip(data.classes, acc.per_class, strict=True)), reference=True,
-        details={"data_fingerprint": data.fingerprint(False), "test_size": acc.total, "image_size": image_size,
-                 "seconds": round(time.perf_counter() - started, 3)},
+        dataset=data.name,
+        variant=ZERO_SHOT,
+        label=ZERO_SHOT,
+        method=ZERO_SHOT,
+        seed=0,
+        accuracy=acc.accuracy,
+        per_class=dict(zip(data.classes, acc.per_class, strict=True)),
+        reference=True,
+        details={
+            "data_fingerprint": data.fingerprint(False),
+            "test_size": acc.total,
+            "image_size": image_size,
+            "seconds": round(time.perf_counter() - started, 3),
+        },
     )
     store.save(record)
     return record
@@ -316,8 +414,15 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
         torch.set_num_threads(previous_threads)
 
 
-def _run_all(datasets: list[EvalData], variant_list: Sequence[Variant], settings: dict[str, TrainSettings],
-             spec: BackboneSpec, config: EvalConfig, device: str, out: Path) -> Evaluation:
+def _run_all(
+    datasets: list[EvalData],
+    variant_list: Sequence[Variant],
+    settings: dict[str, TrainSettings],
+    spec: BackboneSpec,
+    config: EvalConfig,
+    device: str,
+    out: Path,
+) -> Evaluation:
     # 2. Open (or resume) the output folder.
     trained_backbone = spec.recipe is not None
     started = time.perf_counter()
@@ -332,8 +437,10 @@ def _run_all(datasets: list[EvalData], variant_list: Sequence[Variant], settings
         jobs = [(d, v, s) for d in datasets if trained_backbone for v in variant_list for s in range(config.seeds)]
         with bar(len(jobs), "runs", "run", config.quiet) as progress:
             for d, variant, seed in jobs:
-                model_missing = config.save_models and not (
-                    store.model_dir(d.name, variant.slug, seed) / "classifier.safetensors").exists()
+                model_missing = (
+                    config.save_models
+                    and not (store.model_dir(d.name, variant.slug, seed) / "classifier.safetensors").exists()
+                )
                 done = store.finished(d.name, variant.slug, seed, d.fingerprint(variant.method.generated))
                 if done is not None and not model_missing:
                     reused += 1
@@ -347,18 +454,28 @@ def _run_all(datasets: list[EvalData], variant_list: Sequence[Variant], settings
         # 5. Report every finished run in the folder.
         order = {v.slug: i for i, v in enumerate(variant_list)}
         names = {d.name: i for i, d in enumerate(datasets)}
-        records = sorted(store.records(), key=lambda r: (names.get(r.dataset, len(names)), r.dataset,
-                                                          order.get(r.variant, len(order)), r.variant, r.seed))
+        records = sorted(
+            store.records(),
+            key=lambda r: (
+                names.get(r.dataset, len(names)),
+                r.dataset,
+                order.get(r.variant, len(order)),
+                r.variant,
+                r.seed,
+            ),
+        )
         summary = summarize(records)
-        protocol = dict(config.protocol(), seeds=config.seeds, mix=config.mix,
-                        proportions=list(config.proportions), device=device)
+        protocol = dict(
+            config.protocol(), seeds=config.seeds, mix=config.mix, proportions=list(config.proportions), device=device
+        )
         if not spec.pretrained:
             del protocol["pretrained"]
         protocol.update({f"training ({name})": s.describe() for name, s in settings.items()})
         files = [
             store.write("results.json", results_json(protocol, records, summary)),
-            store.write("results.md",
-                        results_markdown(f"sgid evaluate: {config.backbone}", protocol, summary, records)),
+            store.write(
+                "results.md", results_markdown(f"sgid evaluate: {config.backbone}", protocol, summary, records)
+            ),
             *write_plots(summary, store.out),
         ]
     note(f"evaluation finished in {time.perf_counter() - started:.0f}s: {out / 'results.md'}", config.quiet)

@@ -108,8 +108,15 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 SCRATCH_SGD = Recipe(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=300, batch_size=256)
 FINETUNE_ADAMW = Recipe(
-    optimizer="adamw", lr=1e-4, weight_decay=0.0, schedule="linear", epochs=15, batch_size=64,
-    lr_grid=(1e-4, 3e-4, 1e-3, 3e-3), cifar_lr=5e-5, cifar_epochs=3,
+    optimizer="adamw",
+    lr=1e-4,
+    weight_decay=0.0,
+    schedule="linear",
+    epochs=15,
+    batch_size=64,
+    lr_grid=(1e-4, 3e-4, 1e-3, 3e-3),
+    cifar_lr=5e-5,
+    cifar_epochs=3,
 )
 
 
@@ -128,7 +135,10 @@ def build_backbone(
         raise SgidError(f"a classifier needs at least one class, got {num_classes}")
     model = spec.build(num_classes, image_size, pretrained and spec.pretrained, weights, dict(arch or {}))
     model.sgid_build = {  # type: ignore[assignment]
-        "backbone": name, "num_classes": num_classes, "image_size": image_size, "arch": dict(arch or {}),
+        "backbone": name,
+        "num_classes": num_classes,
+        "image_size": image_size,
+        "arch": dict(arch or {}),
     }
     return model
 
@@ -148,8 +158,9 @@ def freeze_for_linear_probe(model: nn.Module, spec: BackboneSpec) -> None:
 
 
 def _torchvision_resnet(depth: int) -> Builder:
-    def build(num_classes: int, image_size: int, pretrained: bool, weights: str | None,
-              arch: Mapping[str, Any]) -> nn.Module:
+    def build(
+        num_classes: int, image_size: int, pretrained: bool, weights: str | None, arch: Mapping[str, Any]
+    ) -> nn.Module:
         del pretrained, weights  # trained from scratch (paper)
         import torchvision
 
@@ -157,21 +168,27 @@ def _torchvision_resnet(depth: int) -> Builder:
         model = factory(weights=None, num_classes=num_classes)
         if arch.get("cifar_stem", image_size <= SMALL_IMAGE):
             model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            model.maxpool = nn.Identity()  # type: ignore[assignment]
+            model.maxpool = nn.Identity()
         return model
 
     return build
 
 
-def _build_wrn(num_classes: int, image_size: int, pretrained: bool, weights: str | None,
-               arch: Mapping[str, Any]) -> nn.Module:
+def _build_wrn(
+    num_classes: int, image_size: int, pretrained: bool, weights: str | None, arch: Mapping[str, Any]
+) -> nn.Module:
     del image_size, pretrained, weights
-    return WideResNet(num_classes, depth=int(arch.get("depth", 28)), widen=int(arch.get("widen", 10)),
-                      dropout=float(arch.get("dropout", 0.0)))
+    return WideResNet(
+        num_classes,
+        depth=int(arch.get("depth", 28)),
+        widen=int(arch.get("widen", 10)),
+        dropout=float(arch.get("dropout", 0.0)),
+    )
 
 
-def _build_small_cnn(num_classes: int, image_size: int, pretrained: bool, weights: str | None,
-                     arch: Mapping[str, Any]) -> nn.Module:
+def _build_small_cnn(
+    num_classes: int, image_size: int, pretrained: bool, weights: str | None, arch: Mapping[str, Any]
+) -> nn.Module:
     del image_size, pretrained, weights
     return SmallCNN(num_classes, width=int(arch.get("width", 16)))
 
@@ -184,8 +201,9 @@ def _load_error(what: str, source: str, exc: BaseException) -> ModelLoadError:
     )
 
 
-def _build_vit(num_classes: int, image_size: int, pretrained: bool, weights: str | None,
-               arch: Mapping[str, Any]) -> nn.Module:
+def _build_vit(
+    num_classes: int, image_size: int, pretrained: bool, weights: str | None, arch: Mapping[str, Any]
+) -> nn.Module:
     timm = require("timm", "eval")
     kwargs: dict[str, Any] = {"num_classes": num_classes, "img_size": image_size, **arch}
     if not pretrained:
@@ -231,46 +249,129 @@ class ClipClassifier(nn.Module):
         return self.head(self.visual(x))
 
 
-def _build_clip_classifier(num_classes: int, image_size: int, pretrained: bool, weights: str | None,
-                           arch: Mapping[str, Any]) -> nn.Module:
+def _build_clip_classifier(
+    num_classes: int, image_size: int, pretrained: bool, weights: str | None, arch: Mapping[str, Any]
+) -> nn.Module:
     clip = load_clip(pretrained, weights, arch, image_size if arch else None)
     return ClipClassifier(clip.visual, int(clip.visual.output_dim), num_classes)
 
 
-def _build_zero_shot(num_classes: int, image_size: int, pretrained: bool, weights: str | None,
-                     arch: Mapping[str, Any]) -> nn.Module:
+def _build_zero_shot(
+    num_classes: int, image_size: int, pretrained: bool, weights: str | None, arch: Mapping[str, Any]
+) -> nn.Module:
     del num_classes
-    return load_clip(pretrained, weights, arch, image_size if arch else None)  # type: ignore[no-any-return]
+    return load_clip(pretrained, weights, arch, image_size if arch else None)
 
 
 def _register_all() -> None:
-    scratch = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "native_small": True, "pretrained": False}
-    BACKBONES.add("resnet50", BackboneSpec(
-        "resnet50", "ResNet-50 from scratch (paper)", _torchvision_resnet(50), SCRATCH_SGD,
-        image_size=224, moex_layer="bn1", moex_channel_dim=1, head="fc", **scratch))  # type: ignore[arg-type]
-    BACKBONES.add("resnet18", BackboneSpec(
-        "resnet18", "ResNet-18 from scratch (004)", _torchvision_resnet(18), replace(SCRATCH_SGD, epochs=200),
-        image_size=224, moex_layer="bn1", moex_channel_dim=1, head="fc", **scratch))  # type: ignore[arg-type]
-    BACKBONES.add("wrn28_10", BackboneSpec(
-        "wrn28_10", "WideResNet-28-10 from scratch (paper, appendix I)", _build_wrn,
-        replace(SCRATCH_SGD, batch_size=64), image_size=32, moex_layer="conv1", moex_channel_dim=1, head="fc",
-        **scratch))  # type: ignore[arg-type]
-    BACKBONES.add("vit_b16_in21k", BackboneSpec(
-        "vit_b16_in21k", "ViT-B/16 pre-trained on ImageNet-21k, fine-tuned (paper)", _build_vit, FINETUNE_ADAMW,
-        mean=HALF, std=HALF, image_size=224, native_small=False, moex_layer="patch_embed", moex_channel_dim=-1,
-        head="head", pretrained=True))
-    BACKBONES.add("clip_vit_b32", BackboneSpec(
-        "clip_vit_b32", "OpenCLIP ViT-B/32 LAION-2B image tower + linear head (paper)", _build_clip_classifier,
-        FINETUNE_ADAMW, mean=CLIP_MEAN, std=CLIP_STD, image_size=224, native_small=False,
-        moex_layer="visual.conv1", moex_channel_dim=1, head="head", pretrained=True))
-    BACKBONES.add("zero_shot_clip", BackboneSpec(
-        "zero_shot_clip", "OpenCLIP ViT-B/32 LAION-2B zero-shot by text prompts, untrained (004's reference)",
-        _build_zero_shot, None, mean=CLIP_MEAN, std=CLIP_STD, image_size=224, native_small=False,
-        moex_layer="", moex_channel_dim=1, head="", pretrained=True))
-    BACKBONES.add("small_cnn", BackboneSpec(
-        "small_cnn", "four-conv network from scratch that trains on a CPU in seconds", _build_small_cnn,
-        replace(SCRATCH_SGD, epochs=60, batch_size=32), image_size=32, moex_layer="stem",
-        moex_channel_dim=1, head="head", **scratch))  # type: ignore[arg-type]
+    scratch: dict[str, Any] = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "native_small": True, "pretrained": False}
+    BACKBONES.add(
+        "resnet50",
+        BackboneSpec(
+            "resnet50",
+            "ResNet-50 from scratch (paper)",
+            _torchvision_resnet(50),
+            SCRATCH_SGD,
+            image_size=224,
+            moex_layer="bn1",
+            moex_channel_dim=1,
+            head="fc",
+            **scratch,
+        ),
+    )
+    BACKBONES.add(
+        "resnet18",
+        BackboneSpec(
+            "resnet18",
+            "ResNet-18 from scratch (004)",
+            _torchvision_resnet(18),
+            replace(SCRATCH_SGD, epochs=200),
+            image_size=224,
+            moex_layer="bn1",
+            moex_channel_dim=1,
+            head="fc",
+            **scratch,
+        ),
+    )
+    BACKBONES.add(
+        "wrn28_10",
+        BackboneSpec(
+            "wrn28_10",
+            "WideResNet-28-10 from scratch (paper, appendix I)",
+            _build_wrn,
+            replace(SCRATCH_SGD, batch_size=64),
+            image_size=32,
+            moex_layer="conv1",
+            moex_channel_dim=1,
+            head="fc",
+            **scratch,
+        ),
+    )
+    BACKBONES.add(
+        "vit_b16_in21k",
+        BackboneSpec(
+            "vit_b16_in21k",
+            "ViT-B/16 pre-trained on ImageNet-21k, fine-tuned (paper)",
+            _build_vit,
+            FINETUNE_ADAMW,
+            mean=HALF,
+            std=HALF,
+            image_size=224,
+            native_small=False,
+            moex_layer="patch_embed",
+            moex_channel_dim=-1,
+            head="head",
+            pretrained=True,
+        ),
+    )
+    BACKBONES.add(
+        "clip_vit_b32",
+        BackboneSpec(
+            "clip_vit_b32",
+            "OpenCLIP ViT-B/32 LAION-2B image tower + linear head (paper)",
+            _build_clip_classifier,
+            FINETUNE_ADAMW,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            image_size=224,
+            native_small=False,
+            moex_layer="visual.conv1",
+            moex_channel_dim=1,
+            head="head",
+            pretrained=True,
+        ),
+    )
+    BACKBONES.add(
+        "zero_shot_clip",
+        BackboneSpec(
+            "zero_shot_clip",
+            "OpenCLIP ViT-B/32 LAION-2B zero-shot by text prompts, untrained (004's reference)",
+            _build_zero_shot,
+            None,
+            mean=CLIP_MEAN,
+            std=CLIP_STD,
+            image_size=224,
+            native_small=False,
+            moex_layer="",
+            moex_channel_dim=1,
+            head="",
+            pretrained=True,
+        ),
+    )
+    BACKBONES.add(
+        "small_cnn",
+        BackboneSpec(
+            "small_cnn",
+            "four-conv network from scratch that trains on a CPU in seconds",
+            _build_small_cnn,
+            replace(SCRATCH_SGD, epochs=60, batch_size=32),
+            image_size=32,
+            moex_layer="stem",
+            moex_channel_dim=1,
+            head="head",
+            **scratch,
+        ),
+    )
 
 
 _register_all()

@@ -101,7 +101,7 @@ def predict_proba(
     model.eval()
     chunks: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(rgb(image)) for image in images[start:start + batch_size]]).to(device)
+        batch = torch.stack([transform(rgb(image)) for image in images[start : start + batch_size]]).to(device)
         chunks.append(torch.softmax(model(batch).float(), dim=1).cpu().numpy())
     model.train(was_training)
     if not chunks:

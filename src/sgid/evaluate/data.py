@@ -109,8 +109,9 @@ class EvalData:
 # -- reading folders -----------------------------------------------------------------------------------------
 
 
-def read_image_folder(root: Path, classes: Sequence[str] | None = None, *, what: str = "--train") -> tuple[
-        tuple[str, ...], tuple[Example, ...]]:
+def read_image_folder(
+    root: Path, classes: Sequence[str] | None = None, *, what: str = "--train"
+) -> tuple[tuple[str, ...], tuple[Example, ...]]:
     """``root/<class>/<image>`` as examples. With ``classes`` (from the training folder), every class folder
     in ``root`` must be one of them; labels index into that list."""
     root = Path(root)
@@ -122,9 +123,7 @@ def read_image_folder(root: Path, classes: Sequence[str] | None = None, *, what:
     if unknown:
         raise SgidError(f"{what} {root} has classes that are not in the training set: {', '.join(unknown[:10])}")
     index = {name: i for i, name in enumerate(names)}
-    examples = tuple(
-        Example(key=s.relpath, label=index[s.class_name], load=FileImage(s.path)) for s in listing.sources
-    )
+    examples = tuple(Example(key=s.relpath, label=index[s.class_name], load=FileImage(s.path)) for s in listing.sources)
     return names, examples
 
 
@@ -155,8 +154,15 @@ def read_generated(directory: Path, classes: Sequence[str], *, tag: str | None =
         path = directory / file_name
         if not path.is_file():
             raise SgidError(f"{manifest}, line {number}: image {file_name} is missing")
-        examples.append(Example(key=f"{tag}:{file_name}", label=index[label], load=FileImage(path),
-                                source=row.get("source"), generated=True))
+        examples.append(
+            Example(
+                key=f"{tag}:{file_name}",
+                label=index[label],
+                load=FileImage(path),
+                source=row.get("source"),
+                generated=True,
+            )
+        )
     return tuple(examples)
 
 
@@ -179,8 +185,10 @@ def check_links(generated: Sequence[Example], train: Sequence[Example], director
     if not any(ex.source in keys for ex in sourced):
         made_from = generated_input_dir(directory)
         hint = f" (it was made from {made_from})" if made_from else ""
-        raise SgidError(f"none of the generated images in {directory} come from the training images{hint}; "
-                        f"their 'source' paths must be relative to --train")
+        raise SgidError(
+            f"none of the generated images in {directory} come from the training images{hint}; "
+            f"their 'source' paths must be relative to --train"
+        )
 
 
 # -- subsets -------------------------------------------------------------------------------------------------
@@ -223,8 +231,9 @@ def fraction_subset(examples: Sequence[Example], fraction: float, seed: int) -> 
     return tuple(chosen)
 
 
-def stratified_split(examples: Sequence[Example], held_out: float, seed: int) -> tuple[
-        tuple[Example, ...], tuple[Example, ...]]:
+def stratified_split(
+    examples: Sequence[Example], held_out: float, seed: int
+) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
     """Split into (kept, held out) with ``held_out`` of every class (at least one, if the class has two)."""
     rng = np.random.default_rng(seed)
     kept: list[Example] = []
@@ -242,9 +251,7 @@ def linked_generated(generated: Sequence[Example], train: Sequence[Example]) -> 
     without a source whose class is in the training set."""
     keys = {ex.key for ex in train}
     labels = {ex.label for ex in train}
-    return tuple(
-        ex for ex in generated if (ex.source in keys if ex.source is not None else ex.label in labels)
-    )
+    return tuple(ex for ex in generated if (ex.source in keys if ex.source is not None else ex.label in labels))
 
 
 def export_image_folder(examples: Sequence[Example], out: Path) -> int:

@@ -60,8 +60,9 @@ def _folder_safe(name: str) -> str:
     return str(name).replace("/", "_").replace("\\", "_").strip() or "_"
 
 
-def _examples(dataset: Any, classes: Sequence[str], split: str, indices: Sequence[int] | None = None) -> tuple[
-        Example, ...]:
+def _examples(
+    dataset: Any, classes: Sequence[str], split: str, indices: Sequence[int] | None = None
+) -> tuple[Example, ...]:
     labels = _labels(dataset)
     arrays = getattr(dataset, "data", None)
     in_memory = isinstance(arrays, np.ndarray) and arrays.ndim == 4  # CIFAR: (N, 32, 32, 3) uint8
@@ -76,9 +77,14 @@ def _examples(dataset: Any, classes: Sequence[str], split: str, indices: Sequenc
     )
 
 
-def _two_split(name: str, factory_name: str, train_kw: dict[str, Any], test_kw: dict[str, Any],
-               val_kw: dict[str, Any] | None = None,
-               class_names: Callable[[Any], Sequence[str]] | None = None) -> Loader:
+def _two_split(
+    name: str,
+    factory_name: str,
+    train_kw: dict[str, Any],
+    test_kw: dict[str, Any],
+    val_kw: dict[str, Any] | None = None,
+    class_names: Callable[[Any], Sequence[str]] | None = None,
+) -> Loader:
     def load(root: Path) -> EvalData:
         import torchvision.datasets as tvd
 
@@ -103,20 +109,33 @@ def _load_caltech101(root: Path) -> EvalData:
     train_idx: list[int] = []
     for label in range(len(classes)):
         members = np.flatnonzero(labels == label)
-        train_idx.extend(sorted(rng.choice(members, size=min(CALTECH_TRAIN_PER_CLASS, len(members) - 1),
-                                           replace=False).tolist()))
+        train_idx.extend(
+            sorted(rng.choice(members, size=min(CALTECH_TRAIN_PER_CLASS, len(members) - 1), replace=False).tolist())
+        )
     test_idx = sorted(set(range(len(labels))) - set(train_idx))
-    return EvalData("caltech101", classes, _examples(dataset, classes, "all", sorted(train_idx)),
-                    _examples(dataset, classes, "all", test_idx))
+    return EvalData(
+        "caltech101",
+        classes,
+        _examples(dataset, classes, "all", sorted(train_idx)),
+        _examples(dataset, classes, "all", test_idx),
+    )
 
 
 DATASETS.add("cifar10", _two_split("cifar10", "CIFAR10", {"train": True}, {"train": False}))
 DATASETS.add("cifar100", _two_split("cifar100", "CIFAR100", {"train": True}, {"train": False}))
 DATASETS.add("caltech101", _load_caltech101)
 DATASETS.add("stanford_cars", _two_split("stanford_cars", "StanfordCars", {"split": "train"}, {"split": "test"}))
-DATASETS.add("flowers102", _two_split(
-    "flowers102", "Flowers102", {"split": "train"}, {"split": "test"}, {"split": "val"},
-    class_names=lambda ds: [f"class_{i:03d}" for i in range(1, 103)]))
+DATASETS.add(
+    "flowers102",
+    _two_split(
+        "flowers102",
+        "Flowers102",
+        {"split": "train"},
+        {"split": "test"},
+        {"split": "val"},
+        class_names=lambda ds: [f"class_{i:03d}" for i in range(1, 103)],
+    ),
+)
 DATASETS.add("oxford_pets", _two_split("oxford_pets", "OxfordIIITPet", {"split": "trainval"}, {"split": "test"}))
 DATASETS.add("dtd", _two_split("dtd", "DTD", {"split": "train"}, {"split": "test"}, {"split": "val"}))
 

@@ -37,8 +37,10 @@ def parse_method(name: str, perturbations: Iterable[str]) -> Method:
         if part == BASELINE:
             raise SgidError(f"method {text!r}: 'baseline' cannot be combined with anything")
         if part not in (GENERATED, *known):
-            raise SgidError(f"unknown method component {part!r} in {text!r}; choose from: {', '.join(valid)} "
-                            f"(combine with '+', e.g. generated+randaugment)")
+            raise SgidError(
+                f"unknown method component {part!r} in {text!r}; choose from: {', '.join(valid)} "
+                f"(combine with '+', e.g. generated+randaugment)"
+            )
     if len(set(parts)) != len(parts):
         raise SgidError(f"method {text!r} names a component twice")
     return Method(text, GENERATED in parts, tuple(p for p in parts if p != GENERATED))

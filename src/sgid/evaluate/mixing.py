@@ -108,8 +108,10 @@ def mix_replace(real: Sequence[Example], generated: Sequence[Example], proportio
                 orphans += 1
         pool = [g for g in pool_by_class.get(label, []) if g.key not in used]
         if orphans > len(pool):
-            raise SgidError(f"--mix replace p={proportion:g}: class {label} needs {count} generated images but has "
-                            f"{count - orphans + len(pool)}; lower p or generate more (--multiplier)")
+            raise SgidError(
+                f"--mix replace p={proportion:g}: class {label} needs {count} generated images but has "
+                f"{count - orphans + len(pool)}; lower p or generate more (--multiplier)"
+            )
         replacements.extend(_sample(rng, pool, orphans))
     return Plan(tuple(Slot(ex) for ex in (*kept, *replacements)))
 
@@ -138,8 +140,9 @@ def mix_balance(real: Sequence[Example], generated: Sequence[Example], proportio
         missing = target - len(group)
         pool = pools.get(label, [])
         if missing > len(pool):
-            raise SgidError(f"--mix balance: class {label} needs {missing} generated images to reach {target} "
-                            f"but has {len(pool)}")
+            raise SgidError(
+                f"--mix balance: class {label} needs {missing} generated images to reach {target} but has {len(pool)}"
+            )
         added.extend(_sample(rng, pool, missing))
     return Plan(tuple(Slot(ex) for ex in (*real, *added)))
 
@@ -148,8 +151,9 @@ def real_only(real: Sequence[Example]) -> Plan:
     return Plan(tuple(Slot(ex) for ex in real))
 
 
-def make_plan(mode: str | None, real: Sequence[Example], generated: Sequence[Example], proportion: float | None,
-              seed: int) -> Plan:
+def make_plan(
+    mode: str | None, real: Sequence[Example], generated: Sequence[Example], proportion: float | None, seed: int
+) -> Plan:
     """The training plan: real only when ``mode`` is None, else mix ``real`` and ``generated`` by ``mode``."""
     if mode is None:
         return real_only(real)

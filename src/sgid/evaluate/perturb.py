@@ -46,17 +46,31 @@ class Perturbation:
 
 
 PERTURBATIONS: Registry[Perturbation] = Registry("perturbation")
-PERTURBATIONS.add("random_erasing", Perturbation(
-    "random_erasing", "tensor",
-    {"probability": 0.5, "min_area": 0.02, "max_area": 0.4, "min_aspect": 0.3, "mode": "const"},
-    "Zhong et al. 2020 (p=0.5, s_h=0.4, r1=0.3)"))
-PERTURBATIONS.add("cutmix", Perturbation(
-    "cutmix", "batch", {"alpha": 1.0, "probability": 0.5}, "Yun et al. 2019 (alpha=1, cutmix prob 0.5)"))
-PERTURBATIONS.add("randaugment", Perturbation(
-    "randaugment", "image", {"num_ops": 2, "magnitude": 9}, "Cubuk et al. 2020 (N=2, M=9)"))
-PERTURBATIONS.add("moex", Perturbation(
-    "moex", "feature", {"lam": 0.5, "probability": 0.25, "norm": "pono", "epsilon": 1e-5},
-    "Li et al. 2021 (lambda=0.5, p=0.25, PONO)"))
+PERTURBATIONS.add(
+    "random_erasing",
+    Perturbation(
+        "random_erasing",
+        "tensor",
+        {"probability": 0.5, "min_area": 0.02, "max_area": 0.4, "min_aspect": 0.3, "mode": "const"},
+        "Zhong et al. 2020 (p=0.5, s_h=0.4, r1=0.3)",
+    ),
+)
+PERTURBATIONS.add(
+    "cutmix",
+    Perturbation("cutmix", "batch", {"alpha": 1.0, "probability": 0.5}, "Yun et al. 2019 (alpha=1, cutmix prob 0.5)"),
+)
+PERTURBATIONS.add(
+    "randaugment", Perturbation("randaugment", "image", {"num_ops": 2, "magnitude": 9}, "Cubuk et al. 2020 (N=2, M=9)")
+)
+PERTURBATIONS.add(
+    "moex",
+    Perturbation(
+        "moex",
+        "feature",
+        {"lam": 0.5, "probability": 0.25, "norm": "pono", "epsilon": 1e-5},
+        "Li et al. 2021 (lambda=0.5, p=0.25, PONO)",
+    ),
+)
 
 
 def random_erasing() -> Any:
@@ -64,8 +78,12 @@ def random_erasing() -> Any:
     random_erasing_module = require("timm.data.random_erasing", "eval")
     p = PERTURBATIONS.get("random_erasing").params
     return random_erasing_module.RandomErasing(
-        probability=p["probability"], min_area=p["min_area"], max_area=p["max_area"], min_aspect=p["min_aspect"],
-        mode=p["mode"], device="cpu",
+        probability=p["probability"],
+        min_area=p["min_area"],
+        max_area=p["max_area"],
+        min_aspect=p["min_aspect"],
+        mode=p["mode"],
+        device="cpu",
     )
 
 
@@ -120,8 +138,9 @@ class BatchAugment:
     train on the soft ``targets`` (rows sum to 1) with :func:`soft_cross_entropy`.
     """
 
-    def __init__(self, names: Sequence[str], num_classes: int, moex_module: nn.Module | None = None,
-                 moex_channel_dim: int = 1) -> None:
+    def __init__(
+        self, names: Sequence[str], num_classes: int, moex_module: nn.Module | None = None, moex_channel_dim: int = 1
+    ) -> None:
         self.num_classes = num_classes
         self.cutmix = PERTURBATIONS.get("cutmix").params if "cutmix" in names else None
         self.moex = PERTURBATIONS.get("moex").params if "moex" in names else None
@@ -131,8 +150,9 @@ class BatchAugment:
         if self.moex and moex_module is None:
             raise ValueError("MoEx needs the module whose output it exchanges moments of")
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[
-            torch.Tensor, torch.Tensor, contextlib.AbstractContextManager[None]]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, contextlib.AbstractContextManager[None]]:
         targets = nn.functional.one_hot(labels, self.num_classes).float()
         if self.cutmix and self._cutmix is not None and float(torch.rand(())) < self.cutmix["probability"]:
             images, targets = self._cutmix(images, targets)

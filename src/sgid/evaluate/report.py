@@ -58,8 +58,9 @@ def _rows(summary: Sequence[Summary]) -> tuple[list[str], list[tuple[str, bool]]
     return datasets, variants, cells
 
 
-def results_markdown(title: str, protocol: dict[str, Any], summary: Sequence[Summary],
-                     records: Sequence[RunRecord]) -> str:
+def results_markdown(
+    title: str, protocol: dict[str, Any], summary: Sequence[Summary], records: Sequence[RunRecord]
+) -> str:
     datasets, variants, cells = _rows(summary)
     labels = {s.variant: s.label + (" (reference)" if s.reference else "") for s in summary}
     seeds = sorted({r.seed for r in records if not r.reference})
@@ -73,10 +74,21 @@ def results_markdown(title: str, protocol: dict[str, Any], summary: Sequence[Sum
     lines.append("")
     header = ["Method", *datasets, "Avg."]
     lines += _table(header, [[labels[v], *(_cell(cells.get((v, d))) for d in [*datasets, AVG])] for v, _ in variants])
-    lines += ["", "## Difference to the baseline", "",
-              "Percentage points (mean over paired seeds) and the paired t-test p-value.", ""]
-    lines += _table(header, [[labels[v], *(_p_cell(cells.get((v, d))) for d in [*datasets, AVG])]
-                             for v, ref in variants if v != "baseline" and not ref])
+    lines += [
+        "",
+        "## Difference to the baseline",
+        "",
+        "Percentage points (mean over paired seeds) and the paired t-test p-value.",
+        "",
+    ]
+    lines += _table(
+        header,
+        [
+            [labels[v], *(_p_cell(cells.get((v, d))) for d in [*datasets, AVG])]
+            for v, ref in variants
+            if v != "baseline" and not ref
+        ],
+    )
     for dataset in datasets:
         rows = [cells[(v, dataset)] for v, _ in variants if (v, dataset) in cells]
         classes = list(rows[0].per_class) if rows else []
@@ -84,14 +96,17 @@ def results_markdown(title: str, protocol: dict[str, Any], summary: Sequence[Sum
             continue
         lines += ["", f"## Per-class accuracy: {dataset}", ""]
         if len(classes) > MAX_CLASSES_IN_MARKDOWN:
-            lines.append(f"{len(classes)} classes: see results.json (summary → per_class) and "
-                         f"plots/per_class_{dataset}.png.")
+            lines.append(
+                f"{len(classes)} classes: see results.json (summary → per_class) and plots/per_class_{dataset}.png."
+            )
             continue
-        lines += _table(["Method", *classes], [[labels[s.variant], *(_pct(s.per_class.get(c), 1) for c in classes)]
-                                                for s in rows])
+        lines += _table(
+            ["Method", *classes], [[labels[s.variant], *(_pct(s.per_class.get(c), 1) for c in classes)] for s in rows]
+        )
     lines += ["", "## Settings", ""]
-    lines += [f"- {key}: {value}" for key, value in protocol.items()
-              if key != "format" and value not in (None, {}, [], "")]
+    lines += [
+        f"- {key}: {value}" for key, value in protocol.items() if key != "format" and value not in (None, {}, [], "")
+    ]
     lines.append("")
     return "\n".join(lines)
 
@@ -119,8 +134,7 @@ def plot_per_class(summary: Sequence[Summary], dataset: str, path: Path) -> Path
         if many:
             axes.plot(range(len(classes)), values, marker=".", linewidth=0.8, label=s.label)
         else:
-            axes.bar([x + (i - (len(rows) - 1) / 2) * width for x in range(len(classes))], values, width,
-                     label=s.label)
+            axes.bar([x + (i - (len(rows) - 1) / 2) * width for x in range(len(classes))], values, width, label=s.label)
     axes.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 10 else 0, fontsize=7)
     axes.set_ylabel("accuracy (%)")
     axes.set_title(f"Per-class test accuracy, {dataset} (mean over seeds)")
@@ -142,14 +156,21 @@ def plot_proportion_sweep(summary: Sequence[Summary], dataset: str, path: Path) 
     figure = _figure()
     axes = figure.subplots()
     for (method, mix), rows in sweeps.items():
-        axes.errorbar([s.proportion for s in rows], [100 * s.mean for s in rows],
-                      yerr=[100 * (s.std or 0.0) for s in rows], marker="o", capsize=3, label=f"{method} [{mix}]")
+        axes.errorbar(
+            [s.proportion for s in rows],
+            [100 * s.mean for s in rows],
+            yerr=[100 * (s.std or 0.0) for s in rows],
+            marker="o",
+            capsize=3,
+            label=f"{method} [{mix}]",
+        )
     baseline = next((s for s in summary if s.dataset == dataset and s.variant == "baseline"), None)
     if baseline is not None:
         axes.axhline(100 * baseline.mean, color="gray", linestyle="--", label="baseline (real only)")
         if baseline.std:
-            axes.axhspan(100 * (baseline.mean - baseline.std), 100 * (baseline.mean + baseline.std), color="gray",
-                         alpha=0.15)
+            axes.axhspan(
+                100 * (baseline.mean - baseline.std), 100 * (baseline.mean + baseline.std), color="gray", alpha=0.15
+            )
     axes.set_xlabel("proportion p of generated images")
     axes.set_ylabel("accuracy (%)")
     axes.set_title(f"Accuracy vs p, {dataset} (mean ± std over seeds)")

@@ -91,8 +91,13 @@ def paired_test(method: Sequence[float], baseline: Sequence[float]) -> float | N
     return None if math.isnan(p) else p
 
 
-def _summary(dataset: str, first: RunRecord, by_seed: dict[int, float], per_class: dict[str, float | None],
-             baseline: dict[int, float] | None) -> Summary:
+def _summary(
+    dataset: str,
+    first: RunRecord,
+    by_seed: dict[int, float],
+    per_class: dict[str, float | None],
+    baseline: dict[int, float] | None,
+) -> Summary:
     seeds = tuple(sorted(by_seed))
     values = tuple(by_seed[s] for s in seeds)
     p_value = delta = None
@@ -102,10 +107,21 @@ def _summary(dataset: str, first: RunRecord, by_seed: dict[int, float], per_clas
             delta = float(np.mean([by_seed[s] - baseline[s] for s in paired]))
             p_value = paired_test([by_seed[s] for s in paired], [baseline[s] for s in paired])
     return Summary(
-        dataset=dataset, variant=first.variant, label=first.label, method=first.method, mix=first.mix,
-        proportion=first.proportion, seeds=seeds, accuracies=values, mean=float(np.mean(values)),
-        std=float(np.std(values, ddof=1)) if len(values) > 1 else None, p_value=p_value, delta=delta,
-        significant=p_value is not None and p_value < ALPHA, per_class=per_class, reference=first.reference,
+        dataset=dataset,
+        variant=first.variant,
+        label=first.label,
+        method=first.method,
+        mix=first.mix,
+        proportion=first.proportion,
+        seeds=seeds,
+        accuracies=values,
+        mean=float(np.mean(values)),
+        std=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        p_value=p_value,
+        delta=delta,
+        significant=p_value is not None and p_value < ALPHA,
+        per_class=per_class,
+        reference=first.reference,
     )
 
 
@@ -138,8 +154,12 @@ def summarize(records: Sequence[RunRecord]) -> list[Summary]:
     return out
 
 
-def _averages(groups: dict[tuple[str, str], list[RunRecord]], accuracy: dict[tuple[str, str], dict[int, float]],
-              datasets: list[str], order: list[str]) -> list[Summary]:
+def _averages(
+    groups: dict[tuple[str, str], list[RunRecord]],
+    accuracy: dict[tuple[str, str], dict[int, float]],
+    datasets: list[str],
+    order: list[str],
+) -> list[Summary]:
     averaged: dict[str, dict[int, float]] = {}
     for variant in order:
         if not all((d, variant) in accuracy for d in datasets):
@@ -149,5 +169,6 @@ def _averages(groups: dict[tuple[str, str], list[RunRecord]], accuracy: dict[tup
     baseline = averaged.get(BASELINE)
     return [
         _summary(AVG, groups[(datasets[0], variant)][0], by_seed, {}, baseline)
-        for variant, by_seed in averaged.items() if by_seed
+        for variant, by_seed in averaged.items()
+        if by_seed
     ]

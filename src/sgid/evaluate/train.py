@@ -62,11 +62,12 @@ class ImageCache:
         return image
 
 
-class TrainingSet(Dataset):  # type: ignore[type-arg]
+class TrainingSet(Dataset):
     """The slots of a plan; each draw yields ``(tensor, label, 1 if a generated image was drawn else 0)``."""
 
-    def __init__(self, plan: Plan, transform: Callable[[Image.Image], torch.Tensor], seed: int,
-                 cache: ImageCache | None = None) -> None:
+    def __init__(
+        self, plan: Plan, transform: Callable[[Image.Image], torch.Tensor], seed: int, cache: ImageCache | None = None
+    ) -> None:
         self.plan = plan
         self.transform = transform
         self.seed = seed
@@ -92,7 +93,7 @@ class TrainingSet(Dataset):  # type: ignore[type-arg]
         return self.transform(self.cache.get(example)), example.label, int(example.generated)
 
 
-class EvalSet(Dataset):  # type: ignore[type-arg]
+class EvalSet(Dataset):
     def __init__(self, examples: Sequence[Example], transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.examples = examples
         self.transform = transform
@@ -130,12 +131,17 @@ class TrainSettings:
             optimizer = f"AdamW lr {r.lr:g}, weight decay {r.weight_decay:g}"
         if r.lr_grid:
             optimizer += f" (lr chosen on validation from {', '.join(f'{v:g}' for v in r.lr_grid)})"
-        schedule = (f"lr ×{r.gamma:g} at {' and '.join(f'{m:.0%}' for m in r.milestones)} of the epochs"
-                    if r.schedule == "multistep" else "lr decayed linearly to 0")
+        schedule = (
+            f"lr ×{r.gamma:g} at {' and '.join(f'{m:.0%}' for m in r.milestones)} of the epochs"
+            if r.schedule == "multistep"
+            else "lr decayed linearly to 0"
+        )
         crop = "pad-4 random crop" if self.pad_crop else "random resized crop"
         probe = ", linear probe" if self.linear_probe else ""
-        return (f"{self.backbone}{probe}: {optimizer}; {schedule}; {r.epochs} epochs, batch {r.batch_size}; "
-                f"{self.image_size} px, {crop} + horizontal flip")
+        return (
+            f"{self.backbone}{probe}: {optimizer}; {schedule}; {r.epochs} epochs, batch {r.batch_size}; "
+            f"{self.image_size} px, {crop} + horizontal flip"
+        )
 
 
 @dataclass
@@ -148,15 +154,28 @@ class FitResult:
     seconds: float
 
 
-def _loader(dataset: Dataset, batch_size: int, settings: TrainSettings, *, shuffle: bool,  # type: ignore[type-arg]
-            seed: int = 0) -> DataLoader:  # type: ignore[type-arg]
+def _loader(
+    dataset: Dataset,
+    batch_size: int,
+    settings: TrainSettings,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+) -> DataLoader:
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=settings.workers, pin_memory=settings.device.startswith("cuda"))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=settings.workers,
+        pin_memory=settings.device.startswith("cuda"),
+    )
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe, lr: float, steps_per_epoch: int) -> tuple[
-        torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, bool]:
+def make_optimizer(
+    model: nn.Module, recipe: Recipe, lr: float, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, bool]:
     """The optimizer, its schedule and whether the schedule steps per batch (True) or per epoch (False)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer
@@ -173,23 +192,43 @@ def make_optimizer(model: nn.Module, recipe: Recipe, lr: float, steps_per_epoch:
 
 def build_model(settings: TrainSettings, num_classes: int) -> nn.Module:
     spec = BACKBONES.get(settings.backbone)
-    model = build_backbone(settings.backbone, num_classes, image_size=settings.image_size,
-                           pretrained=settings.pretrained, weights=settings.weights, arch=settings.arch)
+    model = build_backbone(
+        settings.backbone,
+        num_classes,
+        image_size=settings.image_size,
+        pretrained=settings.pretrained,
+        weights=settings.weights,
+        arch=settings.arch,
+    )
     if settings.linear_probe:
         freeze_for_linear_probe(model, spec)
     return model
 
 
-def fit(plan: Plan, num_classes: int, perturbations: Sequence[str], settings: TrainSettings, seed: int, *,
-        lr: float | None = None, desc: str = "train") -> FitResult:
+def fit(
+    plan: Plan,
+    num_classes: int,
+    perturbations: Sequence[str],
+    settings: TrainSettings,
+    seed: int,
+    *,
+    lr: float | None = None,
+    desc: str = "train",
+) -> FitResult:
     """Train a fresh classifier on ``plan`` with ``perturbations``; ``seed`` fixes initialisation and order."""
     spec = BACKBONES.get(settings.backbone)
     recipe = settings.recipe
     lr = recipe.lr if lr is None else lr
     seed_everything(seed)
     model = build_model(settings, num_classes).to(settings.device).to(memory_format=CHANNELS_LAST)
-    transform = train_transform(settings.image_size, settings.pad_crop, spec.mean, spec.std,
-                                image_ops=image_ops(perturbations), tensor_ops=tensor_ops(perturbations))
+    transform = train_transform(
+        settings.image_size,
+        settings.pad_crop,
+        spec.mean,
+        spec.std,
+        image_ops=image_ops(perturbations),
+        tensor_ops=tensor_ops(perturbations),
+    )
     dataset = TrainingSet(plan, transform, seed)
     loader = _loader(dataset, recipe.batch_size, settings, shuffle=True, seed=seed)
     optimizer, scheduler, per_step = make_optimizer(model, recipe, lr, len(loader))
@@ -198,8 +237,15 @@ def fit(plan: Plan, num_classes: int, perturbations: Sequence[str], settings: Tr
     started = time.perf_counter()
     draws = generated = 0
     loss_sum, loss_count = 0.0, 0
-    with tqdm(total=recipe.epochs, desc=desc, unit="epoch", leave=False, disable=settings.quiet, file=sys.stderr,
-              dynamic_ncols=True) as progress:
+    with tqdm(
+        total=recipe.epochs,
+        desc=desc,
+        unit="epoch",
+        leave=False,
+        disable=settings.quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as progress:
         for epoch in range(recipe.epochs):
             model.train()
             dataset.set_epoch(epoch)
@@ -230,8 +276,12 @@ def fit(plan: Plan, num_classes: int, perturbations: Sequence[str], settings: Tr
 def predict(model: nn.Module, examples: Sequence[Example], settings: TrainSettings) -> np.ndarray:
     """Predicted class indices for ``examples`` with the evaluation transform."""
     spec = BACKBONES.get(settings.backbone)
-    loader = _loader(EvalSet(examples, eval_transform(settings.image_size, spec.mean, spec.std)),
-                     max(64, 2 * settings.recipe.batch_size), settings, shuffle=False)
+    loader = _loader(
+        EvalSet(examples, eval_transform(settings.image_size, spec.mean, spec.std)),
+        max(64, 2 * settings.recipe.batch_size),
+        settings,
+        shuffle=False,
+    )
     model.eval()
     predictions = [model(_to_device(images, settings.device)).argmax(dim=1).cpu() for images, _ in loader]
     return torch.cat(predictions).numpy() if predictions else np.zeros(0, dtype=np.int64)
@@ -253,6 +303,5 @@ def accuracy_of(predictions: np.ndarray, labels: Sequence[int], num_classes: int
     return Accuracy(float(correct.mean()) if len(truth) else float("nan"), per_class, int(len(truth)))
 
 
-def test_accuracy(model: nn.Module, examples: Sequence[Example], num_classes: int,
-                  settings: TrainSettings) -> Accuracy:
+def test_accuracy(model: nn.Module, examples: Sequence[Example], num_classes: int, settings: TrainSettings) -> Accuracy:
     return accuracy_of(predict(model, examples, settings), [ex.label for ex in examples], num_classes)

@@ -22,19 +22,31 @@ NAME = "zero_shot_clip"
 
 
 @torch.no_grad()
-def zero_shot_accuracy(classes: Sequence[str], test: Sequence[Example], *, image_size: int = 224,
-                       weights: str | None = None, arch: dict[str, Any] | None = None, pretrained: bool = True,
-                       device: str = "cpu", batch_size: int = 128) -> Accuracy:
+def zero_shot_accuracy(
+    classes: Sequence[str],
+    test: Sequence[Example],
+    *,
+    image_size: int = 224,
+    weights: str | None = None,
+    arch: dict[str, Any] | None = None,
+    pretrained: bool = True,
+    device: str = "cpu",
+    batch_size: int = 128,
+) -> Accuracy:
     """Accuracy of CLIP ViT-B/32 (LAION-2B) on ``test`` with one text prompt per class."""
     open_clip = require("open_clip", "eval")
     spec = BACKBONES.get(NAME)
-    model: Any = build_backbone(NAME, len(classes), image_size=image_size, pretrained=pretrained, weights=weights,
-                                arch=arch).to(device).eval()
+    model: Any = (
+        build_backbone(NAME, len(classes), image_size=image_size, pretrained=pretrained, weights=weights, arch=arch)
+        .to(device)
+        .eval()
+    )
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     text = model.encode_text(tokenizer([TEMPLATE.format(default_label(c)) for c in classes]).to(device))
     text = text / text.norm(dim=-1, keepdim=True)
-    loader = torch.utils.data.DataLoader(EvalSet(test, eval_transform(image_size, spec.mean, spec.std)),
-                                         batch_size=batch_size)
+    loader = torch.utils.data.DataLoader(
+        EvalSet(test, eval_transform(image_size, spec.mean, spec.std)), batch_size=batch_size
+    )
     predictions = []
     for images, _ in loader:
         features = model.encode_image(images.to(device))

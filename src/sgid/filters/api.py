@@ -96,8 +96,15 @@ def filter_run(
     feature_cache = None
     if loaded is None:
         clip = open_run_clip(
-            run.models, run.models_preset, models=models, scorer=scorer, device=device, dtype=dtype,
-            cache_dir=cache_dir, cache=cache, quiet=quiet,
+            run.models,
+            run.models_preset,
+            models=models,
+            scorer=scorer,
+            device=device,
+            dtype=dtype,
+            cache_dir=cache_dir,
+            cache=cache,
+            quiet=quiet,
         )
         scorer_id, tiny_note, feature_cache = clip.choice.identity, clip.tiny_note, clip.cache
         loaded = LoadedFilterModels(clip.choice, feature_cache, quiet=quiet)
@@ -128,9 +135,7 @@ def filter_run(
     kept_files = {e.file_name for e, keep in zip(data.generated, chain.kept, strict=True) if keep}
     kept = [e for e in run.entries if e.is_original or e.file_name in kept_files]
     write_output(out, run, kept, chain.decision_rows(), report, report_markdown(report))
-    summary = FilterSummary(
-        out, len(data), int(chain.kept.sum()), computed, reused, time.monotonic() - started
-    )
+    summary = FilterSummary(out, len(data), int(chain.kept.sum()), computed, reused, time.monotonic() - started)
     note(summary.line(), quiet)
     return summary
 
@@ -147,11 +152,7 @@ def _filter_input(run: RunDir, readers: dict[str, frozenset[str]]) -> FilterInpu
         check_sources(generated)
     real: list[Source] = []
     if "real" in needs:
-        real = [
-            s
-            for s in scan(run.require_source_dir("realfake")).sources
-            if s.relpath not in run.unusable_sources
-        ]
+        real = [s for s in scan(run.require_source_dir("realfake")).sources if s.relpath not in run.unusable_sources]
     return FilterInput(generated, run.classes, real)
 
 

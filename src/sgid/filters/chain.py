@@ -64,9 +64,7 @@ class ChainResult:
         if not self.results:
             return "no filters"
         unscored = [
-            f"{r.name} ({r.scores.missing or 'no score'})"
-            for r in self.results
-            if not np.isfinite(r.scores.values[i])
+            f"{r.name} ({r.scores.missing or 'no score'})" for r in self.results if not np.isfinite(r.scores.values[i])
         ]
         scored = [r.name for r in self.results if np.isfinite(r.scores.values[i])]
         parts = [f"passed {', '.join(scored)}"] if scored else []

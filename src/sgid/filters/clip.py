@@ -22,13 +22,9 @@ from sgid.filters.rules import below_group_mean, below_threshold, zero_shot_marg
 @FILTERS.register("label")
 class LabelFilter(Filter):
     name = "label"
-    help = (
-        "CLIP zero-shot over 'a photo of a {label}' for every class; reject another class (paper app. B (1))"
-    )
+    help = "CLIP zero-shot over 'a photo of a {label}' for every class; reject another class (paper app. B (1))"
 
-    def __init__(
-        self, images: ImageEmbedder, texts: TextEmbedder, template: str = "a photo of a {label}"
-    ) -> None:
+    def __init__(self, images: ImageEmbedder, texts: TextEmbedder, template: str = "a photo of a {label}") -> None:
         self.images = images
         self.texts = texts
         self.template = template
@@ -62,8 +58,7 @@ class LabelFilter(Filter):
         with np.errstate(invalid="ignore"):
             reject = active & (scores.values < 0)
         reasons = [
-            f"label: CLIP zero-shot predicts {predicted[i]!r}, not {e.label!r} "
-            f"(margin {scores.values[i]:.4f})"
+            f"label: CLIP zero-shot predicts {predicted[i]!r}, not {e.label!r} (margin {scores.values[i]:.4f})"
             if reject[i]
             else None
             for i, e in enumerate(data.generated)
@@ -159,9 +154,7 @@ class ThresholdFilter(Filter):
     def decide(self, data: FilterInput, scores: Scores, active: np.ndarray) -> Verdict:
         reject = below_threshold(scores.values, self.threshold, active)
         reasons = [
-            f"threshold: similarity to the source {scores.values[i]:.4f} < {self.threshold}"
-            if reject[i]
-            else None
+            f"threshold: similarity to the source {scores.values[i]:.4f} < {self.threshold}" if reject[i] else None
             for i in range(len(data))
         ]
         return Verdict(reject, reasons, {"threshold": self.threshold})

@@ -27,9 +27,7 @@ from sgid.images import ImageError, load_rgb
 @FILTERS.register("confidence")
 class ConfidenceFilter(Filter):
     name = "confidence"
-    help = (
-        "reject images a classifier trained on the real data (--classifier) confidently puts in another class"
-    )
+    help = "reject images a classifier trained on the real data (--classifier) confidently puts in another class"
 
     def __init__(
         self,
@@ -53,9 +51,7 @@ class ConfidenceFilter(Filter):
         if not options.classifier.is_dir():
             raise SgidError(f"--classifier {options.classifier} is not a folder")
         if not 0.0 < options.confidence_threshold <= 1.0:
-            raise SgidError(
-                f"--confidence-threshold {options.confidence_threshold} is not a probability in (0, 1]"
-            )
+            raise SgidError(f"--confidence-threshold {options.confidence_threshold} is not a probability in (0, 1]")
 
     @classmethod
     def create(cls, options: FilterOptions, models: FilterModels) -> ConfidenceFilter:

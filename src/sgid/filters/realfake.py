@@ -37,7 +37,7 @@ def logistic_regression() -> Classifier:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))  # type: ignore[return-value]
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,7 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 @FILTERS.register("realfake")
 class RealFakeFilter(Filter):
     name = "realfake"
-    help = (
-        "out-of-fold real-vs-generated logistic regression on CLIP features; keep images taken for real (000)"
-    )
+    help = "out-of-fold real-vs-generated logistic regression on CLIP features; keep images taken for real (000)"
     reads = frozenset({"real"})
 
     def __init__(

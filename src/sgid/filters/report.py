@@ -11,9 +11,7 @@ from sgid.filters.base import FilterResult
 from sgid.filters.chain import ChainResult
 
 
-def build_report(
-    chain: ChainResult, *, settings: dict[str, Any], originals: dict[str, int]
-) -> dict[str, Any]:
+def build_report(chain: ChainResult, *, settings: dict[str, Any], originals: dict[str, int]) -> dict[str, Any]:
     """Counts overall, per filter and per class. ``originals``: real-image rows passed through, per class."""
     labels = np.array([e.label for e in chain.data.generated], dtype=object)
     classes = sorted(set(chain.data.classes) | set(originals))
@@ -34,8 +32,7 @@ def build_report(
             for r in chain.results
         ],
         "per_class": {
-            label: _counts(chain, labels == label) | {"originals": originals.get(label, 0)}
-            for label in classes
+            label: _counts(chain, labels == label) | {"originals": originals.get(label, 0)} for label in classes
         },
     }
 
@@ -61,8 +58,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Filter report: {settings['run_dir']}",
         "",
-        f"Filters, in order: {', '.join(f'`{n}`' for n in names) or 'none'}. "
-        f"{report['composition'].capitalize()}.",
+        f"Filters, in order: {', '.join(f'`{n}`' for n in names) or 'none'}. {report['composition'].capitalize()}.",
         "",
         f"Kept **{totals['kept']}** of {totals['generated']} generated images "
         f"({_percent(totals['kept'], totals['generated'])}); "
@@ -90,11 +86,7 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"- `{entry['filter']}`: judged {entry['judged']}, rejected {entry['rejected']}"
             + "".join(f"; {k}: {_short(v)}" for k, v in details.items())
         )
-    empty = [
-        label
-        for label, counts in report["per_class"].items()
-        if counts["kept"] == 0 and counts["originals"] == 0
-    ]
+    empty = [label for label, counts in report["per_class"].items() if counts["kept"] == 0 and counts["originals"] == 0]
     if empty:
         lines += [
             "",

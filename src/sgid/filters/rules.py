@@ -66,9 +66,7 @@ def below_threshold(scores: np.ndarray, threshold: float, active: np.ndarray) ->
         return active & np.isfinite(scores) & (scores < threshold)
 
 
-def rank_within_groups(
-    scores: np.ndarray, groups: Sequence[Hashable | None], active: np.ndarray
-) -> np.ndarray:
+def rank_within_groups(scores: np.ndarray, groups: Sequence[Hashable | None], active: np.ndarray) -> np.ndarray:
     """1-based rank of each active, scored image among the active, scored images of its group (highest score
     first, ties broken by position so results are deterministic); 0 where there is no rank."""
     ranks = np.zeros(len(scores), dtype=np.int64)

@@ -118,7 +118,7 @@ class RetrievalMethod(Method):
 
     def queries(
         self, readable, train, context: MethodContext, services: Services
-    ) -> tuple[list[Query], dict[str, str]]:  # type: ignore[no-untyped-def]
+    ) -> tuple[list[Query], dict[str, str]]:
         c = self.config
         K = c.multiplier
         if c.retrieval_query == "text":

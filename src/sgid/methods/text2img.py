@@ -37,7 +37,7 @@ LANGUAGE_PROMPTS = (  # seeds/004, section 6.1
 )
 
 
-def sentences_from_model(text, label: str, n: int, seed: int) -> list[str]:  # type: ignore[no-untyped-def]
+def sentences_from_model(text, label: str, n: int, seed: int) -> list[str]:
     """n descriptions of ``label`` written by the language model, spread over the prompts of seeds/004."""
     found: list[str] = []
     for p, prompt in enumerate(LANGUAGE_PROMPTS):

@@ -17,8 +17,7 @@ DEFINITIONS = {
     "then over originals (paper §4.4, figure 3); lower = more diverse, less consistent",
     "diversity": "mean pairwise CLIP cosine distance (1 - cos) among the augmentations of one original, "
     "averaged over originals with >= 2 augmentations",
-    "clip_score": "100 * max(cos(CLIP image, CLIP prompt), 0) per generated image "
-    "(torchmetrics' CLIPScore scale)",
+    "clip_score": "100 * max(cos(CLIP image, CLIP prompt), 0) per generated image (torchmetrics' CLIPScore scale)",
     "fid": "Frechet distance between reference and generated features (lower = closer to the real data)",
     "kid": "unbiased MMD^2, cubic polynomial kernel, mean (std) over equal-size subsets (lower = closer)",
 }

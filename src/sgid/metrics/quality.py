@@ -50,9 +50,7 @@ def per_group_diversity(embeddings: np.ndarray, groups: Sequence[Hashable | None
     for i, group in enumerate(groups):
         if group is not None and np.isfinite(embeddings[i]).all():
             members.setdefault(group, []).append(i)
-    return {
-        group: mean_pairwise_distance(embeddings[rows]) for group, rows in members.items() if len(rows) > 1
-    }
+    return {group: mean_pairwise_distance(embeddings[rows]) for group, rows in members.items() if len(rows) > 1}
 
 
 def summary(values: Sequence[float] | np.ndarray) -> dict[str, Any] | None:

@@ -62,9 +62,7 @@ def metrics_markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines += [f"- **{name}**: {text}" for name, text in report["definitions"].items()]
     notes = [(label, note) for label, metrics in rows for note in metrics.get("notes", [])]
     if report.get("reference_skipped"):
-        notes.append(
-            ("reference", f"{len(report['reference_skipped'])} unreadable reference image(s) skipped")
-        )
+        notes.append(("reference", f"{len(report['reference_skipped'])} unreadable reference image(s) skipped"))
     if notes:
         lines += ["", "## Notes", ""] + [f"- {label}: {note}" for label, note in notes]
     if plots:

@@ -160,7 +160,7 @@ def quiet_hub_logging() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
-def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:  # type: ignore[no-untyped-def]
+def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:
     quiet_hub_logging()
     local = Path(ref.path)
     if ref.path.startswith((".", "/", "~")) and not local.exists():
@@ -184,10 +184,10 @@ def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:  # type: ignore[n
         raise ModelLoadError(f"cannot load the {role} {ref.name!r}: {reason}; {hint}") from None
 
 
-def _load_transformers(role: str, ref: ModelRef, flag: str, model_cls, processor_cls, device, dtype):  # type: ignore[no-untyped-def]
+def _load_transformers(role: str, ref: ModelRef, flag: str, model_cls, processor_cls, device, dtype):
     """A transformers model (safetensors only, no remote code) and its processor or tokenizer, on ``device``."""
 
-    def load():  # type: ignore[no-untyped-def]
+    def load():
         model = model_cls.from_pretrained(ref.path, use_safetensors=True, trust_remote_code=False, dtype=dtype)
         processor = processor_cls.from_pretrained(ref.path, trust_remote_code=False)
         return model.to(device).eval(), processor
@@ -196,7 +196,7 @@ def _load_transformers(role: str, ref: ModelRef, flag: str, model_cls, processor
 
 
 @functools.lru_cache(maxsize=8)
-def load_captioner(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+def load_captioner(ref: ModelRef, device: torch.device, dtype: torch.dtype):
     """BLIP captioning model and processor."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -206,7 +206,7 @@ def load_captioner(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # 
 
 
 @functools.lru_cache(maxsize=8)
-def load_scorer(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+def load_scorer(ref: ModelRef, device: torch.device, dtype: torch.dtype):
     """CLIP model and processor for image–text and image–image similarity."""
     from transformers import CLIPModel, CLIPProcessor
 
@@ -227,7 +227,7 @@ SD_PIPELINES = {
 }
 
 
-def load_sd_pipeline(  # type: ignore[no-untyped-def]
+def load_sd_pipeline(
     ref: ModelRef, kind: str, device: torch.device, dtype: torch.dtype, safety_checker: bool, *, private: bool = False
 ):
     """A Stable Diffusion pipeline (``img2img``, ``text2img`` or ``instruct``) from a diffusers folder or hub id,
@@ -242,7 +242,7 @@ def load_sd_pipeline(  # type: ignore[no-untyped-def]
     return _cached_sd_pipeline(ref, kind, device, dtype, safety_checker)
 
 
-def _build_sd_pipeline(  # type: ignore[no-untyped-def]
+def _build_sd_pipeline(
     ref: ModelRef, kind: str, device: torch.device, dtype: torch.dtype, safety_checker: bool, private: bool = False
 ):
     import diffusers
@@ -255,7 +255,7 @@ def _build_sd_pipeline(  # type: ignore[no-untyped-def]
         return pipe
     flag = "--instruct-model" if kind == "instruct" else "--sd-model"
 
-    def load():  # type: ignore[no-untyped-def]
+    def load():
         kwargs = _pipeline_kwargs(dtype, safety_checker)
         if ref.path.endswith(".safetensors"):
             if not Path(ref.path).is_file():
@@ -277,7 +277,7 @@ _cached_sd_pipeline = functools.lru_cache(maxsize=4)(_build_sd_pipeline)
 
 
 @functools.lru_cache(maxsize=2)
-def load_text_model(ref: ModelRef, device: torch.device, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+def load_text_model(ref: ModelRef, device: torch.device, dtype: torch.dtype):
     """A local causal language model and its tokenizer (left padding), for the text-generation steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -44,7 +44,7 @@ def ensure_tiny_models(cache_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _build_atomically(target: Path, build) -> None:  # type: ignore[no-untyped-def]
+def _build_atomically(target: Path, build) -> None:
     """Build into a temporary sibling and rename, so concurrent builders never see half a model."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -63,7 +63,7 @@ def _build_atomically(target: Path, build) -> None:  # type: ignore[no-untyped-d
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _clip_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
+def _clip_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_files(folder / "_vocab")
@@ -72,7 +72,7 @@ def _clip_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
     return tokenizer
 
 
-def _clip_text_config(tokenizer):  # type: ignore[no-untyped-def]
+def _clip_text_config(tokenizer):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -89,7 +89,7 @@ def _clip_text_config(tokenizer):  # type: ignore[no-untyped-def]
     )
 
 
-def _clip_vision_config():  # type: ignore[no-untyped-def]
+def _clip_vision_config():
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
@@ -103,7 +103,7 @@ def _clip_vision_config():  # type: ignore[no-untyped-def]
     )
 
 
-def _clip_image_processor(size: int = IMAGE_SIZE):  # type: ignore[no-untyped-def]
+def _clip_image_processor(size: int = IMAGE_SIZE):
     from transformers import CLIPImageProcessor
 
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
@@ -167,7 +167,7 @@ def build_clip(folder: Path) -> None:
     processor.save_pretrained(folder)
 
 
-def _unet(in_channels: int):  # type: ignore[no-untyped-def]
+def _unet(in_channels: int):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -182,7 +182,7 @@ def _unet(in_channels: int):  # type: ignore[no-untyped-def]
     )
 
 
-def _vae():  # type: ignore[no-untyped-def]
+def _vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -196,7 +196,7 @@ def _vae():  # type: ignore[no-untyped-def]
     )
 
 
-def _sd1_scheduler():  # type: ignore[no-untyped-def]
+def _sd1_scheduler():
     """Stable Diffusion 1.5's own scheduler configuration (PNDM, scaled-linear betas)."""
     from diffusers import PNDMScheduler
 
@@ -211,7 +211,7 @@ def _sd1_scheduler():  # type: ignore[no-untyped-def]
     )
 
 
-def _text_encoder_and_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
+def _text_encoder_and_tokenizer(folder: Path):
     from transformers import CLIPTextModel
 
     tokenizer = _clip_tokenizer(folder)

@@ -35,7 +35,7 @@ def byte_alphabet() -> list[str]:
     return [chr(mapping[b]) for b in range(256)]
 
 
-def _byte_bpe(symbols_of, specials: list[str]) -> tuple[dict[str, int], list[str]]:  # type: ignore[no-untyped-def]
+def _byte_bpe(symbols_of, specials: list[str]) -> tuple[dict[str, int], list[str]]:
     """A byte-level BPE vocabulary and merge list that spells every word of :data:`WORDS` as one token.
 
     ``symbols_of(word)`` gives the word's initial symbols (CLIP: characters with ``</w>`` on the last; GPT-2:

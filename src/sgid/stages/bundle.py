@@ -96,10 +96,10 @@ class Stages:
     concept_tokens: dict[str, str] | None = None  # class folder -> learned concept token (--concepts)
 
     def generate(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
-        return self.generators[batch[0].kind](batch, pixels, size)  # type: ignore[no-any-return]
+        return self.generators[batch[0].kind](batch, pixels, size)
 
     def resolution(self, kind: str) -> int | None:
-        return self.generators[kind].resolution  # type: ignore[no-any-return]
+        return self.generators[kind].resolution
 
     def size_multiple(self, kind: str) -> int:
         return int(self.generators[kind].size_multiple)

@@ -82,7 +82,7 @@ class GumbelSampler(LogitsProcessor):
 class Captioner:
     """BLIP captioner: ``captioner(images, seeds)`` returns beam and nucleus captions for every image."""
 
-    def __init__(self, model, processor, settings: CaptionSettings = CaptionSettings()) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model, processor, settings: CaptionSettings = CaptionSettings()) -> None:
         self.model = model
         self.processor = processor
         self.settings = settings
@@ -124,7 +124,7 @@ class Captioner:
                 captions[i] += [Caption(t, "nucleus") for t in chunk]
         return captions
 
-    def _decode(self, image_embeds: torch.Tensor, copies: int, **kwargs) -> list[str]:  # type: ignore[no-untyped-def]
+    def _decode(self, image_embeds: torch.Tensor, copies: int, **kwargs) -> list[str]:
         """Run BLIP's text decoder as ``BlipForConditionalGeneration.generate`` does, from given image embeddings."""
         s = self.settings
         config = self.model.config.text_config

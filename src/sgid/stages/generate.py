@@ -39,7 +39,7 @@ def denoise(
     *,
     diffusers_guidance=False,
     extra_latents=None,
-):  # type: ignore[no-untyped-def]
+):
     """diffusers' denoising loop with per-sample classifier-free guidance.
 
     ``guidance`` is a (B,) tensor. With ``diffusers_guidance``, samples with g <= 1 use the conditional
@@ -65,7 +65,7 @@ def denoise(
     return latents
 
 
-def decode(pipe, latents, generators, dtype) -> GenerationOutput:  # type: ignore[no-untyped-def]
+def decode(pipe, latents, generators, dtype) -> GenerationOutput:
     """VAE decode, safety check (if the pipeline has a checker) and conversion to PIL, as the pipelines do."""
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
     image, nsfw = pipe.run_safety_checker(image, latents.device, dtype)
@@ -91,7 +91,7 @@ class GenerationRequest:
 class StableDiffusionGenerator:
     """A generator over a diffusers pipeline's components: ``generator(images, embeds, ...)`` → images."""
 
-    def __init__(self, pipe, *, diffusers_guidance: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, pipe, *, diffusers_guidance: bool = False) -> None:
         self.pipe = pipe
         self.diffusers_guidance = diffusers_guidance
 
@@ -174,7 +174,7 @@ class Img2ImgGenerator(StableDiffusionGenerator):
         # 9. Decode, safety check, convert
         return decode(pipe, latents, generators, dtype)
 
-    def _encode_only(self, image, dtype, device, generators):  # type: ignore[no-untyped-def]
+    def _encode_only(self, image, dtype, device, generators):
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
         image = image.to(device=device, dtype=dtype)
@@ -233,7 +233,7 @@ class InstructPix2PixGenerator(StableDiffusionGenerator):
     guidance is three-way (text and image scales) and constant over a run, so no per-sample variant is needed.
     """
 
-    def __init__(self, pipe, *, diffusers_guidance: bool = False, image_guidance: float = 1.5) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, pipe, *, diffusers_guidance: bool = False, image_guidance: float = 1.5) -> None:
         super().__init__(pipe, diffusers_guidance=diffusers_guidance)  # the pipeline's own guidance rules apply
         self.image_guidance = image_guidance
 

@@ -68,7 +68,7 @@ class PromptEncoder:
     encoder's last hidden state.
     """
 
-    def __init__(self, tokenizer, text_encoder) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tokenizer, text_encoder) -> None:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
 

@@ -17,7 +17,7 @@ from sgid.errors import SgidError
 SIMILARITY_MODES = ("cosine", "softmax")
 
 
-def _embedding(output) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _embedding(output) -> torch.Tensor:
     # transformers >= 5 returns an output object whose pooler_output is the projected embedding.
     tensor = output if isinstance(output, torch.Tensor) else output.pooler_output
     return torch.nn.functional.normalize(tensor.float(), dim=-1)
@@ -26,7 +26,7 @@ def _embedding(output) -> torch.Tensor:  # type: ignore[no-untyped-def]
 class ClipScorer:
     """Normalised CLIP embeddings and the similarities built from them."""
 
-    def __init__(self, model, processor, batch_size: int = 64) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model, processor, batch_size: int = 64) -> None:
         self.model = model
         self.processor = processor
         self.batch_size = batch_size

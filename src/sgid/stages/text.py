@@ -28,7 +28,7 @@ class TextSettings:
 class TextGenerator:
     """``generate(prompt, n, seed)``: n sampled continuations of one prompt, one seeded stream each."""
 
-    def __init__(self, model, tokenizer, settings: TextSettings = TextSettings()) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model, tokenizer, settings: TextSettings = TextSettings()) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
