@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from PIL import Image
 from sgid import __version__
 from sgid.cache import Cache, cache_key
 from sgid.config import AugmentConfig
-from sgid.dataset import Listing, Source, read_label_names, scan
+from sgid.dataset import Listing, Source, label_code_warning, read_label_names, scan
 from sgid.errors import SgidError
 from sgid.images import ImageError, LoadedImage, generation_size, load_rgb, png_bytes, resize
 from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
@@ -39,6 +39,7 @@ from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import Stages, load_stages
 from sgid.stages.caption import Caption
+from sgid.stages.guidance import range_note
 from sgid.versions import package_versions
 
 MANIFEST_FLUSH_SECONDS = 30.0
@@ -111,8 +112,14 @@ class Augmenter:
         store.check()
         # 2. Load models, failing before any work when weights are missing
         stages = self._stages or load_stages(c, choice, self.method)
+        codes = label_code_warning(listing.labels, c.label_template)
+        if codes:  # a warning, after every check (a refused run prints its one error line only)
+            note(codes, c.quiet)
         if is_tiny(choice):
             note(TINY_WARNING, c.quiet)
+        variant_note = self.method.variant_note()
+        if variant_note:
+            note(variant_note, c.quiet)
         cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
         with store.session():
             done_before = len(store.rows)
@@ -139,10 +146,24 @@ class Augmenter:
             store.write_manifests()
             failed = len(store.input_errors) + len(store.output_errors)
             total = len(store.rows)
+            guidance = self._guidance_note(store.rows.values())
         cache.close()
         summary = RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
         note(summary.line(), c.quiet)
+        if guidance:
+            note(guidance, c.quiet)
         return summary
+
+    def _guidance_note(self, rows: Iterable[dict[str, Any]]) -> str | None:
+        """The range of g = f(s*) the run's images were made with (None for a constant guidance)."""
+        if not self.config.guidance_map.needs_similarity:
+            return None
+        used = [
+            (row["guidance_raw"], row["guidance_scale"])
+            for row in rows
+            if row.get("method") == self.method.name and row.get("guidance_raw") is not None
+        ]
+        return range_note(used, self.config.guidance_floor) if used else None
 
     def _scan(self) -> Listing:
         c = self.config
@@ -153,6 +174,7 @@ class Augmenter:
         return {
             "sgid_version": __version__,
             "config": self.config.to_dict(),
+            "variant": self.method.variant(),
             "models": {role: ref.name for role, ref in vars(choice).items() if ref is not None},
             "versions": package_versions(),
             "command": " ".join(["sgid", *sys.argv[1:]]) if sys.argv and "sgid" in sys.argv[0] else None,
@@ -368,8 +390,10 @@ class Augmenter:
             "prompt_mode": c.prompt if self.method.uses_prompt_mode else None,
             "negative_prompt": sample.negative_prompt if sample.prompt else None,
             "prompt_weighting": c.prompt_weighting,
+            "weighting": c.weighting if (sample.label_weight, sample.caption_weight) != (1.0, 1.0) else None,
             "label_weight": sample.label_weight,
             "caption_weight": sample.caption_weight,
+            "guidance_raw": sample.guidance_raw,
             "guidance_scale": sample.guidance_scale,
             "guidance_map": c.guidance_map.describe() if sample.guidance_scale is not None else None,
             "diffusers_guidance": c.diffusers_guidance,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sgid.concepts import Prepared, prepare_pipeline
+from sgid.errors import SgidError
 from sgid.images import load_rgb
 from sgid.models.loading import (
     ModelChoice,
@@ -127,7 +128,8 @@ def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> S
         stages.scorer = ClipScorer(clip, clip_processor)
         stages.scorer_id = model_fingerprint(choice.scorer.name, clip)
     if method.needs_text_model():
-        assert choice.text is not None, "--text-model is required"
+        if choice.text is None:  # methods refuse this when checking options; a safety net for API callers
+            raise SgidError(f"--method {method.name} needs --text-model MODEL here")
         model, tokenizer = load_text_model(choice.text, device, dtype)
         stages.text = TextGenerator(model, tokenizer)
     prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
@@ -166,4 +168,5 @@ def generate_stage(kind: str, base: Any, model_id: str, config: AugmentConfig) -
     if kind == "instruct":
         options["image_guidance"] = config.image_guidance
     generator = GENERATORS.get(kind)(pipe, **options)
-    return GenerateStage(generator, PromptEncoder(pipe.tokenizer, pipe.text_encoder), model_id, config.steps)
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder, config.weighting)
+    return GenerateStage(generator, encoder, model_id, config.steps)
