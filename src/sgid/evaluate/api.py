@@ -33,7 +33,7 @@ from sgid.evaluate.methods import BASELINE, Variant, parse_methods, variants
 from sgid.evaluate.mixing import MIX_MODES, NEEDS_PROPORTION, NO_PROPORTION, Plan, make_plan
 from sgid.evaluate.perturb import PERTURBATIONS
 from sgid.evaluate.report import results_json, results_markdown, write_plots
-from sgid.evaluate.stats import RunRecord, Summary, summarize
+from sgid.evaluate.stats import BEST, CORRECTIONS, RunRecord, Summary, statistics, summarize
 from sgid.evaluate.store import EvaluationStore
 from sgid.evaluate.train import TrainSettings, fit, test_accuracy
 from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
@@ -69,6 +69,8 @@ class EvalConfig:
     zero_shot_weights: str | None = None  # its weights, when the trained backbone is another one
     zero_shot_arch: dict[str, Any] = field(default_factory=dict)
     save_models: bool = False
+    compare_to: str = BASELINE  # what each row is tested against: baseline, best, or a method (--compare-to)
+    correction: str = "none"  # multiple-comparison correction per column: none or holm (--correction)
     device: str = "auto"
     threads: int | None = None
     workers: int = 0
@@ -118,7 +120,9 @@ class EvalConfig:
             )
         if self.linear_probe and not spec.pretrained:
             raise SgidError(f"--linear-probe needs a pre-trained backbone, not {self.backbone} (from scratch)")
-        return spec, variants(methods, self.mix, self.proportions)
+        variant_list = variants(methods, self.mix, self.proportions)
+        check_comparison(self.compare_to, self.correction, variant_list)
+        return spec, variant_list
 
     def protocol(self) -> dict[str, Any]:
         """What makes runs comparable: changing any of it in an existing --out is refused."""
@@ -139,6 +143,23 @@ class EvalConfig:
             "zero_shot_weights": self.zero_shot_weights,
             "zero_shot_arch": self.zero_shot_arch,
         }
+
+
+def check_comparison(compare_to: str, correction: str, variant_list: Sequence[Variant]) -> None:
+    """``--compare-to`` names baseline, best, a method of ``--methods`` or one of its variants;
+    ``--correction`` is none or holm."""
+    if correction not in CORRECTIONS:
+        raise SgidError(f"invalid --correction {correction!r}; choose from: {', '.join(CORRECTIONS)}")
+    if compare_to in (BASELINE, BEST) or any(v.slug == compare_to for v in variant_list):
+        return
+    matches = [v.slug for v in variant_list if v.method.name == compare_to]
+    if not matches:
+        names = [BASELINE, BEST, *dict.fromkeys(v.method.name for v in variant_list if v.method.name != BASELINE)]
+        raise SgidError(f"invalid --compare-to {compare_to!r}; choose from: {', '.join(names)}")
+    if len(matches) > 1:
+        raise SgidError(
+            f"--compare-to {compare_to} runs at several proportions; name one of its rows: {', '.join(matches)}"
+        )
 
 
 @dataclass
@@ -464,17 +485,34 @@ def _run_all(
                 r.seed,
             ),
         )
-        summary = summarize(records)
+        summary = summarize(records, config.compare_to, config.correction)
         protocol = dict(
-            config.protocol(), seeds=config.seeds, mix=config.mix, proportions=list(config.proportions), device=device
+            config.protocol(),
+            seeds=config.seeds,
+            mix=config.mix,
+            proportions=list(config.proportions),
+            compare_to=config.compare_to,
+            correction=config.correction,
+            device=device,
         )
         if not spec.pretrained:
             del protocol["pretrained"]
         protocol.update({f"training ({name})": s.describe() for name, s in settings.items()})
         files = [
-            store.write("results.json", results_json(protocol, records, summary)),
             store.write(
-                "results.md", results_markdown(f"sgid evaluate: {config.backbone}", protocol, summary, records)
+                "results.json",
+                results_json(protocol, records, summary, statistics(config.compare_to, config.correction)),
+            ),
+            store.write(
+                "results.md",
+                results_markdown(
+                    f"sgid evaluate: {config.backbone}",
+                    protocol,
+                    summary,
+                    records,
+                    config.compare_to,
+                    config.correction,
+                ),
             ),
             *write_plots(summary, store.out),
         ]
