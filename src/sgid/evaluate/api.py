@@ -29,7 +29,7 @@ from sgid.errors import SgidError
 from sgid.evaluate.backbones import BACKBONES, SMALL_IMAGE, BackboneSpec
 from sgid.evaluate.checkpoint import save_classifier
 from sgid.evaluate.data import EvalData, Example, fraction_subset, k_shot, linked_generated, stratified_split
-from sgid.evaluate.generated import tiny_warning
+from sgid.evaluate.generated import stand_in_suffix, tiny_warning
 from sgid.evaluate.methods import BASELINE, GENERATED, Variant, parse_methods, variants
 from sgid.evaluate.mixing import MIX_MODES, NEEDS_PROPORTION, NO_PROPORTION, Plan, make_plan
 from sgid.evaluate.perturb import PERTURBATIONS
@@ -306,6 +306,16 @@ def select_lr(
     return chosen, search
 
 
+def row_label(data: EvalData, variant: Variant) -> str:
+    """The variant's label, saying when its generated images come from a stand-in for the paper's baseline:
+    ``text2img (templates) [add]``."""
+    name = variant.method.name
+    if variant.method.source is None:
+        return variant.label
+    suffix = stand_in_suffix(data.runs_of(variant.method.source))
+    return name + suffix + variant.label[len(name) :]
+
+
 def run_one(
     data: EvalData,
     variant: Variant,
@@ -371,7 +381,7 @@ def run_one(
     record = RunRecord(
         dataset=data.name,
         variant=variant.slug,
-        label=variant.label,
+        label=row_label(data, variant),
         method=variant.method.name,
         seed=seed,
         accuracy=acc.accuracy,

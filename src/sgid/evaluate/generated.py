@@ -1,6 +1,10 @@
 """Named generated runs for ``sgid evaluate --generated``: ``NAME=DIR`` (or a bare ``DIR``, named ``generated``)
-and the provenance recorded for each: folder, run identity, augment method, models, and whether the models were
-the tiny random ones.
+and the provenance recorded for each: folder, run identity, augment method and its variant, models, and whether
+the models were the tiny random ones.
+
+A run whose method used a stand-in for the paper's language model (``variant`` ``templates``, ``borrowed`` or
+``built_in``, recorded by ``sgid augment``) labels its rows, e.g. "text2img (templates)", so a table never
+presents a fallback as the paper's baseline.
 
     >>> parse_generated(["sgid=runs/sgid", "runs/t2i"], ["randaugment"])
     [('sgid', PosixPath('runs/sgid')), ('generated', PosixPath('runs/t2i'))]
@@ -23,6 +27,8 @@ from sgid.evaluate.methods import GENERATED, GENERATED_NAME, check_generated_nam
 from sgid.runstore import MANIFEST, RUN_FILE
 
 TINY_PREFIX = "tiny:"  # model names of the tiny random-weight stand-ins (sgid.models.loading)
+#: variants that stand in for the paper's language-model baselines (text2img, diverse_caption, instruct_pix2pix)
+STAND_INS = ("templates", "borrowed", "built_in")
 
 #: What a caller may pass as generated folders: ``["sgid=runs/sgid", "runs/t2i"]`` or ``{"sgid": "runs/sgid"}``.
 GeneratedSpecs = Sequence[str | Path] | Mapping[str, str | Path]
@@ -37,6 +43,7 @@ class GeneratedRun:
     identity: str | None  # run.json identity_sha256 (the augment run's settings); None if not recorded
     manifest_sha256: str  # the metadata.jsonl read
     method: str | None  # the augment method (run.json config.method, else the manifest's)
+    variant: str | None = None  # the method's variant(s) in the rows ("templates", "lm+templates"), else run.json's
     models: dict[str, str] = field(default_factory=dict)  # role -> model name (run.json "models")
     tiny: bool = False  # made with the tiny random-weight models: its images are noise
     filtered_from: str | None = None  # a sgid filter output: the run it filtered
@@ -97,12 +104,15 @@ def read_provenance(name: str, folder: Path, images: int) -> GeneratedRun:
     tiny = config.get("models") == "tiny" or any(v.startswith(TINY_PREFIX) for v in models.values())
     identity = info.get("identity_sha256")
     filtered_from = info.get("filtered_from")
+    recorded = info.get("variant")
+    variant = _manifest_values(manifest, "variant") or (recorded if isinstance(recorded, str) else None)
     return GeneratedRun(
         name=name,
         folder=str(folder.resolve()),
         identity=identity if isinstance(identity, str) else None,
         manifest_sha256=hashlib.sha256(manifest).hexdigest(),
         method=method,
+        variant=variant,
         models=models,
         tiny=tiny,
         filtered_from=filtered_from if isinstance(filtered_from, str) else None,
@@ -123,15 +133,40 @@ def _run_info(folder: Path) -> dict[str, Any]:
 
 
 def _manifest_method(manifest: bytes) -> str | None:
-    methods: set[str] = set()
+    return _manifest_values(manifest, "method", ",")
+
+
+def _manifest_values(manifest: bytes, key: str, separator: str = "+") -> str | None:
+    """The distinct values of ``key`` in the generated rows (not copies of originals), sorted and joined."""
+    values: set[str] = set()
     for line in manifest.decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("method"), str) and row["method"] != "original":
-            methods.add(row["method"])
-    return ",".join(sorted(methods)) or None
+        if isinstance(row, dict) and isinstance(row.get(key), str) and row.get("method") != "original":
+            values.add(row[key])
+    return separator.join(sorted(values)) or None
+
+
+def stand_in_suffix(runs: Iterable[GeneratedRun]) -> str:
+    """`` (templates)`` for a set whose runs used a stand-in variant (`` (text2img: templates)`` when the set's
+    name is not the augment method's); empty when none did.
+
+    >>> stand_in_suffix([GeneratedRun("text2img", "/r", None, "0", "text2img", "templates")])
+    ' (templates)'
+    >>> stand_in_suffix([GeneratedRun("generated", "/r", None, "0", "text2img", "lm+templates")])
+    ' (text2img: lm+templates)'
+    >>> stand_in_suffix([GeneratedRun("text2img", "/r", None, "0", "text2img", "lm")])
+    ''
+    """
+    parts = []
+    for run in runs:
+        variants = (run.variant or "").split("+")
+        if not any(v in STAND_INS for v in variants):
+            continue
+        parts.append(run.variant if run.method == run.name else f"{run.method}: {run.variant}")
+    return f" ({'; '.join(dict.fromkeys(parts))})" if parts else ""
 
 
 def tiny_warning(runs: Iterable[GeneratedRun | Mapping[str, Any]]) -> str | None:

@@ -180,7 +180,8 @@ def _generated_section(generated: Sequence[dict[str, Any]]) -> list[str]:
             models += " (**tiny random weights**)"
         identity = (run.get("identity") or "–")[:12]
         folder = run["folder"] + (f" (filtered from {run['filtered_from']})" if run.get("filtered_from") else "")
-        cells = [run["dataset"], f"`{run['name']}`", folder, run.get("method") or "–", identity, models]
+        method = (run.get("method") or "–") + (f" ({run['variant']})" if run.get("variant") else "")
+        cells = [run["dataset"], f"`{run['name']}`", folder, method, identity, models]
         rows.append([cell.replace("|", "\\|") for cell in cells] + [str(run["images"])])
     lines += _table(["Dataset", "Method", "Folder", "Augment method", "Run identity", "Models", "Images"], rows)
     return lines
