@@ -160,12 +160,12 @@ def stand_in_suffix(runs: Iterable[GeneratedRun]) -> str:
     >>> stand_in_suffix([GeneratedRun("text2img", "/r", None, "0", "text2img", "lm")])
     ''
     """
-    parts = []
+    parts: list[str] = []
     for run in runs:
-        variants = (run.variant or "").split("+")
-        if not any(v in STAND_INS for v in variants):
+        variant = run.variant or ""
+        if not any(v in STAND_INS for v in variant.split("+")):
             continue
-        parts.append(run.variant if run.method == run.name else f"{run.method}: {run.variant}")
+        parts.append(variant if run.method == run.name else f"{run.method}: {variant}")
     return f" ({'; '.join(dict.fromkeys(parts))})" if parts else ""
 
 
