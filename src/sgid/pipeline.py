@@ -126,7 +126,7 @@ class Augmenter:
                 sources=listing.sources,
                 infos=infos,
                 labels=listing.labels,
-                prompt_labels={**listing.labels, **(stages.concept_tokens or {})},
+                prompt_labels={**listing.labels, **(stages.concept_labels or stages.concept_tokens or {})},
             )
             context = replace(context, prepared=self.method.prepare(context, self._services(stages)))
             store.input_errors += context.prepared.get("notes", [])
@@ -394,6 +394,7 @@ class Augmenter:
             row["chain"] = [*source.chain, self.method.name]
         if c.concepts is not None:
             row["concept_token"] = (stages.concept_tokens or {}).get(source.class_name)
+            row["concepts_sha256"] = stages.concepts_sha256
         if c.lora is not None:
             row.update(lora=c.lora, lora_scale=c.lora_scale)
         row.update(self.method.manifest_fields(sample))
