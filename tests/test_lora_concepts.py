@@ -134,6 +134,20 @@ def test_one_step_changes_only_lora_weights_and_the_class_tokens_rows(pipe: Any)
     assert all(p.grad is None and not p.requires_grad for p in base)
 
 
+def test_text_encoder_adapters_learn_with_checkpointing_and_no_tokens(pipe: Any) -> None:
+    """Without token rows nothing before the text encoder's layers needs a gradient: its adapters must still get
+    theirs through the (non-reentrant) activation checkpointing."""
+    parts = private_parts(pipe)
+    data = joint_data(parts, ["cat", "dog"], ["cat", "dog"])
+    settings = LoraSettings(tokens=False, text_encoder=True, gradient_checkpointing=True)
+    trainer = LoraTrainer(parts, data, tokens=[], init_tokens=[], settings=settings, total_steps=1)
+    encoder = {n: p.detach().clone() for n, p in trainer.named if n.startswith("text_encoder.") and "lora_B" in n}
+    trainer.step()
+    after = dict(trainer.named)
+    assert encoder and all(not torch.equal(after[n], before) for n, before in encoder.items())
+    assert trainer.embeddings() == {} and len(parts.tokenizer) == len(pipe.tokenizer)
+
+
 def test_loss_decreases_on_a_tiny_fixed_set(pipe: Any) -> None:
     """Thirty steps on two images lower the denoising loss on those images under fixed noise and timesteps."""
     settings = LoraSettings(learning_rate=3e-2, token_learning_rate=3e-2, gradient_checkpointing=False)
@@ -153,7 +167,8 @@ def test_loss_decreases_on_a_tiny_fixed_set(pipe: Any) -> None:
     for _ in range(30):
         trainer.step()
     after = fixed_loss()
-    assert after < before * 0.98, (before, after)  # measured: 1.086 -> 1.022
+    print(f"fixed-noise loss before {before:.4f}, after 30 steps {after:.4f}")
+    assert after < before * 0.98, (before, after)
 
 
 def test_batches_pair_each_image_with_a_prior_image_of_its_class(pipe: Any) -> None:

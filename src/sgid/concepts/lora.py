@@ -237,8 +237,13 @@ class LoraTrainer:
         if settings.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
             if settings.text_encoder:
-                parts.text_encoder.gradient_checkpointing_enable()
-                parts.text_encoder.train()  # transformers checkpoints only in training mode (CLIP has no dropout)
+                encoder = parts.text_encoder
+                enable = getattr(encoder, "activation_checkpointing_enable", None)  # transformers >= 5.24's name
+                if enable is not None:
+                    enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                encoder.train()  # transformers checkpoints only in training mode (CLIP has no dropout)
         groups: list[dict[str, Any]] = [{"params": [p for _, p in self.named], "lr": settings.learning_rate}]
         if self.rows is not None:
             self.rows.track()
