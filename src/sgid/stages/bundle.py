@@ -119,6 +119,11 @@ def model_fingerprint(name: str, model: Any) -> str:
 
 
 def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> Stages:
+    if "instruct" in method.generator_kinds and config.concepts is not None and concepts_lora(config.concepts):
+        raise SgidError(
+            f"--concepts {config.concepts} holds LoRA weights for Stable Diffusion's UNet, and instruct_pix2pix "
+            "generates with InstructPix2Pix's: use a textual-inversion concepts folder with this method"
+        )
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     stages = Stages()
@@ -134,11 +139,6 @@ def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> S
         assert choice.text is not None, "--text-model is required"
         model, tokenizer = load_text_model(choice.text, device, dtype)
         stages.text = TextGenerator(model, tokenizer)
-    if "instruct" in method.generator_kinds and config.concepts is not None and concepts_lora(config.concepts):
-        raise SgidError(
-            f"--concepts {config.concepts} holds LoRA weights for Stable Diffusion's UNet, and instruct_pix2pix "
-            "generates with InstructPix2Pix's: use a textual-inversion concepts folder with this method"
-        )
     prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
     for kind in method.generator_kinds:
         if kind == "retrieval":
