@@ -381,3 +381,22 @@ def test_module_examples() -> None:
 
     for module in (sgid.concepts.store, sgid.concepts.monitor):
         assert doctest.testmod(module).failed == 0
+
+
+def test_concepts_lora_and_an_external_lora_are_both_active(learned: Path, pipe: Any, tmp_path: Path) -> None:
+    from sgid.concepts import prepare_pipeline
+
+    trained_and_saved(pipe, LoraSettings(gradient_checkpointing=False), tmp_path)  # another LoRA, made elsewhere
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+
+    def unet_output(prepared_pipe: Any) -> torch.Tensor:
+        with torch.no_grad():
+            return prepared_pipe.unet(latents, 10, hidden).sample  # type: ignore[no-any-return]
+
+    folder_only = prepare_pipeline(pipe, concepts=learned)
+    both = prepare_pipeline(pipe, concepts=learned, lora=tmp_path, lora_scale=0.5)
+    assert folder_only.concepts_adapter == both.concepts_adapter == "sgid_concepts" and both.adapter is not None
+    assert sorted(both.pipe.get_active_adapters()) == sorted([both.concepts_adapter, both.adapter])
+    assert not torch.allclose(unet_output(folder_only.pipe), unet_output(both.pipe), atol=1e-6)
+    assert both.labels == concept_labels(learned) and both.concepts_sha256 == folder_only.concepts_sha256
