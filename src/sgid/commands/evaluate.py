@@ -42,8 +42,10 @@ def register(subparsers: Any) -> None:
         action="extend",
         nargs="+",
         default=[],
-        metavar="DIR",
-        help="output folder(s) of sgid augment; each image follows its source into subsets",
+        metavar="[NAME=]DIR",
+        help="output folder(s) of sgid augment (or sgid filter), each a method of its own: "
+        "--generated sgid=runs/sgid text2img=runs/t2i gives the methods sgid and text2img (combine them: "
+        "sgid+randaugment); a bare DIR is the method 'generated'; each image follows its source into subsets",
     )
     data.add_argument(
         "--name",
@@ -75,9 +77,9 @@ def register(subparsers: Any) -> None:
     method.add_argument(
         "--methods",
         metavar="LIST",
-        help="comma-separated: baseline, generated, random_erasing, "
-        "cutmix, randaugment, moex and '+' combinations such as generated+randaugment; baseline is "
-        f"always included [default: baseline,{PERTURBATION_METHODS}, plus generated with --generated]",
+        help="comma-separated: baseline, random_erasing, cutmix, randaugment, moex, the names of the "
+        "--generated sets (generated for a bare DIR), and '+' combinations such as sgid+randaugment; baseline "
+        f"is always included [default: baseline,{PERTURBATION_METHODS} and every --generated set]",
     )
     method.add_argument(
         "--mix",
@@ -153,10 +155,17 @@ def _check_sources(args: argparse.Namespace) -> None:
         raise SgidError("--out DIR is required")
 
 
+def _generated_names(args: argparse.Namespace) -> list[str]:
+    from sgid.evaluate.generated import names_of
+    from sgid.evaluate.perturb import PERTURBATIONS
+
+    return names_of(args.generated, PERTURBATIONS.names())
+
+
 def _config(args: argparse.Namespace) -> Any:
     from sgid.evaluate import EvalConfig
 
-    default_methods = f"baseline,{PERTURBATION_METHODS}" + (",generated" if args.generated else "")
+    default_methods = ",".join(["baseline", PERTURBATION_METHODS, *_generated_names(args)])
     return EvalConfig(
         methods=tuple((args.methods or default_methods).split(",")),
         backbone=args.backbone,
@@ -208,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {count} training images of {data.name} to {args.export_train}")
         return 0
     config = _config(args)
-    config.check()  # options first: a typo fails before any data is read
+    config.check(["generated", *_generated_names(args)])  # options first: a typo fails before any data is read
     from sgid.evaluate import evaluate
 
     result = evaluate(_load_data(args), config, args.out)
