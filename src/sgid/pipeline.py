@@ -28,7 +28,7 @@ from typing import Any
 from sgid import __version__
 from sgid.cache import Cache, cache_key
 from sgid.config import AugmentConfig
-from sgid.dataset import Listing, Source, read_label_names, scan
+from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
 from sgid.engines import ENGINES, Engine
 from sgid.errors import SgidError
 from sgid.execute import ItemResult, Worker, WorkerSpec
@@ -45,6 +45,7 @@ from sgid.models.loading import (
     resolve_models,
     sd_geometry,
 )
+from sgid.outdir import check_out_dir
 from sgid.plan import (
     Batch,
     CaptionSource,
@@ -60,7 +61,7 @@ from sgid.plan import (
     shards_of,
     target_size,
 )
-from sgid.progress import bar, note
+from sgid.progress import bar, note, warn
 from sgid.runstore import RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
@@ -126,6 +127,8 @@ class Augmenter:
         started = time.monotonic()
         # 1. Check inputs (no model is loaded before this passes)
         listing = self._scan()
+        if listing.empty:  # listed in errors.jsonl with the other skipped inputs
+            warn(empty_classes_note(c.input_dir, listing.empty))
         _check_out_dir(c)
         choice = self._resolve_models()
         store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
@@ -530,11 +533,8 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
 
 
 def _check_out_dir(config: AugmentConfig) -> None:
-    inp, out = Path(config.input_dir).resolve(), Path(config.out_dir).resolve()
-    if out == inp or inp in out.parents:
-        raise SgidError(f"--out {config.out_dir} is inside the input folder; its images would become inputs")
-    if out in inp.parents:
-        raise SgidError(f"--out {config.out_dir} contains the input folder; choose a separate folder")
+    reads = [("the input folder", config.input_dir), ("the --pool folder", config.pool)]
+    check_out_dir(config.out_dir, reads, command="augment")  # a foreign non-empty OUT: RunStore.check
 
 
 __all__ = ["Augmenter", "RunSummary", "augment", "output_names"]

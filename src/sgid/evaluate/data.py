@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sgid.dataset import scan
+from sgid.dataset import empty_classes_note, scan
 from sgid.errors import SgidError
 from sgid.evaluate.generated import GeneratedRun, GeneratedSpecs, parse_generated, read_provenance
 from sgid.evaluate.methods import GENERATED
@@ -87,6 +87,8 @@ class EvalData:
     val: tuple[Example, ...] = ()
     generated: tuple[Example, ...] = ()  # every generated set's examples (Example.group says which)
     runs: tuple[GeneratedRun, ...] = ()  # where each generated folder came from
+    folders: tuple[tuple[str, Path], ...] = ()  # the folders it was read from ("the --train folder", path)
+    notes: tuple[str, ...] = ()  # what reading left out and why (class folders without images)
 
     def generated_of(self, group: str) -> tuple[Example, ...]:
         """The examples of one generated set (``--generated group=DIR``)."""
@@ -132,18 +134,24 @@ class EvalData:
 
 
 def read_image_folder(
-    root: Path, classes: Sequence[str] | None = None, *, what: str = "--train"
+    root: Path, classes: Sequence[str] | None = None, *, what: str = "--train", notes: list[str] | None = None
 ) -> tuple[tuple[str, ...], tuple[Example, ...]]:
     """``root/<class>/<image>`` as examples. With ``classes`` (from the training folder), every class folder
-    in ``root`` must be one of them; labels index into that list."""
+    in ``root`` with images must be one of them; labels index into that list. Class folders without images are
+    left out (not a class), with a line appended to ``notes``."""
     root = Path(root)
     if not root.is_dir():
         raise SgidError(f"{what} folder not found: {root}")
     listing = scan(root)
+    if listing.empty and notes is not None:
+        notes.append(f"{what} {empty_classes_note(root, listing.empty)}")
     names = tuple(classes) if classes is not None else listing.classes
     unknown = sorted(set(listing.classes) - set(names))
     if unknown:
-        raise SgidError(f"{what} {root} has classes that are not in the training set: {', '.join(unknown[:10])}")
+        raise SgidError(
+            f"{what} {root} has classes that are not in the training set (a class needs training images): "
+            f"{', '.join(unknown[:10])}"
+        )
     index = {name: i for i, name in enumerate(names)}
     examples = tuple(Example(key=s.relpath, label=index[s.class_name], load=FileImage(s.path)) for s in listing.sources)
     return names, examples
@@ -297,12 +305,15 @@ def load_folder_dataset(
 ) -> EvalData:
     """An evaluation dataset from image folders and ``sgid augment`` output folders (``["sgid=runs/sgid",
     "runs/other"]`` or ``{"sgid": "runs/sgid"}``; a bare folder is the set ``generated``)."""
-    classes, train_examples = read_image_folder(Path(train), what="--train")
-    _, test_examples = read_image_folder(Path(test), classes, what="--test")
-    val_examples = read_image_folder(Path(val), classes, what="--val")[1] if val is not None else ()
-    return attach_generated(
-        EvalData(name or dataset_name(Path(train)), classes, train_examples, test_examples, val_examples), generated
-    )
+    notes: list[str] = []
+    classes, train_examples = read_image_folder(Path(train), what="--train", notes=notes)
+    _, test_examples = read_image_folder(Path(test), classes, what="--test", notes=notes)
+    val_examples = read_image_folder(Path(val), classes, what="--val", notes=notes)[1] if val is not None else ()
+    folders = [("the --train folder", Path(train)), ("the --test folder", Path(test))]
+    if val is not None:
+        folders.append(("the --val folder", Path(val)))
+    data = EvalData(name or dataset_name(Path(train)), classes, train_examples, test_examples, val_examples)
+    return attach_generated(replace(data, folders=tuple(folders), notes=tuple(notes)), generated)
 
 
 def attach_generated(data: EvalData, directories: GeneratedSpecs) -> EvalData:
