@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -255,12 +256,15 @@ def _load_split(pipe: Any, file: Path, name: str) -> None:
 
 @contextmanager
 def _diffusers_logging_off() -> Iterator[None]:
+    """diffusers' logging off, and peft's warning that a second adapter joins the first (sgid means it)."""
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            yield
     finally:
         diffusers_logging.set_verbosity(level)
 
