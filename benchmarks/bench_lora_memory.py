@@ -99,14 +99,8 @@ def measure(shape: str, device_name: str, resolution: int | None, steps: int, ov
     instances = ConceptImages(images, size, parts.tokenizer, [f"<sgid-{c}> {c}" for c in classes], seed=0, key="i")
     priors = ConceptImages(images, size, parts.tokenizer, classes, seed=0, key="p") if prior else None
     data = JointImages(instances, classes, priors, classes if prior else ())
-    trainer = LoraTrainer(
-        parts,
-        data,
-        tokens=["<sgid-cat>", "<sgid-dog>"],
-        init_tokens=["the", "the"],
-        settings=settings,
-        total_steps=steps,
-    )
+    tokens = ["<sgid-cat>", "<sgid-dog>"]
+    trainer = LoraTrainer(parts, data, tokens=tokens, init_tokens=["the"] * 2, settings=settings, total_steps=steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
