@@ -215,8 +215,13 @@ def _load_data(args: argparse.Namespace) -> list[Any]:
     from sgid.evaluate.datasets import load_dataset
 
     if args.dataset:
-        datasets = [load_dataset(name.strip(), Path(args.data_root)) for name in args.dataset.split(",")]
-        return [attach_generated(d, args.generated) for d in datasets]
+        from dataclasses import replace
+
+        root = Path(args.data_root)
+        datasets = [load_dataset(name.strip(), root) for name in args.dataset.split(",")]
+        return [
+            attach_generated(replace(d, folders=(("the --data-root folder", root),)), args.generated) for d in datasets
+        ]
     return [load_folder_dataset(args.train, args.test, val=args.val, generated=args.generated, name=args.name)]
 
 

@@ -39,6 +39,7 @@ from sgid.evaluate.store import EvaluationStore
 from sgid.evaluate.train import TrainSettings, fit, test_accuracy
 from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
 from sgid.evaluate.zeroshot import zero_shot_accuracy
+from sgid.outdir import check_out_dir
 from sgid.progress import bar, note, warn
 from sgid.seeding import derive_seed
 
@@ -449,6 +450,12 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
         check_data(d, variant_list if trained_backbone else [], config)
         if trained_backbone:
             settings[d.name] = train_settings(d, spec, config, device)
+    reads = [(what, folder) for d in datasets for what, folder in d.folders]
+    reads += [(f"the --generated {run.name} folder", Path(run.folder)) for d in datasets for run in d.runs]
+    check_out_dir(out, reads, command="evaluate")
+    for d in datasets:
+        for line in d.notes:
+            warn(line)
     used = {v.method.source for v in variant_list}
     warning = tiny_warning(run for d in datasets for run in d.runs if run.name in used)
     if warning:
@@ -524,6 +531,7 @@ def _run_all(
         if not spec.pretrained:
             del protocol["pretrained"]
         protocol.update({f"training ({name})": s.describe() for name, s in settings.items()})
+        protocol.update({f"left out ({d.name})": "; ".join(d.notes) for d in datasets if d.notes})
         files = [
             store.write(
                 "results.json",

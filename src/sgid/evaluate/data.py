@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -31,15 +30,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sgid.dataset import scan
+from sgid.dataset import empty_classes_note, scan
 from sgid.errors import SgidError
 from sgid.evaluate.generated import GeneratedRun, GeneratedSpecs, parse_generated, read_provenance
 from sgid.evaluate.methods import GENERATED
 from sgid.images import ImageError, load_rgb
+from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info, recorded_input_dir
 from sgid.progress import note
-from sgid.runstore import MANIFEST, RUN_FILE
-
-ORIGINAL_METHOD = "original"  # rows of metadata.jsonl that are copies of real images
 
 
 @dataclass(frozen=True)
@@ -99,6 +96,8 @@ class EvalData:
     val: tuple[Example, ...] = ()
     generated: tuple[Example, ...] = ()  # every generated set's examples (Example.group says which)
     runs: tuple[GeneratedRun, ...] = ()  # where each generated folder came from
+    folders: tuple[tuple[str, Path], ...] = ()  # the folders it was read from ("the --train folder", path)
+    notes: tuple[str, ...] = ()  # what reading left out and why (class folders without images)
 
     def generated_of(self, group: str) -> tuple[Example, ...]:
         """The examples of one generated set (``--generated group=DIR``)."""
@@ -144,18 +143,24 @@ class EvalData:
 
 
 def read_image_folder(
-    root: Path, classes: Sequence[str] | None = None, *, what: str = "--train"
+    root: Path, classes: Sequence[str] | None = None, *, what: str = "--train", notes: list[str] | None = None
 ) -> tuple[tuple[str, ...], tuple[Example, ...]]:
     """``root/<class>/<image>`` as examples. With ``classes`` (from the training folder), every class folder
-    in ``root`` must be one of them; labels index into that list."""
+    in ``root`` with images must be one of them; labels index into that list. Class folders without images are
+    left out (not a class), with a line appended to ``notes``."""
     root = Path(root)
     if not root.is_dir():
         raise SgidError(f"{what} folder not found: {root}")
     listing = scan(root)
+    if listing.empty and notes is not None:
+        notes.append(f"{what} {empty_classes_note(root, listing.empty)}")
     names = tuple(classes) if classes is not None else listing.classes
     unknown = sorted(set(listing.classes) - set(names))
     if unknown:
-        raise SgidError(f"{what} {root} has classes that are not in the training set: {', '.join(unknown[:10])}")
+        raise SgidError(
+            f"{what} {root} has classes that are not in the training set (a class needs training images): "
+            f"{', '.join(unknown[:10])}"
+        )
     index = {name: i for i, name in enumerate(names)}
     examples = tuple(Example(key=s.relpath, label=index[s.class_name], load=FileImage(s.path)) for s in listing.sources)
     return names, examples
@@ -175,29 +180,22 @@ def read_generated(
     index = {name: i for i, name in enumerate(classes)}
     tag = tag or directory.name
     examples: list[Example] = []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for number, row in enumerate(read_run(directory).rows, start=1):
+        if row.is_original:
             continue
-        try:
-            row = json.loads(line)
-            file_name, label = row["file_name"], row["label"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SgidError(f"{manifest}, line {number}: not a metadata row with file_name and label") from None
-        if row.get("method") == ORIGINAL_METHOD:
-            continue
-        if label not in index:
-            raise SgidError(f"{manifest}, line {number}: class {label!r} is not in the training set")
-        path = directory / file_name
+        if row.label not in index:
+            raise SgidError(f"{manifest}, row {number}: class {row.label!r} is not in the training set")
+        path = directory / row.file_name
         if not path.is_file():
-            raise SgidError(f"{manifest}, line {number}: image {file_name} is missing")
+            raise SgidError(f"{manifest}, row {number}: image {row.file_name} is missing")
         examples.append(
             Example(
-                key=f"{tag}:{file_name}",
-                label=index[label],
+                key=f"{tag}:{row.file_name}",
+                label=index[row.label],
                 load=FileImage(path),
-                source=row.get("source"),
+                source=row.source,
                 generated=True,
-                source_sha256=row.get("source_sha256"),
+                source_sha256=row.source_sha256,
                 group=group,
             )
         )
@@ -207,11 +205,10 @@ def read_generated(
 def generated_input_dir(directory: Path) -> str | None:
     """The input folder an ``sgid augment`` run was made from (run.json's config.input_dir), if recorded."""
     try:
-        run = json.loads((Path(directory) / RUN_FILE).read_text(encoding="utf-8"))
-        value = run.get("config", {}).get("input_dir")
-    except (OSError, ValueError, AttributeError):
+        input_dir = recorded_input_dir(read_run_info(Path(directory) / RUN_FILE))
+    except SgidError:
         return None
-    return str(value) if value else None
+    return str(input_dir) if input_dir else None
 
 
 def export_bytes(example: Example) -> bytes:
@@ -382,12 +379,15 @@ def load_folder_dataset(
 ) -> EvalData:
     """An evaluation dataset from image folders and ``sgid augment`` output folders (``["sgid=runs/sgid",
     "runs/other"]`` or ``{"sgid": "runs/sgid"}``; a bare folder is the set ``generated``)."""
-    classes, train_examples = read_image_folder(Path(train), what="--train")
-    _, test_examples = read_image_folder(Path(test), classes, what="--test")
-    val_examples = read_image_folder(Path(val), classes, what="--val")[1] if val is not None else ()
-    return attach_generated(
-        EvalData(name or dataset_name(Path(train)), classes, train_examples, test_examples, val_examples), generated
-    )
+    notes: list[str] = []
+    classes, train_examples = read_image_folder(Path(train), what="--train", notes=notes)
+    _, test_examples = read_image_folder(Path(test), classes, what="--test", notes=notes)
+    val_examples = read_image_folder(Path(val), classes, what="--val", notes=notes)[1] if val is not None else ()
+    folders = [("the --train folder", Path(train)), ("the --test folder", Path(test))]
+    if val is not None:
+        folders.append(("the --val folder", Path(val)))
+    data = EvalData(name or dataset_name(Path(train)), classes, train_examples, test_examples, val_examples)
+    return attach_generated(replace(data, folders=tuple(folders), notes=tuple(notes)), generated)
 
 
 def attach_generated(data: EvalData, directories: GeneratedSpecs) -> EvalData:

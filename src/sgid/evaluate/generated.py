@@ -16,7 +16,6 @@ A name is a method component of ``--methods`` (``sgid``, ``sgid+randaugment``). 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 from sgid.errors import SgidError
 from sgid.evaluate.methods import GENERATED, GENERATED_NAME, check_generated_name
-from sgid.runstore import MANIFEST, RUN_FILE
+from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info
 
 TINY_PREFIX = "tiny:"  # model names of the tiny random-weight stand-ins (sgid.models.loading)
 #: variants that stand in for the paper's language-model baselines (text2img, diverse_caption, instruct_pix2pix)
@@ -100,12 +99,12 @@ def read_provenance(name: str, folder: Path, images: int) -> GeneratedRun:
     info = _run_info(folder)
     config = _dict(info.get("config"))
     models = {str(k): str(v) for k, v in _dict(info.get("models")).items()}
-    method = config.get("method") if isinstance(config.get("method"), str) else _manifest_method(manifest)
+    method = config.get("method") if isinstance(config.get("method"), str) else _manifest_method(folder)
     tiny = config.get("models") == "tiny" or any(v.startswith(TINY_PREFIX) for v in models.values())
     identity = info.get("identity_sha256")
     filtered_from = info.get("filtered_from")
     recorded = info.get("variant")
-    variant = _manifest_values(manifest, "variant") or (recorded if isinstance(recorded, str) else None)
+    variant = _manifest_values(folder, "variant") or (recorded if isinstance(recorded, str) else None)
     return GeneratedRun(
         name=name,
         folder=str(folder.resolve()),
@@ -126,27 +125,22 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _run_info(folder: Path) -> dict[str, Any]:
     try:
-        data = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_run_info(folder / RUN_FILE)
+    except SgidError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
-def _manifest_method(manifest: bytes) -> str | None:
-    return _manifest_values(manifest, "method", ",")
+def _manifest_method(folder: Path) -> str | None:
+    return _manifest_values(folder, "method", ",")
 
 
-def _manifest_values(manifest: bytes, key: str, separator: str = "+") -> str | None:
+def _manifest_values(folder: Path, key: str, separator: str = "+") -> str | None:
     """The distinct values of ``key`` in the generated rows (not copies of originals), sorted and joined."""
-    values: set[str] = set()
-    for line in manifest.decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get(key), str) and row.get("method") != "original":
-            values.add(row[key])
-    return separator.join(sorted(values)) or None
+    try:
+        rows = read_run(folder).rows
+    except SgidError:
+        return None
+    return separator.join(sorted({r[key] for r in rows if isinstance(r.get(key), str) and not r.is_original})) or None
 
 
 def stand_in_suffix(runs: Iterable[GeneratedRun]) -> str:

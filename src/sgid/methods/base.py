@@ -76,6 +76,11 @@ class Method:
                 f"cannot apply; give a constant --guidance"
             )
 
+    def generator_kind(self, source: Source) -> str:
+        """The generator kind ``plan`` will choose for ``source``'s items; known before planning, because
+        batches (one kind and size each) are laid out before captions exist. Override along with ``plan``."""
+        return self.generator_kinds[0]
+
     def variant(self) -> str | None:
         """Which reading of the method this run is, when the method has a stand-in for a part the paper gets
         from a model sgid may not have (e.g. ``templates`` vs ``lm`` sentences); recorded in run.json."""
