@@ -23,6 +23,7 @@ from sgid.cli import main
 from sgid.engines import ENGINES
 from sgid.pipeline import augment
 from sgid.runstore import JOURNAL
+from test_restart import kill_when
 
 SETTINGS = {"batch_size": 2, "multiplier": 2, "shard_size": 2, "caption_cache": False, **FAST}
 
@@ -152,17 +153,6 @@ def start_driver(source: Path, out: Path, engine: list[str]) -> subprocess.Popen
     return subprocess.Popen(command, env=dict(os.environ, HF_HUB_OFFLINE="1"), stderr=subprocess.PIPE)
 
 
-def kill_after_rows(process: subprocess.Popen, out: Path, rows: int) -> None:  # type: ignore[type-arg]
-    deadline = time.monotonic() + 300
-    while len(journal_keys(out)) < rows:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else "exited early"
-        assert time.monotonic() < deadline, "the run never reached the kill point"
-        time.sleep(0.02)
-    assert process.poll() is None, "finished before it could be killed: the test would prove nothing"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("first, then", [("ray", "ray"), ("local", "ray"), ("ray", "local")])
 def test_a_killed_driver_resumes_on_either_engine_to_the_same_bytes(
@@ -171,7 +161,7 @@ def test_a_killed_driver_resumes_on_either_engine_to_the_same_bytes(
     source, local = job
     out = tmp_path / "out"
     engine = ["--engine", "ray", "--workers", "2", "--ray-address", ray_address] if first == "ray" else []
-    kill_after_rows(start_driver(source, out, engine), out, 3)
+    kill_when(start_driver(source, out, engine), lambda: len(journal_keys(out)) >= 3)
     done = set(journal_keys(out))
     options = {"engine": "ray", "workers": 2} if then == "ray" else {}
     summary = augment(source, out, **options, **SETTINGS)
