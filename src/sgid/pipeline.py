@@ -346,6 +346,7 @@ class Augmenter:
         c = self.config
         info, source = sample.info, sample.source
         captions = info.captions if info else ()
+        denoised = stages.resolution(sample.kind) is not None  # not retrieved or perturbed: diffusion steps ran
         row: dict[str, Any] = {
             "file_name": file_name,
             "label": source.class_name,
@@ -374,8 +375,8 @@ class Augmenter:
             "guidance_map": c.guidance_map.describe() if sample.guidance_scale is not None else None,
             "diffusers_guidance": c.diffusers_guidance,
             "noise_rate": sample.strength,
-            "steps": c.steps if sample.kind != "retrieval" else None,
-            "denoising_steps": _denoising_steps(sample, c.steps),
+            "steps": c.steps if denoised else None,
+            "denoising_steps": _denoising_steps(sample, c.steps) if denoised else None,
             "width": size[0],
             "height": size[1],
             "generation_width": produced[0],
@@ -424,9 +425,7 @@ class Augmenter:
             )
 
 
-def _denoising_steps(sample: Sample, steps: int) -> int | None:
-    if sample.kind == "retrieval":
-        return None
+def _denoising_steps(sample: Sample, steps: int) -> int:
     return int(steps * sample.strength) if sample.strength is not None else steps
 
 
