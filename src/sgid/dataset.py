@@ -1,7 +1,9 @@
 """The input: a folder with one subfolder per class (torchvision ``ImageFolder`` convention).
 
 Files are listed, not read, here; reading happens image by image so one bad file never stops a run.
-Hidden files and folders (name starting with ``.``) and files directly in the root are ignored.
+Hidden files and folders (name starting with ``.``) and files directly in the root are ignored. A class folder
+without any image file is left out of the classes (every command alike) and listed in ``Listing.empty`` and,
+with the reason, in ``Listing.skipped``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,18 @@ class Source:
 class Listing:
     sources: tuple[Source, ...]  # image files, sorted by relpath
     skipped: tuple[tuple[str, str], ...]  # (relpath, reason) for files that are not images
-    classes: tuple[str, ...]  # class folder names, sorted
+    classes: tuple[str, ...]  # class folder names with at least one image file, sorted
     labels: dict[str, str]  # class folder name -> label text
+    empty: tuple[str, ...] = ()  # class folders without any image file: left out of ``classes``
+
+
+EMPTY_CLASS = "class folder without images; left out (not a class)"
+
+
+def empty_classes_note(root: Path, empty: tuple[str, ...]) -> str:
+    """The one-line warning for class folders without images."""
+    names = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+    return f"{root}: {len(empty)} class folder(s) without images left out: {names}"
 
 
 def default_label(class_name: str) -> str:
@@ -110,10 +122,14 @@ def scan(root: Path, label_names: dict[str, str] | None = None) -> Listing:
                 )
             )
     sources.sort(key=lambda s: s.relpath)
-    skipped.sort()
     if not sources:
         raise SgidError(f"no image files found under {root}")
-    return Listing(tuple(sources), tuple(skipped), tuple(p.name for p in class_dirs), labels)
+    found = {s.class_name for s in sources}
+    empty = tuple(p.name for p in class_dirs if p.name not in found)
+    skipped.extend((f"{name}/", EMPTY_CLASS) for name in empty)
+    skipped.sort()
+    classes = tuple(p.name for p in class_dirs if p.name in found)
+    return Listing(tuple(sources), tuple(skipped), classes, {c: labels[c] for c in classes}, empty)
 
 
 def _walk_files(folder: Path) -> list[Path]:

@@ -28,12 +28,13 @@ from PIL import Image
 from sgid import __version__
 from sgid.cache import Cache, cache_key
 from sgid.config import AugmentConfig
-from sgid.dataset import Listing, Source, read_label_names, scan
+from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
 from sgid.errors import SgidError
 from sgid.images import ImageError, LoadedImage, generation_size, load_rgb, png_bytes, resize
 from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
 from sgid.models.loading import TINY_WARNING, ModelChoice, default_cache_dir, is_tiny, resolve_models
-from sgid.progress import bar, note
+from sgid.outdir import check_out_dir
+from sgid.progress import bar, note, warn
 from sgid.runstore import RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
@@ -96,6 +97,8 @@ class Augmenter:
         started = time.monotonic()
         # 1. Check inputs (no model is loaded before this passes)
         listing = self._scan()
+        if listing.empty:  # listed in errors.jsonl with the other skipped inputs
+            warn(empty_classes_note(c.input_dir, listing.empty))
         _check_out_dir(c)
         choice = resolve_models(
             c.models,
@@ -447,11 +450,8 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
 
 
 def _check_out_dir(config: AugmentConfig) -> None:
-    inp, out = Path(config.input_dir).resolve(), Path(config.out_dir).resolve()
-    if out == inp or inp in out.parents:
-        raise SgidError(f"--out {config.out_dir} is inside the input folder; its images would become inputs")
-    if out in inp.parents:
-        raise SgidError(f"--out {config.out_dir} contains the input folder; choose a separate folder")
+    reads = [("the input folder", config.input_dir), ("the --pool folder", config.pool)]
+    check_out_dir(config.out_dir, reads, command="augment")  # a foreign non-empty OUT: RunStore.check
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

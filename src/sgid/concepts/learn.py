@@ -22,7 +22,7 @@ from sgid.concepts.data import ConceptImages
 from sgid.concepts.store import ConceptsDir
 from sgid.concepts.tokens import choose_init_token, concept_tokens
 from sgid.concepts.trainer import ConceptTrainer, DiffusionParts, TrainSettings
-from sgid.dataset import Listing, read_label_names, scan
+from sgid.dataset import Listing, empty_classes_note, read_label_names, scan
 from sgid.errors import SgidError
 from sgid.images import ImageError, LoadedImage, load_rgb
 from sgid.models.loading import (
@@ -34,7 +34,8 @@ from sgid.models.loading import (
     resolve_dtype,
     resolve_models,
 )
-from sgid.progress import bar, note
+from sgid.outdir import check_out_dir
+from sgid.progress import bar, note, warn
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,11 @@ def learn_concepts(
     # 1. Check inputs (no model is loaded before this passes)
     settings.validate()
     listing = scan(Path(input_dir), read_label_names(Path(label_names)) if label_names else None)
+    if listing.empty:
+        warn(empty_classes_note(Path(input_dir), listing.empty))
     chosen = select_classes(listing, classes)
     tokens = concept_tokens(listing.classes)  # over all folders, so a token never depends on --classes
+    check_out_dir(out_dir, [("the input folder", input_dir)], command="learn-concepts")
     choice = resolve_models(models, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), generator=sd_model)
     store = ConceptsDir(out_dir, {"model": choice.generator.name, **settings.identity()}, overwrite=overwrite)
     store.check()
