@@ -1,6 +1,7 @@
 """What the review app shows: the images of one or more runs, grouped by the original they augment.
 
-Runs are read with the same reader as every other command (:func:`sgid.rundir.read_run_dir`), once, when the
+Runs are read with the same reader as every other command (:func:`sgid.rundir.read_run_dir`, over
+:func:`sgid.manifest.read_run`), once, when the
 app starts; pages then filter, sort and slice this in-memory index (no disk access per page but the thumbnails
 the page shows, which are cached). Images are addressed by their number in the index, never by a path from the
 request, and only files inside their run folder (images) or the run's input folder (originals) are served: a
@@ -214,17 +215,17 @@ def servable(path: Path | None, root: Path | None) -> Path | None:
 def read_filter_outputs(folders: Iterable[str | Path], runs: Sequence[RunDir]) -> dict[int, dict[str, tuple[str, str]]]:
     """``--filters DIR``: each a ``sgid filter`` output; its decisions (decision, reason) per file of its run."""
     from sgid.filters.output import DECISIONS, is_filter_output
+    from sgid.manifest import RUN_FILE, read_run_info
 
     found: dict[int, dict[str, tuple[str, str]]] = {}
     resolved = {run.path.resolve(): index for index, run in enumerate(runs)}
     for folder in map(Path, folders):
         if not is_filter_output(folder):
             raise SgidError(f"--filters {folder} is not an sgid filter output (no decisions.jsonl and report.json)")
-        try:
-            info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-            origin = Path(info["filtered_from"]).resolve()
-        except (OSError, ValueError, KeyError, TypeError):
-            raise SgidError(f"--filters {folder}: its run.json does not say which run it filtered") from None
+        origin_name = read_run_info(folder / RUN_FILE).get("filtered_from")
+        if not isinstance(origin_name, str) or not origin_name:
+            raise SgidError(f"--filters {folder}: its run.json does not say which run it filtered")
+        origin = Path(origin_name).resolve()
         if origin not in resolved:
             raise SgidError(f"--filters {folder} filtered {origin}, which is not one of the runs given")
         decisions = found.setdefault(resolved[origin], {})

@@ -23,6 +23,7 @@ from sgid.models.loading import (
     load_scorer,
     load_sd_pipeline,
     load_text_model,
+    model_id,
     resolve_device,
     resolve_dtype,
 )
@@ -88,6 +89,12 @@ class RetrievalStage:
         return [(load_rgb(Path(s.extra["pool_file"])).image, False) for s in batch]
 
 
+def runs_diffusion(kind: str) -> bool:
+    """Whether generator ``kind`` runs Stable Diffusion (has a resolution and denoising steps); False for
+    ``retrieval`` (reads pool images) and the perturbations (transform the source)."""
+    return kind != "retrieval" and kind not in IMAGE_PERTURBATIONS
+
+
 @dataclass
 class PerturbStage:
     """Applies a materialised perturbation (``sgid.stages.perturb``) to each sample's source at its own size;
@@ -149,32 +156,49 @@ class Stages:
         return str(self.generators[kind].model_id)
 
 
-def model_fingerprint(name: str, model: Any) -> str:
-    """The model's name plus its hub revision when known, so caches never mix two versions of a model."""
-    revision = getattr(getattr(model, "config", None), "_commit_hash", None)
-    return f"{name}@{revision}" if revision else name
+#: What a process may load, each only when the method needs it: ``captioner`` (BLIP), ``scorer`` (CLIP, for
+#: similarities), ``text`` (the language model some methods prepare with), ``generation`` (the generators).
+PARTS = ("captioner", "scorer", "text", "generation")
 
 
-def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> Stages:
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    stages = Stages()
-    if method.needs_captions():
-        blip, blip_processor = load_captioner(choice.captioner, device, dtype)
+def load_stages(
+    config: AugmentConfig,
+    choice: ModelChoice,
+    method: Method,
+    parts: tuple[str, ...] = PARTS,
+    *,
+    device: str | None = None,
+    into: Stages | None = None,
+) -> Stages:
+    """The stages ``method`` needs among ``parts``, on ``device`` (default: the configured one), added to
+    ``into`` when given (a worker loads what each kind of task needs when it first gets one)."""
+    resolved = resolve_device(device or config.device)
+    dtype = resolve_dtype(config.dtype, resolved)
+    stages = into or Stages()
+    if "captioner" in parts and method.needs_captions() and stages.captioner is None:
+        blip, blip_processor = load_captioner(choice.captioner, resolved, dtype)
         stages.captioner = Captioner(blip, blip_processor, config.captions)
-        stages.captioner_id = model_fingerprint(choice.captioner.name, blip)
-    if method.needs_captions() or method.needs_scorer():
-        clip, clip_processor = load_scorer(choice.scorer, device, dtype)
+        stages.captioner_id = model_id(choice.captioner)
+    if "scorer" in parts and (method.needs_captions() or method.needs_scorer()) and stages.scorer is None:
+        clip, clip_processor = load_scorer(choice.scorer, resolved, dtype)
         stages.scorer = ClipScorer(clip, clip_processor)
-        stages.scorer_id = model_fingerprint(choice.scorer.name, clip)
-    if method.needs_text_model():
+        stages.scorer_id = model_id(choice.scorer)
+    if "text" in parts and method.needs_text_model() and stages.text is None:
         assert choice.text is not None, "--text-model is required"
-        model, tokenizer = load_text_model(choice.text, device, dtype)
+        model, tokenizer = load_text_model(choice.text, resolved, dtype)
         stages.text = TextGenerator(model, tokenizer)
+    if "generation" in parts and not stages.generators:
+        _load_generators(stages, config, choice, method, resolved, dtype)
+    return stages
+
+
+def _load_generators(
+    stages: Stages, config: AugmentConfig, choice: ModelChoice, method: Method, device: Any, dtype: Any
+) -> None:
     prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
     for kind in method.generator_kinds:
         if kind == "retrieval":
-            stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or choice.scorer.name)
+            stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or model_id(choice.scorer))
             continue
         if kind in IMAGE_PERTURBATIONS:
             stages.generators[kind] = PerturbStage(IMAGE_PERTURBATIONS.get(kind)(), config.max_pixels, config.min_side)
@@ -188,7 +212,6 @@ def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> S
         base = prepared[(ref, base_kind)]
         stages.concept_tokens = base.tokens or stages.concept_tokens
         stages.generators[kind] = generate_stage(kind, base.pipe, ref.name, config)
-    return stages
 
 
 def prepare(pipe: Any, config: AugmentConfig) -> Prepared:
