@@ -19,15 +19,21 @@ def register(subparsers: Any) -> None:
         nargs="+",
         help="output folders of sgid augment (for --study: one per method, all of the same input)",
     )
-    p.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one [default: 8765]")
+    p.add_argument(
+        "--port", metavar="PORT", type=int, default=8765, help="port to listen on; 0 picks a free one [default: 8765]"
+    )
     p.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on; anything but a loopback address needs --token (or gets a generated one) "
         "[default: 127.0.0.1]",
     )
-    p.add_argument("--token", help="access token every request must carry (?token=, cookie or Bearer header)")
-    p.add_argument("--db", help="the review database (SQLite) [default: the first RUN_DIR's review.sqlite]")
+    p.add_argument(
+        "--token", metavar="TOKEN", help="access token every request must carry (?token=, cookie or Bearer header)"
+    )
+    p.add_argument(
+        "--db", metavar="FILE", help="the review database (SQLite) [default: the first RUN_DIR's review.sqlite]"
+    )
     p.add_argument(
         "--filters",
         metavar="DIR",
@@ -35,15 +41,21 @@ def register(subparsers: Any) -> None:
         default=[],
         help="an sgid filter output folder of one of the runs, to show its decisions and reasons (repeatable)",
     )
-    p.add_argument("--source-dir", help="where the runs' real input images are now [default: run.json's input]")
+    p.add_argument(
+        "--source-dir", metavar="DIR", help="where the runs' real input images are now [default: run.json's input]"
+    )
     study = p.add_argument_group("rating study (SGID table 2)")
     study.add_argument(
         "--study",
         action="store_true",
         help="serve the blinded rating study over the runs (one per method) instead of the gallery",
     )
-    study.add_argument("--labels", type=int, default=10, help="labels sampled (the paper's L) [default: 10]")
-    study.add_argument("--originals", type=int, default=10, help="originals per label (the paper's M) [default: 10]")
+    study.add_argument(
+        "--labels", metavar="L", type=int, default=10, help="labels sampled (the paper's L) [default: 10]"
+    )
+    study.add_argument(
+        "--originals", metavar="M", type=int, default=10, help="originals per label (the paper's M) [default: 10]"
+    )
     study.add_argument("--seed", type=int, default=0, help="seed of the sample and of the shown order [default: 0]")
     study.add_argument(
         "--export",
@@ -51,7 +63,7 @@ def register(subparsers: Any) -> None:
         help="write the study's ratings to FILE.csv and FILE.json and its report (table 2 layout, Krippendorff's "
         "alpha) to FILE.md, then exit",
     )
-    p.add_argument("--cache-dir", help="where thumbnails are cached [default: ~/.cache/sgid]")
+    p.add_argument("--cache-dir", metavar="DIR", help="where thumbnails are cached [default: ~/.cache/sgid]")
     p.add_argument("--quiet", "-q", action="store_true", help="less output")
     p.set_defaults(run=run)
 
