@@ -1,7 +1,8 @@
 """The stages of a run, with their models, loaded once and handed to the pipeline.
 
 Only what the method needs is loaded: no BLIP/CLIP when no captions are used, no img2img pipeline for
-text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``, ``retrieval``).
+text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``, ``retrieval``, and
+the perturbations ``randaugment``, ``random_erasing``, ``cutmix``, which load no model).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sgid.models.loading import (
 )
 from sgid.stages.caption import Captioner
 from sgid.stages.generate import GENERATORS, GenerationOutput
+from sgid.stages.perturb import IMAGE_PERTURBATIONS, ImagePerturbation
 from sgid.stages.prompt import PromptEncoder
 from sgid.stages.score import ClipScorer
 from sgid.stages.text import TextGenerator
@@ -88,6 +90,50 @@ class RetrievalStage:
         return [(load_rgb(Path(s.extra["pool_file"])).image, False) for s in batch]
 
 
+def runs_diffusion(kind: str) -> bool:
+    """Whether generator ``kind`` runs Stable Diffusion (has a resolution and denoising steps); False for
+    ``retrieval`` (reads pool images) and the perturbations (transform the source)."""
+    return kind != "retrieval" and kind not in IMAGE_PERTURBATIONS
+
+
+@dataclass
+class PerturbStage:
+    """Applies a materialised perturbation (``sgid.stages.perturb``) to each sample's source at its own size;
+    CutMix also reads the partner the plan chose. No model: the same bytes on any device."""
+
+    perturbation: ImagePerturbation
+    max_pixels: int
+    min_side: int
+    resolution = None
+    size_multiple = 1
+
+    @property
+    def model_id(self) -> str:
+        return self.perturbation.implementation
+
+    def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
+        return [(self.one(sample), False) for sample in batch]
+
+    def one(self, sample: Sample) -> Image.Image:
+        assert sample.info is not None
+        image = self.read(sample.source.path, sample.info.sha256, sample.source.relpath)
+        params = sample.extra["perturbation_params"]
+        if params is None:  # the probability coin said no: the image as it is
+            return image
+        partner = None
+        if self.perturbation.needs_partner:
+            partner = self.read(
+                Path(sample.extra["partner_file"]), sample.extra["partner_sha256"], sample.extra["partner"]
+            )
+        return self.perturbation.apply(image, params, partner)
+
+    def read(self, path: Path, sha256: str, relpath: str) -> Image.Image:
+        loaded = load_rgb(path, max_pixels=self.max_pixels, min_side=self.min_side)
+        if loaded.sha256 != sha256:
+            raise SgidError(f"{relpath} changed while the run was going; rerun to pick it up")
+        return loaded.image
+
+
 @dataclass
 class Stages:
     captioner: Captioner | None = None
@@ -137,14 +183,17 @@ def load_stages(
     resolved = resolve_device(device or config.device)
     dtype = resolve_dtype(config.dtype, resolved)
     stages = into or Stages()
+    # the names manifests and caches record, known without loading (a worker may never load these models)
+    if method.needs_captions():
+        stages.captioner_id = stages.captioner_id or model_id(choice.captioner)
+    if method.needs_captions() or method.needs_scorer():
+        stages.scorer_id = stages.scorer_id or model_id(choice.scorer)
     if "captioner" in parts and method.needs_captions() and stages.captioner is None:
         blip, blip_processor = load_captioner(choice.captioner, resolved, dtype)
         stages.captioner = Captioner(blip, blip_processor, config.captions)
-        stages.captioner_id = model_id(choice.captioner)
     if "scorer" in parts and (method.needs_captions() or method.needs_scorer()) and stages.scorer is None:
         clip, clip_processor = load_scorer(choice.scorer, resolved, dtype)
         stages.scorer = ClipScorer(clip, clip_processor)
-        stages.scorer_id = model_id(choice.scorer)
     if "text" in parts and method.needs_text_model() and stages.text is None:
         if choice.text is None:  # methods refuse this when checking options; a safety net for API callers
             raise SgidError(f"--method {method.name} needs --text-model MODEL here")
@@ -162,6 +211,9 @@ def _load_generators(
     for kind in method.generator_kinds:
         if kind == "retrieval":
             stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or model_id(choice.scorer))
+            continue
+        if kind in IMAGE_PERTURBATIONS:
+            stages.generators[kind] = PerturbStage(IMAGE_PERTURBATIONS.get(kind)(), config.max_pixels, config.min_side)
             continue
         ref = choice.instruct if kind == "instruct" else choice.generator
         base_kind = "instruct" if kind == "instruct" else "img2img"
