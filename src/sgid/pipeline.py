@@ -63,7 +63,7 @@ from sgid.plan import (
 )
 from sgid.progress import bar, note, warn
 from sgid.runstore import RunStore, copy_or_link, item_key
-from sgid.sample import Sample, SourceInfo
+from sgid.sample import COPY, Sample, SourceInfo
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import PARTS, Stages
 from sgid.stages.caption import Caption
@@ -184,6 +184,7 @@ class Augmenter:
             instruct=c.instruct_model,
             text=c.text_model,
             sd_config=c.sd_config,
+            backend=c.backend,
         )
 
     def _driver(self, choice: ModelChoice, engine: Engine) -> Worker:
@@ -212,7 +213,7 @@ class Augmenter:
         stages = driver.loaded_stages
         if stages is not None and kind in stages.generators:
             return Geometry(stages.resolution(kind), stages.size_multiple(kind))
-        if kind == "retrieval":
+        if kind == COPY:
             return Geometry(None)
         choice = driver.spec.choice
         return sd_geometry(choice.instruct if kind == "instruct" else choice.generator)
