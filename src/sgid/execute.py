@@ -245,6 +245,7 @@ def manifest_row(
         details["chain"] = [*source.chain, method.name]
     if c.concepts is not None:
         details["concept_token"] = (stages.concept_tokens or {}).get(source.class_name)
+        details["concepts_sha256"] = stages.concepts_sha256
     if c.lora is not None:
         details.update(lora=c.lora, lora_scale=c.lora_scale)
     details.update(method.manifest_fields(sample))

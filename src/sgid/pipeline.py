@@ -338,19 +338,20 @@ class Augmenter:
             sources=listing.sources,
             infos=infos,
             labels=listing.labels,
-            prompt_labels={**listing.labels, **(self._concept_tokens(driver) or {})},
+            prompt_labels={**listing.labels, **(self._concept_labels(driver) or {})},
         )
         return replace(context, prepared=self.method.prepare(context, self._services(driver)))
 
-    def _concept_tokens(self, driver: Worker) -> dict[str, str] | None:
+    def _concept_labels(self, driver: Worker) -> dict[str, str] | None:
+        """Class folder -> what SD prompts say instead of the label (a token, or a LoRA's "<token> label")."""
         stages = driver.loaded_stages
         if stages is not None and stages.generators:
-            return stages.concept_tokens
+            return stages.concept_labels or stages.concept_tokens
         if self.config.concepts is None:
             return None
-        from sgid.concepts import load_concepts
+        from sgid.concepts.apply import concept_labels
 
-        return load_concepts(self.config.concepts)
+        return concept_labels(self.config.concepts)
 
     def _services(self, driver: Worker) -> Services:
         stages = driver.loaded_stages or Stages()

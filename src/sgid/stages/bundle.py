@@ -14,6 +14,8 @@ from PIL import Image
 
 from sgid.backends import Backend, GenerationRequest
 from sgid.concepts import Prepared, prepare_pipeline
+from sgid.concepts.apply import concepts_lora
+from sgid.errors import SgidError
 from sgid.models.loading import (
     ModelChoice,
     ModelRef,
@@ -85,6 +87,8 @@ class Stages:
     text: TextGenerator | None = None
     generators: dict[str, Any] = field(default_factory=dict)
     concept_tokens: dict[str, str] | None = None  # class folder -> learned concept token (--concepts)
+    concept_labels: dict[str, str] | None = None  # class folder -> what SD prompts say instead of the label
+    concepts_sha256: str | None = None  # the --concepts folder's fingerprint (recorded in every manifest row)
 
     def generate(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
         return self.generators[batch[0].kind](batch, pixels, size)
@@ -118,6 +122,11 @@ def load_stages(
 ) -> Stages:
     """The stages ``method`` needs among ``parts``, on ``device`` (default: the configured one), added to
     ``into`` when given (a worker loads what each kind of task needs when it first gets one)."""
+    if "instruct" in method.generator_kinds and config.concepts is not None and concepts_lora(config.concepts):
+        raise SgidError(
+            f"--concepts {config.concepts} holds LoRA weights for Stable Diffusion's UNet, and instruct_pix2pix "
+            "generates with InstructPix2Pix's: use a textual-inversion concepts folder with this method"
+        )
     resolved = resolve_device(device or config.device)
     dtype = resolve_dtype(config.dtype, resolved)
     stages = into or Stages()
@@ -151,6 +160,8 @@ def _load_generators(
             prepared[(ref, family.name)] = prepare(pipe, config)
         base = prepared[(ref, family.name)]
         stages.concept_tokens = base.tokens or stages.concept_tokens
+        stages.concept_labels = base.labels or stages.concept_labels
+        stages.concepts_sha256 = base.concepts_sha256 or stages.concepts_sha256
         options: dict[str, Any] = {"diffusers_guidance": config.diffusers_guidance}
         if kind == "instruct":
             options["image_guidance"] = config.image_guidance
