@@ -30,7 +30,7 @@ from sgid.methods import METHODS, Method
 from sgid.models.loading import ModelChoice
 from sgid.plan import Batch, CaptionTask, ScoreTask, Shard, Task, WorkItem
 from sgid.sample import COPY, Sample
-from sgid.stages.bundle import PARTS, Stages, load_stages
+from sgid.stages.bundle import PARTS, Stages, load_stages, runs_diffusion
 
 FLAGGED = "the safety checker flagged the generated image (blacked out); not kept"
 
@@ -193,7 +193,7 @@ def error_row(sample: Sample, method: str, reason: str) -> ErrorRow:
 
 
 def denoising_steps(sample: Sample, steps: int) -> int | None:
-    if sample.kind == COPY:
+    if not runs_diffusion(sample.kind):
         return None
     return int(steps * sample.strength) if sample.strength is not None else steps
 
@@ -223,7 +223,7 @@ def manifest_row(
         "guidance_map": c.guidance_map.describe() if sample.guidance_scale is not None else None,
         "diffusers_guidance": c.diffusers_guidance,
         "noise_rate": sample.strength,
-        "steps": c.steps if sample.kind != COPY else None,
+        "steps": c.steps if runs_diffusion(sample.kind) else None,
         "denoising_steps": denoising_steps(sample, c.steps),
         "width": size[0],
         "height": size[1],
@@ -233,7 +233,7 @@ def manifest_row(
         "scorer_model": stages.scorer_id if captions or sample.caption else None,
         # a copy's "generator" is the model that chose it (retrieval: the CLIP scorer)
         "generator_model": stages.scorer_id if sample.kind == COPY else stages.generator_id(sample.kind),
-        "backend": None if sample.kind == COPY else stages.backend(sample.kind),
+        "backend": stages.backend(sample.kind) if runs_diffusion(sample.kind) else None,
         "safety_checker": c.safety_checker,
     }
     if source.origin is not None or source.chain:  # chained onto an earlier run

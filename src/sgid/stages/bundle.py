@@ -2,12 +2,14 @@
 
 Only what the method needs is loaded: no BLIP/CLIP when no captions are used, no img2img pipeline for
 text-to-image methods. Each generator kind a method asks for (``img2img``, ``text2img``, ``instruct``) is a mode
-of a backend (:mod:`sgid.backends`): the family named by ``--backend`` or found from the checkpoint.
+of a backend (:mod:`sgid.backends`): the family named by ``--backend`` or found from the checkpoint. The
+perturbations (``randaugment``, ``random_erasing``, ``cutmix``) load no model; copy items (retrieval) no stage.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -16,6 +18,7 @@ from sgid.backends import Backend, GenerationRequest
 from sgid.concepts import Prepared, prepare_pipeline
 from sgid.concepts.apply import concepts_lora
 from sgid.errors import SgidError
+from sgid.images import load_rgb
 from sgid.models.loading import (
     ModelChoice,
     ModelRef,
@@ -29,7 +32,9 @@ from sgid.models.loading import (
     resolve_device,
     resolve_dtype,
 )
+from sgid.sample import COPY
 from sgid.stages.caption import Captioner
+from sgid.stages.perturb import IMAGE_PERTURBATIONS, ImagePerturbation
 from sgid.stages.score import ClipScorer
 from sgid.stages.text import TextGenerator
 
@@ -76,6 +81,50 @@ class GenerateStage:
         )
         output = self.backend.generate(request)
         return list(zip(output.images, output.nsfw, strict=True))
+
+
+def runs_diffusion(kind: str) -> bool:
+    """Whether items of ``kind`` run a diffusion model (have a resolution and denoising steps); False for
+    copies (retrieval reads pool images) and the perturbations (transform the source)."""
+    return kind != COPY and kind not in IMAGE_PERTURBATIONS
+
+
+@dataclass
+class PerturbStage:
+    """Applies a materialised perturbation (``sgid.stages.perturb``) to each sample's source at its own size;
+    CutMix also reads the partner the plan chose. No model: the same bytes on any device."""
+
+    perturbation: ImagePerturbation
+    max_pixels: int
+    min_side: int
+    resolution = None
+    size_multiple = 1
+
+    @property
+    def model_id(self) -> str:
+        return self.perturbation.implementation
+
+    def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
+        return [(self.one(sample), False) for sample in batch]
+
+    def one(self, sample: Sample) -> Image.Image:
+        assert sample.info is not None
+        image = self.read(sample.source.path, sample.info.sha256, sample.source.relpath)
+        params = sample.extra["perturbation_params"]
+        if params is None:  # the probability coin said no: the image as it is
+            return image
+        partner = None
+        if self.perturbation.needs_partner:
+            partner = self.read(
+                Path(sample.extra["partner_file"]), sample.extra["partner_sha256"], sample.extra["partner"]
+            )
+        return self.perturbation.apply(image, params, partner)
+
+    def read(self, path: Path, sha256: str, relpath: str) -> Image.Image:
+        loaded = load_rgb(path, max_pixels=self.max_pixels, min_side=self.min_side)
+        if loaded.sha256 != sha256:
+            raise SgidError(f"{relpath} changed while the run was going; rerun to pick it up")
+        return loaded.image
 
 
 @dataclass
@@ -152,6 +201,9 @@ def _load_generators(
 ) -> None:
     prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
     for kind in method.generator_kinds:
+        if kind in IMAGE_PERTURBATIONS:
+            stages.generators[kind] = PerturbStage(IMAGE_PERTURBATIONS.get(kind)(), config.max_pixels, config.min_side)
+            continue
         ref = choice.instruct if kind == "instruct" else choice.generator
         family = backend_family(ref, None if kind == "instruct" else config.backend, kind)
         if (ref, family.name) not in prepared:
