@@ -67,6 +67,50 @@ def test_gallery_shows_every_original_beside_its_augmentations(runs: list[Path],
     assert "perturbation_params" in page and "partner" in page  # method-specific provenance is shown
 
 
+def test_gallery_of_a_tiny_model_run_with_a_filter_output(augmented_run: Path, tmp_path: Path) -> None:
+    """An sgid run (tiny models): caption, prompt, s*, g, noise and seed on the card; with --filters DIR, the
+    filter's decision and reason (here from a human filter made from this very review)."""
+    session = open_session([augmented_run], db=tmp_path / "review.sqlite", cache_dir=tmp_path / "cache")
+    c = client(session)
+    csrf = signed_in(c, "ann")
+    rows = [json.loads(line) for line in (augmented_run / "metadata.jsonl").read_text().splitlines()]
+    page = c.get("/gallery?per=200").text
+    for row in rows:
+        card = page.split(f'data-item="{session.catalog.item(session.catalog.runs[0].identity, row["file_name"]).id}"')[
+            1
+        ]
+        card = card.split("</figure>")[0]
+        assert f"<b>seed</b> {row['seed']}" in card and f"<b>s*</b> {row['similarity']:.3f}" in card
+        assert f"<b>g</b> {row['guidance_scale']:.3f}" in card and f"<b>noise</b> {row['noise_rate']:.2f}" in card
+        caption = row["caption"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;")
+        assert caption.replace("'", "&#39;") in card
+    c.post("/api/decision", json={"item": 0, "decision": "reject"}, headers={"X-CSRF-Token": csrf})
+    out = tmp_path / "filtered"
+    assert (
+        main(
+            [
+                "filter",
+                str(augmented_run),
+                "--filters",
+                "human",
+                "--review-db",
+                str(tmp_path / "review.sqlite"),
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    shown = open_session([augmented_run], db=tmp_path / "review.sqlite", cache_dir=tmp_path / "cache", filters=[out])
+    with_filter = client(shown)
+    rejected = with_filter.get("/gallery?decision=filter_reject&per=200").text
+    assert rejected.count('class="card') == 1 and "<b>sgid filter</b> reject: human: rejected by ann" in rejected
+    assert with_filter.get("/gallery?decision=filter_keep&per=200").text.count('class="card') == len(rows) - 1
+    with pytest.raises(SgidError, match="not an sgid filter output"):
+        open_session([augmented_run], db=tmp_path / "r2.sqlite", filters=[tmp_path])
+
+
 def test_gallery_filters_sorts_and_pages(runs: list[Path], tmp_path: Path) -> None:
     session = opened(runs, tmp_path)
     c = client(session)
@@ -171,6 +215,19 @@ def test_thumbnails_are_made_once(runs: list[Path], tmp_path: Path) -> None:
     os.utime(changed.path, ns=(1, 1))  # an image changed on disk gets a new thumbnail
     c2.get("/thumb/0")
     assert fresh.thumbnails.made == 1
+
+
+def test_an_unreadable_image_gets_a_clear_answer(runs: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "broken"
+    shutil.copytree(runs[0], run)
+    first = json.loads((run / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
+    (run / first).write_bytes(b"not an image")
+    c = client(open_session([run], db=tmp_path / "r.sqlite", cache_dir=tmp_path / "cache"))
+    response = c.get("/thumb/0")
+    assert response.status_code == 415 and "unreadable image" in response.text
+    assert c.get("/thumb/1").status_code == 200 and c.get("/gallery").status_code == 200
 
 
 def test_a_10000_image_run_pages_without_touching_the_rest(tmp_path: Path, cache_dir: Path) -> None:

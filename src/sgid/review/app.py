@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from sgid.errors import SgidError, require
+from sgid.images import ImageError
 from sgid.review.catalog import Catalog, Group, Item, servable
 from sgid.review.db import SCALES, ReviewDB, check_name
 from sgid.review.security import SESSION_COOKIE, Csrf, Guard
@@ -230,6 +231,7 @@ def create_app(
     require("starlette", "review")
     jinja2 = require("jinja2", "review")
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import (
         FileResponse,
@@ -321,10 +323,19 @@ def create_app(
         return page(request, "gallery.html", **gallery_page(state, q, name_of(request)))
 
     # -- files ---------------------------------------------------------------------------------------------
+    async def thumbnail(path: Any) -> Response:
+        """The cached thumbnail, made on a worker thread (decoding runs beside other requests)."""
+        if path is None:
+            return file_response(None)
+        try:
+            made = await run_in_threadpool(state.thumbnails.get, path)
+        except ImageError as exc:
+            return PlainTextResponse(f"unreadable image: {exc}", status_code=415)
+        return file_response(made, "image/jpeg", cache=True)
+
     async def thumb(request: Request) -> Response:
         item = item_or_none(request.path_params["id"])
-        path = servable(item.path, item.run.path) if item else None
-        return file_response(state.thumbnails.get(path) if path else None, "image/jpeg", cache=True)
+        return await thumbnail(servable(item.path, item.run.path) if item else None)
 
     async def image(request: Request) -> Response:
         item = item_or_none(request.path_params["id"])
@@ -340,8 +351,7 @@ def create_app(
         return file_response(original_path(request.path_params["id"]))
 
     async def original_thumb(request: Request) -> Response:
-        path = original_path(request.path_params["id"])
-        return file_response(state.thumbnails.get(path) if path else None, "image/jpeg", cache=True)
+        return await thumbnail(original_path(request.path_params["id"]))
 
     # -- writes --------------------------------------------------------------------------------------------
     async def set_name(request: Request) -> Response:
