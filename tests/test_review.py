@@ -403,7 +403,13 @@ def test_two_clients_writing_at_once_lose_nothing(runs: list[Path], tmp_path: Pa
 
 
 # -- the human filter ------------------------------------------------------------------------------------------
-def test_filter_human_consumes_the_selections(runs: list[Path], tmp_path: Path) -> None:
+def test_filter_human_consumes_the_selections(
+    runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_clip(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the human filter chose a CLIP model")
+
+    monkeypatch.setattr("sgid.filters.api.open_run_clip", no_clip)
     session = opened(runs, tmp_path)
     c = client(session)
     csrf = signed_in(c, "Alice Z")
@@ -435,7 +441,7 @@ def test_filter_human_consumes_the_selections(runs: list[Path], tmp_path: Path) 
     kept = [json.loads(line)["file_name"] for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert len(kept) == len(ra) - 2 and ra[0].file_name not in kept and (out / ra[3].file_name).is_file()
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["filters"] == ["human"]
+    assert report["settings"]["filters"] == ["human"] and report["settings"]["scorer"] is None
 
 
 def test_filter_human_errors(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
