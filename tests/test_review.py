@@ -361,11 +361,31 @@ def test_the_token_is_needed_on_every_request(runs: list[Path], tmp_path: Path) 
     assert access("127.0.0.1", None) == (None, ("127.0.0.1", "localhost", "::1", "127.0.0.1"))
 
 
-def test_two_clients_writing_at_once_lose_nothing(runs: list[Path], tmp_path: Path) -> None:
+def both_at_once(url: str, page: str, work) -> list[str]:  # type: ignore[no-untyped-def]
+    """Two browsers (ann, bob), each with its session and CSRF token, running ``work(client, csrf, offset)`` at
+    the same time against a live server; the failed requests' texts."""
     import httpx
 
+    errors: list[str] = []
+
+    def one(name: str, offset: int) -> None:
+        with httpx.Client(base_url=url) as c:
+            csrf = csrf_of(c.get(page).text)
+            c.post("/api/name", json={"name": name}, headers={"X-CSRF-Token": csrf})
+            for response in work(c, csrf, offset):
+                if response.status_code != 200:
+                    errors.append(response.text)
+
+    threads = [threading.Thread(target=one, args=(name, offset)) for name, offset in (("ann", 0), ("bob", 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_two_annotators_rating_at_once_lose_nothing(runs: list[Path], tmp_path: Path) -> None:
     session = opened(runs, tmp_path, study=StudySettings(labels=3, originals=2, seed=1))
-    app = make_app(session, token=None, allowed_hosts=("127.0.0.1",))
     study = session.study
     assert study is not None
     cells = [
@@ -374,32 +394,44 @@ def test_two_clients_writing_at_once_lose_nothing(runs: list[Path], tmp_path: Pa
         for position in range(3)
         for scale in ("consistency", "diversity")
     ]
-    errors: list[str] = []
-    with live_server(app) as url:
 
-        def annotate(name: str, values: int) -> None:
-            with httpx.Client(base_url=url) as c:
-                csrf = csrf_of(c.get("/gallery").text)
-                c.post("/api/name", json={"name": name}, headers={"X-CSRF-Token": csrf})
-                for n, (item, position, scale) in enumerate(cells):
-                    body = {"item": item, "position": position, "scale": scale, "value": (n + values) % 5 + 1}
-                    response = c.post("/api/rating", json=body, headers={"X-CSRF-Token": csrf})
-                    if response.status_code != 200:
-                        errors.append(response.text)
-                    decision = {"item": n % 40, "decision": "reject" if n % 2 else "accept"}
-                    if c.post("/api/decision", json=decision, headers={"X-CSRF-Token": csrf}).status_code != 200:
-                        errors.append("decision")
+    def rate(c, csrf, offset):  # type: ignore[no-untyped-def]
+        for n, (item, position, scale) in enumerate(cells):
+            body = {"item": item, "position": position, "scale": scale, "value": (n + offset) % 5 + 1}
+            yield c.post("/api/rating", json=body, headers={"X-CSRF-Token": csrf})
 
-        threads = [threading.Thread(target=annotate, args=(name, v)) for name, v in (("ann", 0), ("bob", 2))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert errors == []
+    with live_server(make_app(session, token=None, allowed_hosts=("127.0.0.1",))) as url:
+        assert both_at_once(url, "/study", rate) == []
     ratings = session.db.ratings(study.id)
     assert len(ratings) == 2 * len(cells) == 2 * 6 * 3 * 2
     assert {r.annotator for r in ratings} == {"ann", "bob"}
-    assert session.db.event_count() == 2 * 2 * len(cells) + 1  # every write logged (+ the study's creation)
+    assert session.db.event_count() == 2 * len(cells) + 1  # every write logged (+ the study's creation)
+
+
+def test_two_reviewers_selecting_at_once_lose_nothing(runs: list[Path], tmp_path: Path) -> None:
+    session = opened(runs, tmp_path)
+    count = len(session.catalog.items)
+
+    def select(c, csrf, offset):  # type: ignore[no-untyped-def]
+        for n in range(count):  # every image, by both, at once
+            body = {"item": n, "decision": "reject" if (n + offset) % 3 else "accept"}
+            yield c.post("/api/decision", json=body, headers={"X-CSRF-Token": csrf})
+
+    with live_server(make_app(session, token=None, allowed_hosts=("127.0.0.1",))) as url:
+        assert both_at_once(url, "/gallery", select) == []
+    decisions = session.db.decisions()
+    assert len(decisions) == 2 * count and session.db.event_count() == 2 * count
+
+
+def test_a_study_server_shows_no_gallery(runs: list[Path], tmp_path: Path) -> None:
+    """The gallery names methods: a server running a blinded study does not serve it, nor images by number."""
+    c = client(opened(runs, tmp_path, study=StudySettings(labels=1, originals=1)))
+    for url in ("/gallery", "/thumb/0", "/image/0", "/original/0", "/original-thumb/0"):
+        assert c.get(url).status_code == 404, url
+    assert c.get("/", follow_redirects=False).headers["location"] == "/study"
+    assert 'href="/gallery"' not in c.get("/study").text
+    gallery = client(opened(runs, tmp_path / "g"))
+    assert gallery.get("/study").status_code == 404 and 'href="/study"' not in gallery.get("/gallery").text
 
 
 # -- the human filter ------------------------------------------------------------------------------------------

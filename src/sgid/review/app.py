@@ -1,7 +1,8 @@
 """The review web app (Starlette, server-rendered Jinja2 pages, a little plain JavaScript).
 
-Pages: ``/gallery`` (originals beside their augmentations; filter, sort, page; accept / reject / best of K) and,
-with a study, ``/study`` (annotator name, then one blinded item per page, two 1–5 scales per image). Images are
+Pages: ``/gallery`` (originals beside their augmentations; filter, sort, page; accept / reject / best of K) or,
+for a study, ``/study`` (annotator name, then one blinded item per page, two 1–5 scales per image): a server
+serves one or the other, since the gallery names every image's method. Images are
 addressed by number (``/thumb/12``, ``/image/12``, ``/original/3``, ``/study/7/image/2``): no request path ever
 reaches the file system. Writes are JSON POSTs to ``/api/...`` carrying the CSRF token; every one is a single
 database transaction. See :mod:`sgid.review.security` for the guards every request passes.
@@ -172,7 +173,6 @@ def gallery_page(state: ReviewState, q: Query, reviewer: str | None) -> dict[str
         "reviewer": reviewer,
         "prev_url": q.url(page=page - 1) if page > 1 else None,
         "next_url": q.url(page=page + 1) if page < pages else None,
-        "study": state.study is not None,
     }
 
 
@@ -250,7 +250,7 @@ def create_app(
         undefined=jinja2.StrictUndefined,
     )
     env.filters["fmt"] = _fmt
-    env.globals.update(letters=POSITIONS, definitions=DEFINITIONS, scales=SCALES)
+    env.globals.update(letters=POSITIONS, definitions=DEFINITIONS, scales=SCALES, study_mode=state.study is not None)
 
     def session(request: Request) -> tuple[str, bool]:
         found = request.cookies.get(SESSION_COOKIE)
@@ -483,21 +483,29 @@ def create_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         return PlainTextResponse("not found", status_code=404)
 
-    routes = [
+    # A server runs the gallery or a blinded study, never both: the gallery names every image's method.
+    routes: list[Any]
+    if state.study is None:
+        routes = [
+            Route("/gallery", gallery),
+            Route("/thumb/{id:int}", thumb),
+            Route("/image/{id:int}", image),
+            Route("/original/{id:int}", original),
+            Route("/original-thumb/{id:int}", original_thumb),
+            Route("/api/decision", guarded(decision), methods=["POST"]),
+            Route("/api/best", guarded(best), methods=["POST"]),
+        ]
+    else:
+        routes = [
+            Route("/study", study_home),
+            Route("/study/{n:int}", study_item),
+            Route("/study/{n:int}/original", study_original),
+            Route("/study/{n:int}/image/{position:int}", study_image),
+            Route("/api/rating", guarded(rating), methods=["POST"]),
+        ]
+    routes += [
         Route("/", home),
-        Route("/gallery", gallery),
-        Route("/thumb/{id:int}", thumb),
-        Route("/image/{id:int}", image),
-        Route("/original/{id:int}", original),
-        Route("/original-thumb/{id:int}", original_thumb),
         Route("/api/name", guarded(set_name), methods=["POST"]),
-        Route("/api/decision", guarded(decision), methods=["POST"]),
-        Route("/api/best", guarded(best), methods=["POST"]),
-        Route("/api/rating", guarded(rating), methods=["POST"]),
-        Route("/study", study_home),
-        Route("/study/{n:int}", study_item),
-        Route("/study/{n:int}/original", study_original),
-        Route("/study/{n:int}/image/{position:int}", study_image),
         Mount("/static", StaticFiles(packages=[("sgid.review", "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, LookupError: not_found})
