@@ -65,7 +65,7 @@ from sgid.progress import bar, note, warn
 from sgid.runstore import RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
-from sgid.stages.bundle import PARTS, Stages
+from sgid.stages.bundle import PARTS, Stages, runs_diffusion
 from sgid.stages.caption import Caption
 from sgid.versions import package_versions
 
@@ -212,7 +212,7 @@ class Augmenter:
         stages = driver.loaded_stages
         if stages is not None and kind in stages.generators:
             return Geometry(stages.resolution(kind), stages.size_multiple(kind))
-        if kind == "retrieval":
+        if not runs_diffusion(kind):  # retrieved or perturbed: the images' own sizes, no checkpoint to read
             return Geometry(None)
         choice = driver.spec.choice
         return sd_geometry(choice.instruct if kind == "instruct" else choice.generator)

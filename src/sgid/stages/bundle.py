@@ -1,7 +1,8 @@
 """The stages of a run, with their models, loaded once and handed to the pipeline.
 
 Only what the method needs is loaded: no BLIP/CLIP when no captions are used, no img2img pipeline for
-text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``, ``retrieval``).
+text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``, ``retrieval``, and
+the perturbations ``randaugment``, ``random_erasing``, ``cutmix``, which load no model).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sgid.models.loading import (
 )
 from sgid.stages.caption import Captioner
 from sgid.stages.generate import GENERATORS, GenerationOutput
+from sgid.stages.perturb import IMAGE_PERTURBATIONS, ImagePerturbation
 from sgid.stages.prompt import PromptEncoder
 from sgid.stages.score import ClipScorer
 from sgid.stages.text import TextGenerator
@@ -86,6 +88,50 @@ class RetrievalStage:
 
     def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
         return [(load_rgb(Path(s.extra["pool_file"])).image, False) for s in batch]
+
+
+def runs_diffusion(kind: str) -> bool:
+    """Whether generator ``kind`` runs Stable Diffusion (has a resolution and denoising steps); False for
+    ``retrieval`` (reads pool images) and the perturbations (transform the source)."""
+    return kind != "retrieval" and kind not in IMAGE_PERTURBATIONS
+
+
+@dataclass
+class PerturbStage:
+    """Applies a materialised perturbation (``sgid.stages.perturb``) to each sample's source at its own size;
+    CutMix also reads the partner the plan chose. No model: the same bytes on any device."""
+
+    perturbation: ImagePerturbation
+    max_pixels: int
+    min_side: int
+    resolution = None
+    size_multiple = 1
+
+    @property
+    def model_id(self) -> str:
+        return self.perturbation.implementation
+
+    def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
+        return [(self.one(sample), False) for sample in batch]
+
+    def one(self, sample: Sample) -> Image.Image:
+        assert sample.info is not None
+        image = self.read(sample.source.path, sample.info.sha256, sample.source.relpath)
+        params = sample.extra["perturbation_params"]
+        if params is None:  # the probability coin said no: the image as it is
+            return image
+        partner = None
+        if self.perturbation.needs_partner:
+            partner = self.read(
+                Path(sample.extra["partner_file"]), sample.extra["partner_sha256"], sample.extra["partner"]
+            )
+        return self.perturbation.apply(image, params, partner)
+
+    def read(self, path: Path, sha256: str, relpath: str) -> Image.Image:
+        loaded = load_rgb(path, max_pixels=self.max_pixels, min_side=self.min_side)
+        if loaded.sha256 != sha256:
+            raise SgidError(f"{relpath} changed while the run was going; rerun to pick it up")
+        return loaded.image
 
 
 @dataclass
@@ -161,6 +207,9 @@ def _load_generators(
     for kind in method.generator_kinds:
         if kind == "retrieval":
             stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or model_id(choice.scorer))
+            continue
+        if kind in IMAGE_PERTURBATIONS:
+            stages.generators[kind] = PerturbStage(IMAGE_PERTURBATIONS.get(kind)(), config.max_pixels, config.min_side)
             continue
         ref = choice.instruct if kind == "instruct" else choice.generator
         base_kind = "instruct" if kind == "instruct" else "img2img"
