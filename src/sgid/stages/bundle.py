@@ -183,14 +183,17 @@ def load_stages(
     resolved = resolve_device(device or config.device)
     dtype = resolve_dtype(config.dtype, resolved)
     stages = into or Stages()
+    # the names manifests and caches record, known without loading (a worker may never load these models)
+    if method.needs_captions():
+        stages.captioner_id = stages.captioner_id or model_id(choice.captioner)
+    if method.needs_captions() or method.needs_scorer():
+        stages.scorer_id = stages.scorer_id or model_id(choice.scorer)
     if "captioner" in parts and method.needs_captions() and stages.captioner is None:
         blip, blip_processor = load_captioner(choice.captioner, resolved, dtype)
         stages.captioner = Captioner(blip, blip_processor, config.captions)
-        stages.captioner_id = model_id(choice.captioner)
     if "scorer" in parts and (method.needs_captions() or method.needs_scorer()) and stages.scorer is None:
         clip, clip_processor = load_scorer(choice.scorer, resolved, dtype)
         stages.scorer = ClipScorer(clip, clip_processor)
-        stages.scorer_id = model_id(choice.scorer)
     if "text" in parts and method.needs_text_model() and stages.text is None:
         assert choice.text is not None, "--text-model is required"
         model, tokenizer = load_text_model(choice.text, resolved, dtype)
