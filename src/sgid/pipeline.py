@@ -31,11 +31,28 @@ from sgid.config import AugmentConfig
 from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
 from sgid.errors import SgidError
 from sgid.images import ImageError, LoadedImage, generation_size, load_rgb, png_bytes, resize
-from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
-from sgid.models.loading import TINY_WARNING, ModelChoice, default_cache_dir, is_tiny, resolve_models
+from sgid.methods import (
+    METHODS,
+    Method,
+    MethodContext,
+    Services,
+    SkipItem,
+    chain_parts,
+    denoising_warning,
+    option_warnings,
+)
+from sgid.models.loading import (
+    TINY_WARNING,
+    ModelChoice,
+    default_cache_dir,
+    is_tiny,
+    resolve_device,
+    resolve_models,
+)
+from sgid.options import augment_signature, resolve_options
 from sgid.outdir import check_out_dir
 from sgid.progress import bar, note, warn
-from sgid.runstore import RunStore, copy_or_link, item_key
+from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import Stages, load_stages
@@ -43,6 +60,7 @@ from sgid.stages.caption import Caption
 from sgid.versions import package_versions
 
 MANIFEST_FLUSH_SECONDS = 30.0
+CPU_STEPS_HINT = 200  # denoising steps (images x steps) above which a CPU run says how to make it small
 
 
 @dataclass(frozen=True)
@@ -62,14 +80,46 @@ class RunSummary:
         )
 
 
-def augment(input_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, **options: Any) -> RunSummary:
-    """Python API of ``sgid augment``: the same options as the command line, with underscores.
+def augment(
+    input_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    print_summary: bool = False,
+    **options: Any,
+) -> RunSummary:
+    """Augment a labelled image folder (``sgid augment INPUT --out OUT``); returns a :class:`RunSummary`.
+
+    Every option of the command is a keyword argument: its flag with ``_`` for ``-`` (``--multiplier`` →
+    ``multiplier``, ``--no-cache`` → ``no_cache=True``, ``--template`` → ``template=[...]``; the older names
+    ``caption_cache``, ``templates``, ``instructions`` still work). A keyword left out (``None``) takes the
+    method's or the preset's value, else the paper's default. ``preset``: a dataset preset of the paper's table
+    8. ``print_summary=True`` prints the command's one-line summary on stderr (off by default in Python). An
+    unknown keyword is a ``TypeError`` naming the closest ones; bad values raise :class:`~sgid.errors.SgidError`
+    before any model is loaded. ``inspect.signature(augment)`` lists every keyword (generated from the settings,
+    :mod:`sgid.options`).
 
     >>> augment("data/train", "data/sgid", models="tiny", noise=0.5, multiplier=2)  # doctest: +SKIP
     """
-    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **options)
+    settings = resolve_options(options)
+    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **settings)
+    for line in option_warnings(config, [k for k, v in settings.items() if v is not None]):
+        warn(line)
+    summary = _run_stages(config, input_dir, out_dir, preset, settings)
+    if print_summary:
+        note(summary.line(), config.quiet)
+    return summary
+
+
+augment.__signature__ = augment_signature()  # type: ignore[attr-defined]
+
+
+def _run_stages(
+    config: AugmentConfig, input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
+) -> RunSummary:
     parts = chain_parts(config.method)
     if len(parts) == 1:
+        _warn_denoising(config)
         return Augmenter(config).run()
     # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
     # is configured (and checked) before the first one starts.
@@ -80,8 +130,15 @@ def augment(input_dir: str | Path, out_dir: str | Path, *, preset: str | None = 
         target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
         stage = AugmentConfig.build(current, target, preset=preset, **{**options, "method": part})
         stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
+        _warn_denoising(stages[-1])
         current = target
     return [Augmenter(stage).run() for stage in stages][-1]
+
+
+def _warn_denoising(config: AugmentConfig) -> None:
+    line = denoising_warning(config)
+    if line:
+        warn(f"{config.method}: {line}")
 
 
 class Augmenter:
@@ -99,6 +156,8 @@ class Augmenter:
         listing = self._scan()
         if listing.empty:  # listed in errors.jsonl with the other skipped inputs
             warn(empty_classes_note(c.input_dir, listing.empty))
+        if c.concepts is not None:
+            _check_concepts(c.concepts, listing.classes)
         _check_out_dir(c)
         choice = resolve_models(
             c.models,
@@ -112,6 +171,13 @@ class Augmenter:
         )
         store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
         store.check()
+        resumed = (c.out_dir / RUN_FILE).exists() and not c.overwrite
+        done, listed = store.peek() if resumed else (set(), False)
+        finished = self._finished_run(listing, done, listed, started)
+        if finished is not None:  # a rerun of a finished run: no model is loaded
+            note(f"nothing to do: every image of this run is already in {c.out_dir}", c.quiet)
+            return finished
+        self._announce(listing, done, choice)
         # 2. Load models, failing before any work when weights are missing
         stages = self._stages or load_stages(c, choice, self.method)
         if is_tiny(choice):
@@ -143,9 +209,51 @@ class Augmenter:
             failed = len(store.input_errors) + len(store.output_errors)
             total = len(store.rows)
         cache.close()
-        summary = RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
-        note(summary.line(), c.quiet)
-        return summary
+        return RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
+
+    def _finished_run(self, listing: Listing, done: set[str], listed: bool, started: float) -> RunSummary | None:
+        """The summary of a run that has nothing left to do (every item finished and listed in metadata.jsonl,
+        every source not finished unreadable), else None."""
+        c = self.config
+        if not listed:
+            return None
+        for source in listing.sources:
+            keys = [item_key(source.relpath, k, self.method.name) for k in range(c.multiplier)]
+            if c.include_originals:
+                keys.append(item_key(source.relpath, None, "original"))
+            if all(key in done for key in keys):
+                continue
+            try:
+                load_rgb(source.path, max_pixels=c.max_pixels, min_side=c.min_side)
+                return None  # readable and not finished: work to do
+            except ImageError:
+                continue  # listed in errors.jsonl by the run that found it
+        total = _count_lines(c.out_dir / MANIFEST)
+        failed = _count_lines(c.out_dir / ERRORS)
+        return RunSummary(c.out_dir, 0, total, failed, total, time.monotonic() - started)
+
+    def _announce(self, listing: Listing, done: set[str], choice: ModelChoice) -> None:
+        """The work about to start, and on a CPU with real models the flags that make it small."""
+        c = self.config
+        if c.quiet:
+            return
+        keys = (item_key(s.relpath, k, self.method.name) for s in listing.sources for k in range(c.multiplier))
+        items = sum(key not in done for key in keys)
+        if "retrieval" in self.method.generator_kinds:
+            note(f"planned: {items} image(s) to retrieve with {self.method.name}")
+            return
+        steps = int(c.steps * c.noise) if "noise" in self.method.options else c.steps
+        model = choice.instruct if "instruct" in self.method.generator_kinds else choice.generator
+        device = resolve_device(c.device).type
+        line = (
+            f"planned: {items} image(s) with {self.method.name}, {steps} denoising steps each ({model.name}, {device})"
+        )
+        if device == "cpu" and not is_tiny(choice) and items * steps > CPU_STEPS_HINT:
+            line += (
+                "; Stable Diffusion takes seconds per step on a CPU: to make it small, --steps 20 --multiplier 1 "
+                "(or --models tiny to try the pipeline)"
+            )
+        note(line)
 
     def _scan(self) -> Listing:
         c = self.config
@@ -451,8 +559,26 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
 
 
 def _check_out_dir(config: AugmentConfig) -> None:
-    reads = [("the input folder", config.input_dir), ("the --pool folder", config.pool)]
+    pool = config.pool if "pool" in METHODS.get(config.method).options else None  # else ignored (a warning)
+    reads = [("the input folder", config.input_dir), ("the --pool folder", pool)]
     check_out_dir(config.out_dir, reads, command="augment")  # a foreign non-empty OUT: RunStore.check
+
+
+def _count_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _check_concepts(concepts: Path, classes: Sequence[str]) -> None:
+    """``--concepts`` learned for other classes changes no prompt: say so instead of running as if it did."""
+    from sgid.concepts import load_concepts
+
+    learned = sorted(load_concepts(concepts))
+    if not set(learned) & set(classes):
+        shown = ", ".join(learned[:5]) + (" …" if len(learned) > 5 else "")
+        warn(
+            f"--concepts {concepts} matches no class of the input (it has concepts for {shown}); every prompt "
+            f"keeps its label text"
+        )
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

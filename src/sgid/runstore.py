@@ -161,11 +161,12 @@ class RunStore:
         for path in self.out.rglob(".*.tmp-*"):
             path.unlink(missing_ok=True)
 
-    def _load_journal(self) -> None:
+    def _read_journal(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], int, int]:
+        """(rows, output errors, length of the whole lines, file length); a torn last line is left out."""
+        rows: dict[str, dict[str, Any]] = {}
+        output_errors: dict[str, dict[str, Any]] = {}
         path = self.out / JOURNAL
-        if not path.exists():
-            return
-        raw = path.read_bytes()
+        raw = path.read_bytes() if path.exists() else b""
         good_length = 0
         for line in raw.splitlines(keepends=True):
             if not line.endswith(b"\n"):
@@ -176,10 +177,29 @@ class RunStore:
                 break
             good_length += len(line)
             if entry["kind"] == "row":
-                self.rows[entry["key"]] = entry["row"]
+                rows[entry["key"]] = entry["row"]
             elif entry["kind"] == "output_error":
-                self.output_errors[entry["key"]] = entry["row"]
-        if good_length != len(raw):
+                output_errors[entry["key"]] = entry["row"]
+        return rows, output_errors, good_length, len(raw)
+
+    def peek(self) -> tuple[set[str], bool]:
+        """Read-only, without the lock: the keys of finished items, and whether metadata.jsonl lists every
+        finished image (False when a run was stopped before writing it). For "nothing to do" before any model
+        loads."""
+        rows, output_errors, _, _ = self._read_journal()
+        rows = {k: row for k, row in rows.items() if (self.out / row["file_name"]).exists()}
+        manifest = self.out / MANIFEST
+        listed = manifest.read_bytes().count(b"\n") if manifest.exists() else -1
+        return set(rows) | set(output_errors), listed == len(rows)
+
+    def _load_journal(self) -> None:
+        path = self.out / JOURNAL
+        if not path.exists():
+            return
+        rows, output_errors, good_length, length = self._read_journal()
+        self.rows.update(rows)
+        self.output_errors.update(output_errors)
+        if good_length != length:
             with open(path, "r+b") as handle:
                 handle.truncate(good_length)
         # An image deleted by hand since is not done: forget its row so it is regenerated.

@@ -70,7 +70,7 @@ def register(subparsers: Any) -> None:
         "classifier's top class is another one with at least this probability [default: 0.5]",
     )
     rules.add_argument("--seed", type=int, default=0, help="realfake: seed of the fold assignment [default: 0]")
-    add_model_options(p)
+    add_model_options(p, clip_only=True)
     p.add_argument(
         "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
     )
@@ -79,7 +79,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sgid.commands.augment import warn_unused_model_flags
     from sgid.filters import FilterOptions, filter_run
+
+    warn_unused_model_flags(args, "filter")
 
     options = FilterOptions(
         threshold=args.threshold,

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sgid.concepts import Prepared, prepare_pipeline
+from sgid.errors import need
 from sgid.images import load_rgb
 from sgid.models.loading import (
     ModelChoice,
+    ModelLoads,
     ModelRef,
     load_captioner,
     load_scorer,
@@ -115,21 +117,34 @@ def model_fingerprint(name: str, model: Any) -> str:
 
 
 def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> Stages:
+    """Every model the method needs; all that cannot be loaded are reported together, before any work."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    stages = Stages()
+    loads = ModelLoads()
+    blip = clip = text = None
     if method.needs_captions():
-        blip, blip_processor = load_captioner(choice.captioner, device, dtype)
-        stages.captioner = Captioner(blip, blip_processor, config.captions)
-        stages.captioner_id = model_fingerprint(choice.captioner.name, blip)
+        blip = loads.attempt(load_captioner, choice.captioner, device, dtype)
     if method.needs_captions() or method.needs_scorer():
-        clip, clip_processor = load_scorer(choice.scorer, device, dtype)
-        stages.scorer = ClipScorer(clip, clip_processor)
-        stages.scorer_id = model_fingerprint(choice.scorer.name, clip)
+        clip = loads.attempt(load_scorer, choice.scorer, device, dtype)
     if method.needs_text_model():
-        assert choice.text is not None, "--text-model is required"
-        model, tokenizer = load_text_model(choice.text, device, dtype)
-        stages.text = TextGenerator(model, tokenizer)
+        text_ref = need(choice.text, f"--method {method.name} needs --text-model with these options")
+        text = loads.attempt(load_text_model, text_ref, device, dtype)
+    pipes: dict[tuple[ModelRef, str], Any] = {}  # one pipeline per checkpoint
+    for kind in method.generator_kinds:
+        if kind != "retrieval":
+            key = (choice.instruct, "instruct") if kind == "instruct" else (choice.generator, "img2img")
+            if key not in pipes:
+                pipes[key] = loads.attempt(load_sd_pipeline, key[0], key[1], device, dtype, config.safety_checker)
+    loads.check()
+    stages = Stages()
+    if blip is not None:
+        stages.captioner = Captioner(blip[0], blip[1], config.captions)
+        stages.captioner_id = model_fingerprint(choice.captioner.name, blip[0])
+    if clip is not None:
+        stages.scorer = ClipScorer(clip[0], clip[1])
+        stages.scorer_id = model_fingerprint(choice.scorer.name, clip[0])
+    if text is not None:
+        stages.text = TextGenerator(text[0], text[1])
     prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
     for kind in method.generator_kinds:
         if kind == "retrieval":
@@ -138,9 +153,7 @@ def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> S
         ref = choice.instruct if kind == "instruct" else choice.generator
         base_kind = "instruct" if kind == "instruct" else "img2img"
         if (ref, base_kind) not in prepared:
-            prepared[(ref, base_kind)] = prepare(
-                load_sd_pipeline(ref, base_kind, device, dtype, config.safety_checker), config
-            )
+            prepared[(ref, base_kind)] = prepare(pipes[(ref, base_kind)], config)
         base = prepared[(ref, base_kind)]
         stages.concept_tokens = base.tokens or stages.concept_tokens
         stages.generators[kind] = generate_stage(kind, base.pipe, ref.name, config)
