@@ -8,7 +8,6 @@ import inspect
 import io
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -47,7 +46,8 @@ def test_a_long_bar_writes_a_line_now_and_then(monkeypatch, capsys) -> None:
         bar.update(1)
     bar.close()  # and the last state
     lines = capsys.readouterr().err.splitlines()
-    assert [line.split(" [")[0] for line in lines] == ["runs: 1/4 run (25%)", "runs: 3/4 run (75%)", "runs: 3/4 run (75%)"]
+    expected = ["runs: 1/4 run (25%)", "runs: 3/4 run (75%)", "runs: 3/4 run (75%)"]
+    assert [line.split(" [")[0] for line in lines] == expected
     assert "eta" in lines[0]
 
 
