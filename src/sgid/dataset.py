@@ -15,6 +15,19 @@ from pathlib import Path
 
 from sgid.errors import SgidError
 from sgid.images import IMAGE_EXTENSIONS
+from sgid.manifest import MANIFEST, RUN_FILE, default_label
+
+__all__ = [
+    "EMPTY_CLASS",
+    "Listing",
+    "Source",
+    "default_label",
+    "empty_classes_note",
+    "is_run_dir",
+    "read_label_names",
+    "scan",
+    "scan_run",
+]
 
 
 @dataclass(frozen=True)
@@ -52,11 +65,6 @@ def empty_classes_note(root: Path, empty: tuple[str, ...]) -> str:
     return f"{root}: {len(empty)} class folder(s) without images left out: {names}"
 
 
-def default_label(class_name: str) -> str:
-    """Folder name to label text: ``golden_retriever`` -> ``golden retriever``."""
-    return " ".join(class_name.replace("_", " ").split())
-
-
 def read_label_names(path: Path) -> dict[str, str]:
     """Read a label-names file: JSON ``{"folder": "label text"}`` or CSV with two columns (folder, label)."""
     if not path.is_file():
@@ -85,7 +93,7 @@ def read_label_names(path: Path) -> dict[str, str]:
 
 
 def is_run_dir(root: Path) -> bool:
-    return (root / "run.json").is_file() and (root / "metadata.jsonl").is_file()
+    return (root / RUN_FILE).is_file() and (root / MANIFEST).is_file()
 
 
 def scan(root: Path, label_names: dict[str, str] | None = None) -> Listing:
@@ -147,37 +155,27 @@ def _walk_files(folder: Path) -> list[Path]:
 
 def scan_run(root: Path, label_names: dict[str, str] | None = None) -> Listing:
     """The images of an earlier sgid run as sources, with provenance back to their real source images."""
-    rows = []
-    for number, line in enumerate((root / "metadata.jsonl").read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SgidError(f"{root / 'metadata.jsonl'} line {number} is not JSON: {exc}") from None
+    from sgid.manifest import read_run
+
     sources: list[Source] = []
     skipped: list[tuple[str, str]] = []
     labels: dict[str, str] = {}
-    for row in rows:
-        file_name, class_name = row.get("file_name"), row.get("label")
-        if not file_name or not class_name:
-            raise SgidError(f"{root / 'metadata.jsonl'} is not an sgid manifest (rows need file_name and label)")
-        label = (label_names or {}).get(class_name) or row.get("label_text") or default_label(class_name)
-        labels.setdefault(class_name, label)
-        path = root / file_name
+    for row in read_run(root).rows:
+        label = (label_names or {}).get(row.label) or row.label_text
+        labels.setdefault(row.label, label)
+        path = root / row.file_name
         if not path.is_file():
-            skipped.append((file_name, "listed in the earlier run's manifest but missing on disk"))
+            skipped.append((row.file_name, "listed in the earlier run's manifest but missing on disk"))
             continue
-        method = row.get("method") or "unknown"
-        chain = tuple(row.get("chain") or ([] if method == "original" else [method]))
         sources.append(
             Source(
                 path=path.resolve(),
-                relpath=file_name,
-                class_name=class_name,
-                label=labels[class_name],
-                origin=row.get("source"),
-                origin_sha256=row.get("source_sha256"),
-                chain=chain,
+                relpath=row.file_name,
+                class_name=row.label,
+                label=labels[row.label],
+                origin=row.source,
+                origin_sha256=row.source_sha256,
+                chain=row.chain,
             )
         )
     if not sources:

@@ -156,6 +156,15 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--seed", type=int, default=None, help="run seed; every item's seeds derive from it [default: 0]")
     gen.add_argument("--batch-size", type=int, default=None, help="images per UNet call [default: 4]")
 
+    scale = p.add_argument_group("engines (docs/scaling.md): who does the work, never what it makes")
+    scale.add_argument("--engine", default=None, help="local (this process) [default: local]")
+    scale.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="items per unit of work handed to a worker; does not change any output [default: 64]",
+    )
+
     other = p.add_argument_group("other methods (text2img, diverse_caption, instruct_pix2pix, boomerang, retrieval)")
     other.add_argument(
         "--template",

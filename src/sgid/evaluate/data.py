@@ -13,7 +13,6 @@ least one — 001's 10% protocol).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -29,9 +28,7 @@ from sgid.errors import SgidError
 from sgid.evaluate.generated import GeneratedRun, GeneratedSpecs, parse_generated, read_provenance
 from sgid.evaluate.methods import GENERATED
 from sgid.images import ImageError, load_rgb
-from sgid.runstore import MANIFEST, RUN_FILE
-
-ORIGINAL_METHOD = "original"  # rows of metadata.jsonl that are copies of real images
+from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info, recorded_input_dir
 
 
 @dataclass(frozen=True)
@@ -174,27 +171,20 @@ def read_generated(
     index = {name: i for i, name in enumerate(classes)}
     tag = tag or directory.name
     examples: list[Example] = []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for number, row in enumerate(read_run(directory).rows, start=1):
+        if row.is_original:
             continue
-        try:
-            row = json.loads(line)
-            file_name, label = row["file_name"], row["label"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SgidError(f"{manifest}, line {number}: not a metadata row with file_name and label") from None
-        if row.get("method") == ORIGINAL_METHOD:
-            continue
-        if label not in index:
-            raise SgidError(f"{manifest}, line {number}: class {label!r} is not in the training set")
-        path = directory / file_name
+        if row.label not in index:
+            raise SgidError(f"{manifest}, row {number}: class {row.label!r} is not in the training set")
+        path = directory / row.file_name
         if not path.is_file():
-            raise SgidError(f"{manifest}, line {number}: image {file_name} is missing")
+            raise SgidError(f"{manifest}, row {number}: image {row.file_name} is missing")
         examples.append(
             Example(
-                key=f"{tag}:{file_name}",
-                label=index[label],
+                key=f"{tag}:{row.file_name}",
+                label=index[row.label],
                 load=FileImage(path),
-                source=row.get("source"),
+                source=row.source,
                 generated=True,
                 group=group,
             )
@@ -205,11 +195,10 @@ def read_generated(
 def generated_input_dir(directory: Path) -> str | None:
     """The input folder an ``sgid augment`` run was made from (run.json's config.input_dir), if recorded."""
     try:
-        run = json.loads((Path(directory) / RUN_FILE).read_text(encoding="utf-8"))
-        value = run.get("config", {}).get("input_dir")
-    except (OSError, ValueError, AttributeError):
+        input_dir = recorded_input_dir(read_run_info(Path(directory) / RUN_FILE))
+    except SgidError:
         return None
-    return str(value) if value else None
+    return str(input_dir) if input_dir else None
 
 
 def check_links(generated: Sequence[Example], train: Sequence[Example], directory: Path) -> None:

@@ -12,7 +12,6 @@ A name is a method component of ``--methods`` (``sgid``, ``sgid+randaugment``). 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from sgid.errors import SgidError
 from sgid.evaluate.methods import GENERATED, GENERATED_NAME, check_generated_name
-from sgid.runstore import MANIFEST, RUN_FILE
+from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info
 
 TINY_PREFIX = "tiny:"  # model names of the tiny random-weight stand-ins (sgid.models.loading)
 
@@ -93,7 +92,7 @@ def read_provenance(name: str, folder: Path, images: int) -> GeneratedRun:
     info = _run_info(folder)
     config = _dict(info.get("config"))
     models = {str(k): str(v) for k, v in _dict(info.get("models")).items()}
-    method = config.get("method") if isinstance(config.get("method"), str) else _manifest_method(manifest)
+    method = config.get("method") if isinstance(config.get("method"), str) else _manifest_method(folder)
     tiny = config.get("models") == "tiny" or any(v.startswith(TINY_PREFIX) for v in models.values())
     identity = info.get("identity_sha256")
     filtered_from = info.get("filtered_from")
@@ -116,22 +115,17 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def _run_info(folder: Path) -> dict[str, Any]:
     try:
-        data = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_run_info(folder / RUN_FILE)
+    except SgidError:
         return {}
-    return data if isinstance(data, dict) else {}
 
 
-def _manifest_method(manifest: bytes) -> str | None:
-    methods: set[str] = set()
-    for line in manifest.decode("utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("method"), str) and row["method"] != "original":
-            methods.add(row["method"])
-    return ",".join(sorted(methods)) or None
+def _manifest_method(folder: Path) -> str | None:
+    try:
+        rows = read_run(folder).rows
+    except SgidError:
+        return None
+    return ",".join(sorted({r.method for r in rows if "method" in r and not r.is_original})) or None
 
 
 def tiny_warning(runs: Iterable[GeneratedRun | Mapping[str, Any]]) -> str | None:

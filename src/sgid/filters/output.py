@@ -24,9 +24,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from sgid.manifest import MANIFEST, RUN_FILE, dumps
 from sgid.outdir import check_out_dir as check_out
 from sgid.rundir import RunDir
-from sgid.runstore import MANIFEST, RUN_FILE, atomic_write, copy_or_link, dumps
+from sgid.runstore import atomic_write, copy_or_link
 
 DECISIONS = "decisions.jsonl"
 REPORT_JSON = "report.json"
@@ -59,7 +60,7 @@ def write_output(
         rows = []
         for entry in kept:
             copy_or_link(entry.path, staging / entry.file_name)
-            rows.append(dict(entry.row))
+            rows.append(entry.row.to_json())
         _write_lines(staging / MANIFEST, rows)
         _write_lines(staging / DECISIONS, decisions)
         atomic_write(staging / REPORT_JSON, (json.dumps(report, indent=2) + "\n").encode("utf-8"))

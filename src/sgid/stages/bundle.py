@@ -23,6 +23,7 @@ from sgid.models.loading import (
     load_scorer,
     load_sd_pipeline,
     load_text_model,
+    model_id,
     resolve_device,
     resolve_dtype,
 )
@@ -110,54 +111,77 @@ class Stages:
         return str(self.generators[kind].model_id)
 
 
-def model_fingerprint(name: str, model: Any) -> str:
-    """The model's name plus its hub revision when known, so caches never mix two versions of a model."""
-    revision = getattr(getattr(model, "config", None), "_commit_hash", None)
-    return f"{name}@{revision}" if revision else name
+#: What a process may load, each only when the method needs it: ``captioner`` (BLIP), ``scorer`` (CLIP, for
+#: similarities), ``text`` (the language model some methods prepare with), ``generation`` (the generators).
+PARTS = ("captioner", "scorer", "text", "generation")
 
 
-def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> Stages:
-    """Every model the method needs; all that cannot be loaded are reported together, before any work."""
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+def load_stages(
+    config: AugmentConfig,
+    choice: ModelChoice,
+    method: Method,
+    parts: tuple[str, ...] = PARTS,
+    *,
+    device: str | None = None,
+    into: Stages | None = None,
+) -> Stages:
+    """The stages ``method`` needs among ``parts``, on ``device`` (default: the configured one), added to
+    ``into`` when given (a worker loads what each kind of task needs when it first gets one). Every model is
+    tried first: all that cannot be loaded are reported together, before any stage is built."""
+    resolved = resolve_device(device or config.device)
+    dtype = resolve_dtype(config.dtype, resolved)
+    stages = into or Stages()
     loads = ModelLoads()
     blip = clip = text = None
-    if method.needs_captions():
-        blip = loads.attempt(load_captioner, choice.captioner, device, dtype)
-    if method.needs_captions() or method.needs_scorer():
-        clip = loads.attempt(load_scorer, choice.scorer, device, dtype)
-    if method.needs_text_model():
+    if "captioner" in parts and method.needs_captions() and stages.captioner is None:
+        blip = loads.attempt(load_captioner, choice.captioner, resolved, dtype)
+    if "scorer" in parts and (method.needs_captions() or method.needs_scorer()) and stages.scorer is None:
+        clip = loads.attempt(load_scorer, choice.scorer, resolved, dtype)
+    if "text" in parts and method.needs_text_model() and stages.text is None:
         text_ref = need(choice.text, f"--method {method.name} needs --text-model with these options")
-        text = loads.attempt(load_text_model, text_ref, device, dtype)
-    pipes: dict[tuple[ModelRef, str], Any] = {}  # one pipeline per checkpoint
-    for kind in method.generator_kinds:
-        if kind != "retrieval":
-            key = (choice.instruct, "instruct") if kind == "instruct" else (choice.generator, "img2img")
-            if key not in pipes:
-                pipes[key] = loads.attempt(load_sd_pipeline, key[0], key[1], device, dtype, config.safety_checker)
+        text = loads.attempt(load_text_model, text_ref, resolved, dtype)
+    generation = "generation" in parts and not stages.generators
+    if generation:  # the pipelines are cached per process: building the stages below reuses them
+        for ref, base_kind in _checkpoints(choice, method):
+            loads.attempt(load_sd_pipeline, ref, base_kind, resolved, dtype, config.safety_checker)
     loads.check()
-    stages = Stages()
     if blip is not None:
         stages.captioner = Captioner(blip[0], blip[1], config.captions)
-        stages.captioner_id = model_fingerprint(choice.captioner.name, blip[0])
+        stages.captioner_id = model_id(choice.captioner)
     if clip is not None:
         stages.scorer = ClipScorer(clip[0], clip[1])
-        stages.scorer_id = model_fingerprint(choice.scorer.name, clip[0])
+        stages.scorer_id = model_id(choice.scorer)
     if text is not None:
         stages.text = TextGenerator(text[0], text[1])
+    if generation:
+        _load_generators(stages, config, choice, method, resolved, dtype)
+    return stages
+
+
+def _checkpoints(choice: ModelChoice, method: Method) -> list[tuple[ModelRef, str]]:
+    """The (checkpoint, pipeline kind) pairs the method's generators are built on."""
+    kinds = [k for k in method.generator_kinds if k != "retrieval"]
+    pairs = [(choice.instruct, "instruct") if k == "instruct" else (choice.generator, "img2img") for k in kinds]
+    return list(dict.fromkeys(pairs))
+
+
+def _load_generators(
+    stages: Stages, config: AugmentConfig, choice: ModelChoice, method: Method, device: Any, dtype: Any
+) -> None:
     prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
     for kind in method.generator_kinds:
         if kind == "retrieval":
-            stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or choice.scorer.name)
+            stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or model_id(choice.scorer))
             continue
         ref = choice.instruct if kind == "instruct" else choice.generator
         base_kind = "instruct" if kind == "instruct" else "img2img"
         if (ref, base_kind) not in prepared:
-            prepared[(ref, base_kind)] = prepare(pipes[(ref, base_kind)], config)
+            prepared[(ref, base_kind)] = prepare(
+                load_sd_pipeline(ref, base_kind, device, dtype, config.safety_checker), config
+            )
         base = prepared[(ref, base_kind)]
         stages.concept_tokens = base.tokens or stages.concept_tokens
         stages.generators[kind] = generate_stage(kind, base.pipe, ref.name, config)
-    return stages
 
 
 def prepare(pipe: Any, config: AugmentConfig) -> Prepared:
