@@ -76,7 +76,7 @@ from sgid.progress import bar, note, warn
 from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
-from sgid.stages.bundle import PARTS, Stages
+from sgid.stages.bundle import PARTS, Stages, runs_diffusion
 from sgid.stages.caption import Caption
 from sgid.versions import package_versions
 
@@ -255,8 +255,8 @@ class Augmenter:
         seen = RunStore(c.out_dir, {}, store.identity, overwrite=c.overwrite).peek()
         keys = (item_key(s.relpath, k, self.method.name) for s in listing.sources for k in range(c.multiplier))
         items = sum(not seen.is_done(key) for key in keys)
-        if "retrieval" in self.method.generator_kinds:
-            note(f"planned: {items} image(s) to retrieve with {self.method.name}")
+        if not any(runs_diffusion(kind) for kind in self.method.generator_kinds):
+            note(f"planned: {items} image(s) with {self.method.name} (no diffusion model)")
             return
         steps = int(c.steps * c.noise) if "noise" in self.method.options else c.steps
         model = choice.instruct if "instruct" in self.method.generator_kinds else choice.generator
@@ -315,7 +315,7 @@ class Augmenter:
         stages = driver.loaded_stages
         if stages is not None and kind in stages.generators:
             return Geometry(stages.resolution(kind), stages.size_multiple(kind))
-        if kind == "retrieval":
+        if not runs_diffusion(kind):  # retrieved or perturbed: the images' own sizes, no checkpoint to read
             return Geometry(None)
         choice = driver.spec.choice
         return sd_geometry(choice.instruct if kind == "instruct" else choice.generator)
@@ -440,19 +440,20 @@ class Augmenter:
             sources=listing.sources,
             infos=infos,
             labels=listing.labels,
-            prompt_labels={**listing.labels, **(self._concept_tokens(driver) or {})},
+            prompt_labels={**listing.labels, **(self._concept_labels(driver) or {})},
         )
         return replace(context, prepared=self.method.prepare(context, self._services(driver)))
 
-    def _concept_tokens(self, driver: Worker) -> dict[str, str] | None:
+    def _concept_labels(self, driver: Worker) -> dict[str, str] | None:
+        """Class folder -> what SD prompts say instead of the label (a token, or a LoRA's "<token> label")."""
         stages = driver.loaded_stages
         if stages is not None and stages.generators:
-            return stages.concept_tokens
+            return stages.concept_labels or stages.concept_tokens
         if self.config.concepts is None:
             return None
-        from sgid.concepts import load_concepts
+        from sgid.concepts.apply import concept_labels
 
-        return load_concepts(self.config.concepts)
+        return concept_labels(self.config.concepts)
 
     def _services(self, driver: Worker) -> Services:
         stages = driver.loaded_stages or Stages()
