@@ -418,6 +418,7 @@ def _needs_training(d: EvalData, variant: Variant, seed: int, config: EvalConfig
 
 EpochHook = Callable[[int, float, int], None]
 LONG_JOB_SECONDS = 600.0  # an estimate above this says which flags make the evaluation small
+CPU_PASSES_HINT = 1_000_000  # image passes above which a CPU evaluation is called long before it is measured
 
 
 @dataclass
@@ -429,6 +430,7 @@ class WorkPlan:
     description: str
     hints: list[str]
     quiet: bool
+    slow_at_once: bool = False  # known to be long before measuring: a big network or much work on a CPU
     estimated: bool = False
 
     @classmethod
@@ -458,11 +460,16 @@ class WorkPlan:
             hints.append("--seeds 2")
         if config.shots is None and config.fraction is None:
             hints.append("--shots 10")
-        return cls(len(todo), passes, description, hints, config.quiet)
+        big = config.backbone != "small_cnn" or passes > CPU_PASSES_HINT
+        return cls(len(todo), passes, description, hints, config.quiet, slow_at_once=device == "cpu" and big)
 
     def announce(self) -> None:
-        if self.runs:
-            note(f"planned: {self.description}", self.quiet)
+        if not self.runs:
+            return
+        line = f"planned: {self.description}"
+        if self.slow_at_once and self.hints:
+            line += f"; long on a CPU: to make it small, {' '.join(self.hints)}"
+        note(line, self.quiet)
 
     def epoch_done(self, epoch: int, seconds: float, drawn: int) -> None:
         """After the first epoch trained by this call: the time all the planned training should take."""

@@ -214,7 +214,7 @@ def load_stages(
 
 def _checkpoints(choice: ModelChoice, method: Method) -> list[tuple[ModelRef, str]]:
     """The (checkpoint, pipeline kind) pairs the method's generators are built on."""
-    kinds = [k for k in method.generator_kinds if k != "retrieval"]
+    kinds = [k for k in method.generator_kinds if runs_diffusion(k)]
     pairs = [(choice.instruct, "instruct") if k == "instruct" else (choice.generator, "img2img") for k in kinds]
     return list(dict.fromkeys(pairs))
 
