@@ -96,6 +96,28 @@ def test_evaluate_says_what_it_plans_and_measures_an_estimate(tmp_path, capsys) 
     assert "estimate: about " in err and "(measured on its first epoch)" in err
 
 
+def test_resnet50_for_300_epochs_on_a_cpu_says_so_before_training(capsys) -> None:
+    from evaluate_helpers import tiny_data
+    from sgid.evaluate import EvalConfig
+    from sgid.evaluate.api import WorkPlan, train_settings
+
+    data = tiny_data(per_image=0)
+    config = EvalConfig(methods=("baseline", "randaugment"), backbone="resnet50", seeds=5)
+    spec, variants = config.check()
+    settings = {data.name: train_settings(data, spec, config, "cpu")}
+    todo = [(data, v, s) for v in variants for s in range(5)]
+    WorkPlan.of(todo, settings, config, "cpu").announce()
+    line = capsys.readouterr().err
+    assert line.startswith("planned: 10 training run(s) of resnet50, 300 epochs each, 36,000 image passes")
+    assert "long on a CPU: to make it small, --backbone small_cnn --epochs 5 --seeds 2 --shots 10" in line
+    small = EvalConfig(methods=("baseline",), backbone="small_cnn", seeds=1, epochs=2, shots=2)
+    spec, variants = small.check()
+    WorkPlan.of(
+        [(data, variants[0], 0)], {data.name: train_settings(data, spec, small, "cpu")}, small, "cpu"
+    ).announce()
+    assert "to make it small" not in capsys.readouterr().err
+
+
 def test_a_long_evaluation_names_the_flags_that_make_it_small(capsys) -> None:
     from sgid.evaluate.api import WorkPlan
 
