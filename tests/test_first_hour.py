@@ -175,8 +175,7 @@ def _augment_parser() -> argparse.ArgumentParser:
 def test_every_augment_flag_is_a_keyword_of_the_python_api_and_back() -> None:
     dests = {a.dest for a in _augment_parser()._actions if a.dest not in ("help", "input", "out")}
     parameters = set(inspect.signature(sgid.augment).parameters) - {"input_dir", "out_dir", "print_summary"}
-    not_yet_flags = {"workers", "gpus_per_worker", "ray_address"}  # the ray engine's settings: flags come with it
-    assert dests <= parameters and parameters - dests <= not_yet_flags, (dests ^ parameters) - not_yet_flags
+    assert dests == parameters
     for action in _augment_parser()._actions:
         if action.dest in parameters:  # the long flag is the keyword with '-' for '_'
             assert "--" + action.dest.replace("_", "-") in action.option_strings, action.option_strings

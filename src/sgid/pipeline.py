@@ -177,29 +177,20 @@ class Augmenter:
         c = self.config
         started = time.monotonic()
         # 1. Check inputs (no model is loaded before this passes)
-        listing = self._scan()
-        if listing.empty:  # listed in errors.jsonl with the other skipped inputs
-            warn(empty_classes_note(c.input_dir, listing.empty))
-        if c.concepts is not None:
-            _check_concepts(c.concepts, listing.classes)
-        _check_out_dir(c)
-        choice = self._resolve_models()
-        store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
-        store.check()
+        listing, choice, store = self._check()
         finished = self._finished_run(listing, store, started)
         if finished is not None:  # a rerun of a finished run: no model is loaded
             note(f"nothing to do: every image of this run is already in {c.out_dir}", c.quiet)
             return finished
-        engine = ENGINES.get(c.engine)(c)
-        if self._stages is not None and not engine.needs_local_models:
-            raise SgidError(f"--engine {c.engine} loads its own models; stages cannot be handed in")
-        # 2. Load the driver's models, failing before any work when weights are missing
-        driver = self._driver(choice, engine)
-        self._announce(listing, store, choice)  # the models are there: now the long part, said first
-        cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
-        with store.session():
-            engine.start(WorkerSpec(c, choice), driver)
-            try:
+        engine = self._engine()
+        driver = Worker(WorkerSpec(c, choice), self._stages)
+        engine.start(driver.spec, driver)  # joins or starts a cluster; options it cannot meet fail here
+        try:
+            # 2. Load the driver's models, failing before any work when weights are missing
+            self._load(driver, engine)
+            self._announce(listing, store, choice)  # the models are there: now the long part, said first
+            cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
+            with store.session():
                 done_before = len(store.rows)
                 store.input_errors = [ErrorRow(rel, None, why) for rel, why in listing.skipped]
                 # 3. Plan: lay out every item, read and caption what the work needs, plan it
@@ -214,14 +205,14 @@ class Augmenter:
                 work = self._score_chosen_captions(work, engine, driver, cache)
                 # 4. Execute and write: the engine runs the shards, the writer commits what comes back
                 generated = self._generate(layout, work, engine, store)
-            finally:
-                engine.close()
-            if c.include_originals:
-                self._write_originals(listing, infos, store)
-            store.write_manifests()
-            failed = len(store.input_errors) + len(store.output_errors)
-            total = len(store.rows)
-        cache.close()
+                if c.include_originals:
+                    self._write_originals(listing, infos, store)
+                store.write_manifests()
+                failed = len(store.input_errors) + len(store.output_errors)
+                total = len(store.rows)
+            cache.close()
+        finally:
+            engine.close()
         return RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
 
     def _finished_run(self, listing: Listing, store: RunStore, started: float) -> RunSummary | None:
@@ -271,6 +262,26 @@ class Augmenter:
             )
         note(line)
 
+    def _check(self) -> tuple[Listing, ModelChoice, RunStore]:
+        """The input listing, the models to use and OUT's store, all checked without loading a model."""
+        c = self.config
+        listing = self._scan()
+        if listing.empty:  # listed in errors.jsonl with the other skipped inputs
+            warn(empty_classes_note(c.input_dir, listing.empty))
+        if c.concepts is not None:
+            _check_concepts(c.concepts, listing.classes)
+        _check_out_dir(c)
+        choice = self._resolve_models()
+        store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
+        store.check()
+        return listing, choice, store
+
+    def _engine(self) -> Engine:
+        engine = ENGINES.get(self.config.engine)(self.config)
+        if self._stages is not None and not engine.needs_local_models:
+            raise SgidError(f"--engine {self.config.engine} loads its own models; stages cannot be handed in")
+        return engine
+
     def _scan(self) -> Listing:
         c = self.config
         names = read_label_names(c.label_names) if c.label_names else None
@@ -289,16 +300,14 @@ class Augmenter:
             sd_config=c.sd_config,
         )
 
-    def _driver(self, choice: ModelChoice, engine: Engine) -> Worker:
-        """The driver's worker: every model for the local engine; only what ``prepare`` uses otherwise."""
-        driver = Worker(WorkerSpec(self.config, choice), self._stages)
+    def _load(self, driver: Worker, engine: Engine) -> None:
+        """The driver's models: every one for the local engine; only what ``prepare`` uses otherwise."""
         if engine.needs_local_models:
             driver.stages(*PARTS)
         else:
             driver.stages(*(["text"] + (["scorer"] if self.method.needs_scorer() else [])))
-        if is_tiny(choice):
+        if is_tiny(driver.spec.choice):
             note(TINY_WARNING, self.config.quiet)
-        return driver
 
     def _run_info(self, choice: ModelChoice) -> dict[str, Any]:
         return {

@@ -159,7 +159,24 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--batch-size", type=int, default=None, help="images per UNet call [default: 4]")
 
     scale = p.add_argument_group("engines (docs/scaling.md): who does the work, never what it makes")
-    scale.add_argument("--engine", default=None, help="local (this process) [default: local]")
+    scale.add_argument(
+        "--engine", default=None, help="local (this process) or ray (a local Ray, or --ray-address) [default: local]"
+    )
+    scale.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="ray: workers, each loading the models once [default: 1 per GPU, or 1]",
+    )
+    scale.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="ray: GPUs per worker; 0.5 puts two workers on a GPU [default: 1 where there are GPUs, else 0]",
+    )
+    scale.add_argument(
+        "--ray-address", default=None, help="ray: join this cluster (e.g. auto, or HOST:6379) instead of a local Ray"
+    )
     scale.add_argument(
         "--shard-size",
         type=int,

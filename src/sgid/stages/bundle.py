@@ -185,6 +185,11 @@ def load_stages(
     resolved = resolve_device(device or config.device)
     dtype = resolve_dtype(config.dtype, resolved)
     stages = into or Stages()
+    # the names manifests and caches record, known without loading (a worker may never load these models)
+    if method.needs_captions():
+        stages.captioner_id = stages.captioner_id or model_id(choice.captioner)
+    if method.needs_captions() or method.needs_scorer():
+        stages.scorer_id = stages.scorer_id or model_id(choice.scorer)
     loads = ModelLoads()
     blip = clip = text = None
     if "captioner" in parts and method.needs_captions() and stages.captioner is None:
@@ -201,10 +206,8 @@ def load_stages(
     loads.check()
     if blip is not None:
         stages.captioner = Captioner(blip[0], blip[1], config.captions)
-        stages.captioner_id = model_id(choice.captioner)
     if clip is not None:
         stages.scorer = ClipScorer(clip[0], clip[1])
-        stages.scorer_id = model_id(choice.scorer)
     if text is not None:
         stages.text = TextGenerator(text[0], text[1])
     if generation:
