@@ -97,7 +97,15 @@ def test_negative_f_is_clamped_recorded_and_applied(
     monkeypatch.setattr(GenerateStage, "__call__", spy)
     source = make_image_folder(tmp_path / "in", {"a": 2, "b": 2})
     options = {**FAST, "quiet": False}
-    augment(source, tmp_path / "out", caption_batch_size=1, caption_cache=False, cache_dir=cache_dir, **options)
+    summary = augment(
+        source,
+        tmp_path / "out",
+        caption_batch_size=1,
+        caption_cache=False,
+        cache_dir=cache_dir,
+        print_summary=True,
+        **options,
+    )
     rows = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
     by_similarity = {row["similarity"]: row for row in rows}
     assert sorted(by_similarity) == [0.2, 0.3, 0.9, 0.95]
@@ -108,7 +116,10 @@ def test_negative_f_is_clamped_recorded_and_applied(
     assert by_similarity[0.9]["guidance_scale"] == 0.0 and by_similarity[0.9]["guidance_raw"] < 0
     assert sorted(applied) == sorted(row["guidance_scale"] for row in rows)  # what generation used
     err = capsys.readouterr().err
-    line = next(x for x in err.splitlines() if x.startswith("guidance g = f(s*) used"))
+    lines = err.splitlines()
+    line = next(x for x in lines if x.startswith("guidance g = f(s*) used"))
+    assert lines.index(line) == lines.index(summary.line()) + 1  # printed after the summary, as part of it
+    assert summary.notes == (line,)
     assert line == (
         "guidance g = f(s*) used: 0.000 to 1.240 over 4 images (2 clamped to the floor 0; lowest f(s*) -0.710)"
     )

@@ -95,7 +95,7 @@ def test_code_like_labels() -> None:
     assert code_like_labels(labels) == ["7", "class 001", "cls-3", "n01440764"]
     warning = label_code_warning(labels)
     assert warning is not None and "\n" not in warning
-    assert warning.startswith("warning: 4 of 8 label texts look like codes ('7', 'class 001', 'cls-3', …)")
+    assert warning.startswith("4 of 8 label texts look like codes ('7', 'class 001', 'cls-3', …)")
     assert "--label-names" in warning
     assert label_code_warning({"a": "pink primrose"}) is None
 
@@ -109,7 +109,7 @@ def test_augment_warns_once_about_code_labels(tmp_path: Path, cache_dir: Path, c
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "look like codes" in line]
     assert warnings == [
-        "warning: 2 of 2 label texts look like codes ('class 001', 'n01440764'), so prompts read "
+        "sgid: warning: 2 of 2 label texts look like codes ('class 001', 'n01440764'), so prompts read "
         "'A picture of a class 001'; give the real names with --label-names FILE "
         '(CSV \'folder,label\' or JSON {"folder": "label"})'
     ]

@@ -270,7 +270,7 @@ def solid(colour: tuple[int, int, int]) -> Image.Image:
 
 
 def test_retrieval_returns_planted_images_and_drops_planted_duplicates(tmp_path: Path, cache_dir: Path) -> None:
-    from sgid.stages.bundle import RetrievalStage, Stages
+    from sgid.stages.bundle import Stages
 
     train, pool = tmp_path / "train", tmp_path / "pool"
     for folder, name, colour in [("red", "r0", (250, 0, 0)), ("red", "r1", (240, 10, 0)), ("green", "g0", (0, 250, 0))]:
@@ -286,11 +286,7 @@ def test_retrieval_returns_planted_images_and_drops_planted_duplicates(tmp_path:
     }
     for name, colour in planted.items():
         solid(colour).save(pool / name)
-    stages = Stages(
-        scorer=ColourScorer(),
-        scorer_id="colour",  # type: ignore[arg-type]
-        generators={"retrieval": RetrievalStage(model_id="colour")},
-    )
+    stages = Stages(scorer=ColourScorer(), scorer_id="colour")  # type: ignore[arg-type]
     config = AugmentConfig.build(
         train, tmp_path / "out", method="retrieval", pool=pool, quiet=True, cache_dir=cache_dir, caption_cache=False
     )
@@ -310,7 +306,7 @@ def test_retrieval_returns_planted_images_and_drops_planted_duplicates(tmp_path:
 
 def test_retrieval_exclude_drops_pool_images_near_the_test_set(tmp_path: Path, cache_dir: Path) -> None:
     """--exclude DIR (issue 10, point 6): a pool image that near-duplicates a test image is never retrieved."""
-    from sgid.stages.bundle import RetrievalStage, Stages
+    from sgid.stages.bundle import Stages
 
     train, pool, test = tmp_path / "train", tmp_path / "pool", tmp_path / "test"
     for folder, name, colour in [("red", "r0", (250, 0, 0)), ("green", "g0", (0, 250, 0))]:
@@ -325,7 +321,7 @@ def test_retrieval_exclude_drops_pool_images_near_the_test_set(tmp_path: Path, c
         "teal.png": (0, 150, 150),
     }.items():
         solid(colour).save(pool / name)
-    stages = Stages(scorer=ColourScorer(), scorer_id="colour", generators={"retrieval": RetrievalStage("colour")})  # type: ignore[arg-type]
+    stages = Stages(scorer=ColourScorer(), scorer_id="colour")  # type: ignore[arg-type]
     options = {"method": "retrieval", "pool": pool, "quiet": True, "cache_dir": cache_dir, "caption_cache": False}
     Augmenter(AugmentConfig.build(train, tmp_path / "open", **options), stages=stages).run()
     assert {r["source"]: r["pool_path"] for r in rows(tmp_path / "open")}["green/g0.png"] == "greenish.png"

@@ -80,13 +80,14 @@ def code_like_labels(labels: dict[str, str]) -> list[str]:
 
 
 def label_code_warning(labels: dict[str, str], template: str = "A picture of a {label}") -> str | None:
-    """One line warning that label texts look like codes (they go into prompts, filters and the zero-shot row)."""
+    """One line warning (printed by ``sgid.progress.warn``) that label texts look like codes (they go into
+    prompts, filters and the zero-shot row)."""
     codes = code_like_labels(labels)
     if not codes:
         return None
     examples = ", ".join(repr(code) for code in codes[:3]) + (", …" if len(codes) > 3 else "")
     return (
-        f"warning: {len(codes)} of {len(labels)} label texts look like codes ({examples}), so prompts read "
+        f"{len(codes)} of {len(labels)} label texts look like codes ({examples}), so prompts read "
         f"{template.replace('{label}', codes[0])!r}; give the real names with --label-names FILE "
         f'(CSV \'folder,label\' or JSON {{"folder": "label"}})'
     )

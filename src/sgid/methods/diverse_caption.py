@@ -26,6 +26,7 @@ SUMMARY_PROMPT = "Photos of a {label}: {captions}. In a few words, the setting o
 @METHODS.register("diverse_caption")
 class DiverseCaptionMethod(SgidMethod):
     name = "diverse_caption"
+    options = (*SgidMethod.options, "summarize", "text_model", "sentences")
 
     def needs_captions(self) -> bool:
         return True
@@ -39,10 +40,7 @@ class DiverseCaptionMethod(SgidMethod):
     def check(self) -> None:
         super().check()
         if self.config.summarize and self.config.text_model is None:
-            raise SgidError(
-                "--summarize needs --text-model MODEL (a local causal language model: hub id or folder) to "
-                "summarise each label's captions"
-            )
+            raise SgidError("--summarize needs --text-model (the language model that writes the descriptions)")
 
     def variant(self) -> str:
         """``summarised``: each label's captions summarised by a language model (ALIA, the paper's
