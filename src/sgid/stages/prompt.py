@@ -84,9 +84,13 @@ class PromptEncoder:
     encoder's last hidden state.
     """
 
-    def __init__(self, tokenizer, text_encoder, weighting: str = "literal") -> None:
+    def __init__(self, tokenizer, text_encoder, weighting: str = "literal", *, hidden_layer: int | None = None) -> None:
+        """``weighting``: how (w_l, w_c) act on the encoding (:data:`WEIGHTINGS`). ``hidden_layer``: the hidden
+        state that encodes a prompt (None: the encoder's output, as SD 1.x/2.x use; -2: the penultimate layer,
+        as SDXL does)."""
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.hidden_layer = hidden_layer
         self.weighting = weighting
         self._apply = WEIGHTINGS.get(weighting)
         self._compel: Any = None
@@ -95,8 +99,7 @@ class PromptEncoder:
     def device(self) -> torch.device:
         return next(self.text_encoder.parameters()).device
 
-    @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+    def _run(self, texts: list[str]) -> Any:
         tokens = self.tokenizer(
             texts,
             padding="max_length",
@@ -107,8 +110,20 @@ class PromptEncoder:
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(self.device)
-        embeds = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        hidden = self.hidden_layer is not None
+        return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=hidden)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        output = self._run(texts)
+        embeds = output[0] if self.hidden_layer is None else output.hidden_states[self.hidden_layer]
         return embeds.to(dtype=self.text_encoder.dtype)
+
+    @torch.no_grad()
+    def pooled_texts(self, texts: list[str]) -> torch.Tensor:
+        """(B, P): the encoder's pooled, projected output for the unweighted texts (``text_embeds`` of a
+        ``CLIPTextModelWithProjection``: SDXL's second encoder)."""
+        return self._run(texts)[0].to(dtype=self.text_encoder.dtype)
 
     def token_weights(self, prompt: Prompt, label_weight: float, caption_weight: float) -> torch.Tensor:
         """Per-token weights (length ``model_max_length``): w_l on label tokens, w_c on caption tokens, else 1."""
@@ -142,9 +157,20 @@ class PromptEncoder:
         """compel's embeddings provider over this tokenizer and text encoder (built once)."""
         if self._compel is None:
             embeddings_provider = require("compel.embeddings_provider", "weighting")
+            returned = embeddings_provider.ReturnedEmbeddingsType
+            layers = {
+                None: returned.LAST_HIDDEN_STATES_NORMALIZED,
+                -2: returned.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            }
+            if self.hidden_layer not in layers:
+                raise SgidError(f"--weighting compel reads the last or the penultimate layer, not {self.hidden_layer}")
             dtype = self.text_encoder.dtype
             self._compel = embeddings_provider.EmbeddingsProvider(
-                self.tokenizer, self.text_encoder, dtype_for_device_getter=lambda _device: dtype, device=self.device
+                self.tokenizer,
+                self.text_encoder,
+                dtype_for_device_getter=lambda _device: dtype,
+                device=self.device,
+                returned_embeddings_type=layers[self.hidden_layer],
             )
         return self._compel
 
