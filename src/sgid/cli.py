@@ -7,9 +7,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from sgid import __version__
+from sgid import __version__, interrupt
 from sgid.commands import command_modules
-from sgid.errors import SgidError
+from sgid.errors import DISK_FULL, SgidError, is_disk_full
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -32,11 +32,24 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 2 a problem the user can fix (one line), 1 no space left to write
+    (one line; rerun to resume), 130/143 stopped by SIGINT/SIGTERM (one line; rerun to resume)."""
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.run(args) or 0)
+        with interrupt.handlers():
+            args = build_parser().parse_args(argv)
+            return int(args.run(args) or 0)
     except SgidError as exc:
         print(f"sgid: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        # a store that knows what it kept says so itself (DiskFullError); anything else writes whole files only
+        where = f" on {exc.filename}" if exc.filename else ""
+        print(f"sgid: error: no space left{where} ({DISK_FULL.get(exc.errno or 0)}); rerun to resume", file=sys.stderr)
+        return 1
+    except interrupt.Interrupted as exc:
+        print(f"sgid: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sgid: interrupted; rerun the same command to resume", file=sys.stderr)

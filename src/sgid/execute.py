@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from sgid import interrupt
 from sgid.config import AugmentConfig
 from sgid.errors import SgidError
 from sgid.images import ImageError, LoadedImage, load_rgb, png_bytes, resize
@@ -131,6 +132,8 @@ class Worker:
             pixels = reader.submit(self._pixels, batches[0]) if batches else None
             finishing: collections.deque[Future[list[ItemResult]]] = collections.deque()
             for number, batch in enumerate(batches):
+                if interrupt.stop_requested():
+                    break  # in the driver only (sgid.interrupt): finish the batches in flight, start no other
                 assert pixels is not None
                 ready = pixels.result()
                 if number + 1 < len(batches):

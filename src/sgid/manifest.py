@@ -36,8 +36,36 @@ ORIGINAL = "original"  # the method name of rows that are copies of real images 
 
 
 def dumps(row: Mapping[str, Any]) -> str:
-    """One JSON line as sgid writes it (UTF-8 text, no NaN)."""
-    return json.dumps(dict(row), ensure_ascii=False, allow_nan=False)
+    """One JSON line as sgid writes it (UTF-8 text, no NaN).
+
+    A path that is not valid UTF-8 (possible on Linux) reaches Python as text with lone surrogates
+    (``os.fsdecode``'s surrogateescape); such a line is written with ``\\u`` escapes instead, which is valid
+    JSON and valid UTF-8, and reads back (``json.loads``) as the same text, which ``os.fsencode`` turns back
+    into the original bytes:
+
+    >>> import os
+    >>> name = os.fsdecode(b"cat/\\xff.png")  # what os.listdir gives for a name with the byte 0xff
+    >>> dumps({"source": name})
+    '{"source": "cat/\\\\udcff.png"}'
+    >>> os.fsencode(json.loads(dumps({"source": name}))["source"])
+    b'cat/\\xff.png'
+    """
+    data = dict(row)
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` for data sgid did not write: any failure (not JSON, not UTF-8, nested too deeply) is a
+    ``ValueError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def default_label(class_name: str) -> str:

@@ -25,14 +25,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sgid import __version__
+from sgid import __version__, interrupt
 from sgid.cache import Cache, cache_key
 from sgid.config import AugmentConfig
 from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
 from sgid.engines import ENGINES, Engine
-from sgid.errors import SgidError
+from sgid.errors import SgidError, disk_full_is_one_line
 from sgid.execute import ItemResult, Worker, WorkerSpec
 from sgid.images import ImageError, LoadedImage, load_rgb, probe_size
+from sgid.interrupt import Interrupted, signal_name
 from sgid.manifest import ErrorRow
 from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
 from sgid.models.loading import (
@@ -61,7 +62,7 @@ from sgid.plan import (
     shards_of,
     target_size,
 )
-from sgid.progress import bar, note, warn
+from sgid.progress import bar, counted, note, warn
 from sgid.runstore import RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
@@ -125,48 +126,72 @@ class Augmenter:
     def run(self) -> RunSummary:
         c = self.config
         started = time.monotonic()
-        # 1. Check inputs (no model is loaded before this passes)
-        listing = self._scan()
-        if listing.empty:  # listed in errors.jsonl with the other skipped inputs
-            warn(empty_classes_note(c.input_dir, listing.empty))
-        _check_out_dir(c)
-        choice = self._resolve_models()
-        store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
-        store.check()
-        engine = ENGINES.get(c.engine)(c)
-        if self._stages is not None and not engine.needs_local_models:
-            raise SgidError(f"--engine {c.engine} loads its own models; stages cannot be handed in")
-        # 2. Load the driver's models, failing before any work when weights are missing
-        driver = self._driver(choice, engine)
-        cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
-        with store.session():
-            engine.start(WorkerSpec(c, choice), driver)
+        with interrupt.graceful():  # a first SIGTERM/SIGINT stops at the next clean point (sgid.interrupt)
+            # 1. Check inputs (no model is loaded before this passes)
+            listing = self._scan()
+            if listing.empty:  # listed in errors.jsonl with the other skipped inputs
+                warn(empty_classes_note(c.input_dir, listing.empty))
+            _check_out_dir(c)
+            choice = self._resolve_models()
+            store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
+            store.check()
+            engine = ENGINES.get(c.engine)(c)
+            if self._stages is not None and not engine.needs_local_models:
+                raise SgidError(f"--engine {c.engine} loads its own models; stages cannot be handed in")
+            # 2. Load the driver's models, failing before any work when weights are missing
+            driver = self._driver(choice, engine)
+            interrupt.check()
+            cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
             try:
-                done_before = len(store.rows)
-                store.input_errors = [ErrorRow(rel, None, why) for rel, why in listing.skipped]
-                # 3. Plan: lay out every item, read and caption what the work needs, plan it
-                layout, sizes_errors = self._lay_out(listing, driver, engine.workers)
-                store.input_errors += sizes_errors
-                needed = self._sources_needed(layout, store)
-                infos, read_errors = self._read_and_caption(listing, layout, needed, engine, driver, cache)
-                store.input_errors += read_errors
-                context = self._context(listing, infos, driver)
-                store.input_errors += context.prepared.get("notes", [])
-                work = self._plan_work(layout, context, store)
-                work = self._score_chosen_captions(work, engine, driver, cache)
-                # 4. Execute and write: the engine runs the shards, the writer commits what comes back
-                generated = self._generate(layout, work, engine, store)
+                with disk_full_is_one_line(c.out_dir, lambda: counted(len(store.rows), "image", "images") + " kept"):
+                    done_before, generated = self._run_in(store, listing, engine, driver, cache)
             finally:
-                engine.close()
-            if c.include_originals:
-                self._write_originals(listing, infos, store)
-            store.write_manifests()
-            failed = len(store.input_errors) + len(store.output_errors)
-            total = len(store.rows)
-        cache.close()
-        summary = RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
+                cache.close()
+        failed = len(store.input_errors) + len(store.output_errors)
+        summary = RunSummary(c.out_dir, generated, done_before, failed, len(store.rows), time.monotonic() - started)
         note(summary.line(), c.quiet)
         return summary
+
+    def _run_in(
+        self, store: RunStore, listing: Listing, engine: Engine, driver: Worker, cache: Cache
+    ) -> tuple[int, int]:
+        """Plan, execute and write with OUT open; (images done before, images made now). Whatever stops the
+        run (a signal, a full disk, an error), the finished images are committed and the manifests written."""
+        c = self.config
+        with store.session():
+            done_before = len(store.rows)
+            try:
+                engine.start(WorkerSpec(c, driver.spec.choice), driver)
+                try:
+                    store.input_errors = [ErrorRow(rel, None, why) for rel, why in listing.skipped]
+                    # 3. Plan: lay out every item, read and caption what the work needs, plan it
+                    layout, sizes_errors = self._lay_out(listing, driver, engine.workers)
+                    store.input_errors += sizes_errors
+                    needed = self._sources_needed(layout, store)
+                    infos, read_errors = self._read_and_caption(listing, layout, needed, engine, driver, cache)
+                    store.input_errors += read_errors
+                    context = self._context(listing, infos, driver)
+                    store.input_errors += context.prepared.get("notes", [])
+                    work = self._plan_work(layout, context, store)
+                    work = self._score_chosen_captions(work, engine, driver, cache)
+                    # 4. Execute and write: the engine runs the shards, the writer commits what comes back
+                    generated = self._generate(layout, work, engine, store)
+                    interrupt.check()  # the engine stopped early: say so (what it finished is committed)
+                finally:
+                    engine.close()
+                if c.include_originals:
+                    self._write_originals(listing, infos, store)
+            except Interrupted as exc:
+                _write_manifests_after_failure(store)
+                kept = counted(len(store.rows), "image", "images")
+                stopped = f"stopped by {signal_name(exc.signum)}"
+                resume = f"{stopped}; {kept} kept in {c.out_dir}, rerun the same command to resume"
+                raise Interrupted(exc.signum, resume) from None
+            except BaseException:
+                _write_manifests_after_failure(store)
+                raise
+            store.write_manifests()
+        return done_before, generated
 
     def _scan(self) -> Listing:
         c = self.config
@@ -225,6 +250,7 @@ class Augmenter:
         errors: list[ErrorRow] = []
         geometries: dict[str, Geometry] = {}
         for source in listing.sources:
+            interrupt.check()
             try:
                 size = probe_size(source.path, max_pixels=c.max_pixels, min_side=c.min_side)
             except ImageError as exc:
@@ -279,6 +305,7 @@ class Augmenter:
         for number, group in enumerate(
             caption_groups(listing.sources, c.caption_batch_size, lambda s: s.relpath in needed)
         ):
+            interrupt.check()
             # a caption group is captioned whole, so its members never depend on what is done
             members = [s for s in group if s.relpath in (measured if captioning else needed)]
             loaded: list[tuple[Source, LoadedImage]] = []
@@ -313,6 +340,7 @@ class Augmenter:
 
             engine.run(tasks, receive)
             progress.close()
+            interrupt.check()
         for relpath, found in captions.items():
             infos[relpath] = replace(infos[relpath], captions=found)
         return infos, errors
@@ -360,6 +388,7 @@ class Augmenter:
         c = self.config
         work: dict[int, Batch] = {}
         for number, batch in enumerate(layout.batches):
+            interrupt.check()
             if all(store.is_done(s.key) or s.source.relpath not in context.infos for s in batch):
                 continue
             items: list[WorkItem] = []
@@ -417,6 +446,7 @@ class Augmenter:
             tasks = [ScoreTask(n, tuple(chunk)) for n, chunk in enumerate(chunks(requests, SCORE_TASK_SIZE))]
             engine.run(tasks, receive)
             progress.close()
+            interrupt.check()
         batches = {number: list(batch.items) for number, batch in work.items()}
         for (number, i, item), key in zip(unscored, keys, strict=True):
             batches[number][i] = replace(item, sample=self.method.finalize(item.sample, float(known[key])))
@@ -509,6 +539,15 @@ class Committer:
             store.commit_image(result.key, result.row, result.png)
             self.made += 1
         self.progress.update(1)
+
+
+def _write_manifests_after_failure(store: RunStore) -> None:
+    """Write the manifests of what is finished, when the run stops early; if even that fails (a full disk),
+    the journal still has everything and the next run writes them."""
+    try:
+        store.write_manifests()
+    except OSError:
+        pass
 
 
 def _captions(cached: list[list[Any]]) -> tuple[Caption, ...]:

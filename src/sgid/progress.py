@@ -28,3 +28,8 @@ def note(message: str, quiet: bool = False) -> None:
 def warn(message: str) -> None:
     """Something the user should know before trusting the result: one line on stderr, even with --quiet."""
     print(f"sgid: warning: {message}", file=sys.stderr, flush=True)
+
+
+def counted(number: int, one: str, many: str) -> str:
+    """``1 image``, ``2 images``: a count with the right noun."""
+    return f"{number} {one if number == 1 else many}"

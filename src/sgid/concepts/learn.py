@@ -19,11 +19,11 @@ from typing import Any
 
 from sgid import __version__
 from sgid.concepts.data import ConceptImages
-from sgid.concepts.store import ConceptsDir
+from sgid.concepts.store import ConceptsDir, finished_classes
 from sgid.concepts.tokens import choose_init_token, concept_tokens
 from sgid.concepts.trainer import ConceptTrainer, DiffusionParts, TrainSettings
 from sgid.dataset import Listing, empty_classes_note, read_label_names, scan
-from sgid.errors import SgidError
+from sgid.errors import SgidError, disk_full_is_one_line
 from sgid.images import ImageError, LoadedImage, load_rgb
 from sgid.models.loading import (
     TINY_WARNING,
@@ -35,7 +35,7 @@ from sgid.models.loading import (
     resolve_models,
 )
 from sgid.outdir import check_out_dir
-from sgid.progress import bar, note, warn
+from sgid.progress import bar, counted, note, warn
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,8 @@ def learn_concepts(
     }
     # 3. Learn each class, skipping finished ones and resuming from checkpoints
     trained = already_done = failed = 0
-    with store.session(info):
+    kept = lambda: counted(finished_classes(store.path), "finished class", "finished classes") + " kept"  # noqa: E731
+    with disk_full_is_one_line(store.path, kept), store.session(info):
         for class_name in chosen:
             if store.is_done(class_name):
                 already_done += 1

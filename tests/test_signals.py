@@ -1,0 +1,130 @@
+"""SIGTERM and SIGINT stop ``sgid augment`` at a clean point (docs/reliability.md, "Signals").
+
+The first signal lets the batch in flight finish; every finished image is committed, the manifests are written, the
+lock is released, and the command exits with 128 + the signal (143, 130) and a line saying how to resume. A second
+signal exits at once. Rerunning the same command ends byte for byte as a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import make_image_folder
+from hostile import (
+    AUGMENT,
+    assert_consistent,
+    cli_options,
+    journal_rows,
+    outputs,
+    run_sgid,
+    start_sgid,
+    temporaries,
+    wait_for,
+)
+from sgid import interrupt
+from sgid.interrupt import Interrupted
+from sgid.pipeline import augment
+from sgid.stages.bundle import Stages
+
+
+@pytest.fixture(scope="module")
+def signal_case(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, Path]:
+    """(input folder, its uninterrupted run): 2 classes x 3 images, 12 images to make in 6 batches."""
+    root = tmp_path_factory.mktemp("signals")
+    source = make_image_folder(root / "in", {"a": 3, "b": 3}, size=(32, 24))
+    augment(source, root / "reference", cache_dir=cache_dir, **AUGMENT)
+    return source, root / "reference"
+
+
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)]
+)
+def test_a_signal_keeps_every_finished_image_and_the_rerun_is_identical(
+    signal_case: tuple[Path, Path], cache_dir: Path, tmp_path: Path, signum: int, code: int
+) -> None:
+    source, reference = signal_case
+    out = tmp_path / "out"
+    process = start_sgid("augment", source, "--out", out, *cli_options(AUGMENT), cache_dir=cache_dir)
+    wait_for(process, lambda: journal_rows(out) >= 1)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == code, stderr.decode()
+    last = stderr.decode().strip().splitlines()[-1]
+    name = signal.Signals(signum).name
+    match = re.fullmatch(rf"sgid: stopped by {name}; (\d+) images? kept in \S+, rerun the same command to resume", last)
+    assert match, last
+    kept = assert_consistent(out)  # manifests written, lock released, no temporary or half-written file
+    assert kept == int(match.group(1)) and 1 <= kept < 12
+    summary = augment(source, out, cache_dir=cache_dir, **AUGMENT)
+    assert (summary.already_done, summary.generated) == (kept, 12 - kept)
+    assert outputs(out) == outputs(reference)
+
+
+def test_a_second_signal_exits_at_once(signal_case: tuple[Path, Path], cache_dir: Path, tmp_path: Path) -> None:
+    """Long batches (100 steps, 4 images), so the second signal lands while the first waits for one to finish."""
+    source, _ = signal_case
+    out = tmp_path / "out"
+    slow = {**AUGMENT, "steps": 100, "noise": 1.0, "batch_size": 4}
+    process = start_sgid("augment", source, "--out", out, *cli_options(slow), cache_dir=cache_dir)
+    wait_for(process, lambda: journal_rows(out) >= 1)
+    process.send_signal(signal.SIGTERM)
+    assert process.stderr is not None
+    first = process.stderr.readline().decode()
+    assert "SIGTERM received: finishing the batch in flight" in first
+    process.send_signal(signal.SIGTERM)
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 143
+    assert "second SIGTERM: stopped at once" in stderr and "images kept" not in stderr
+    assert temporaries(out) == []
+    code, stderr = run_sgid("augment", source, "--out", out, *cli_options(slow), cache_dir=cache_dir)
+    assert code == 0, stderr
+    assert assert_consistent(out) == 12
+
+
+def test_the_python_api_stops_cleanly_and_restores_the_handlers(
+    signal_case: tuple[Path, Path], cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sgid.augment`` in a script: a stop asked for while the second batch is generated ends the run after it."""
+    source, reference = signal_case
+    generate, calls = Stages.generate, []
+
+    def generate_then_stop(stages: Stages, *args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            interrupt.request_stop(signal.SIGINT)
+        return generate(stages, *args)
+
+    monkeypatch.setattr(Stages, "generate", generate_then_stop)
+    out = tmp_path / "out"
+    with pytest.raises(Interrupted) as stopped:
+        augment(source, out, cache_dir=cache_dir, **AUGMENT)
+    assert stopped.value.exit_code == 130 and "4 images kept" in str(stopped.value)
+    assert assert_consistent(out) == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    monkeypatch.undo()
+    augment(source, out, cache_dir=cache_dir, **AUGMENT)
+    assert outputs(out) == outputs(reference)
+
+
+def test_a_stop_while_planning_writes_nothing_it_did_not_finish(
+    signal_case: tuple[Path, Path], cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sgid.pipeline
+
+    source, _ = signal_case
+    real = sgid.pipeline.probe_size
+
+    def probe_then_stop(*args: object, **kwargs: object) -> tuple[int, int]:
+        interrupt.request_stop()
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sgid.pipeline, "probe_size", probe_then_stop)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM; 0 images kept"):
+        augment(source, tmp_path / "out", cache_dir=cache_dir, **AUGMENT)
+    assert assert_consistent(tmp_path / "out") == 0
