@@ -94,6 +94,7 @@ class AugmentConfig:
     concepts: Path | None = None  # learned textual-inversion concepts (sgid learn-concepts)
     lora: str | None = None  # LoRA weights for the Stable Diffusion UNet/text encoder
     lora_scale: float = 1.0
+    perturb_probability: float = 1.0  # randaugment/random_erasing/cutmix: chance each image is perturbed
     # execution
     batch_size: int = 4
     cache_dir: Path | None = None
@@ -135,6 +136,7 @@ class AugmentConfig:
             raise SgidError(f"--label-template must contain {{label}}: {self.label_template!r}")
         _check(self.sentences, "--sentences", lambda v: v >= 1, "must be >= 1")
         _check(self.image_guidance, "--image-guidance", lambda v: v >= 0, "must be >= 0")
+        _check(self.perturb_probability, "--perturb-probability", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
         _check(self.duplicate_threshold, "--duplicate-threshold", lambda v: -1 <= v <= 1, "must be in [-1, 1]")
         _choice(self.boomerang_prompt, "--boomerang-prompt", ("empty", "label"))
         _choice(self.retrieval_query, "--retrieval-query", ("text", "image", "both"))

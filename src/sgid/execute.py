@@ -31,7 +31,7 @@ from sgid.methods import METHODS, Method
 from sgid.models.loading import ModelChoice
 from sgid.plan import Batch, CaptionTask, ScoreTask, Shard, Task, WorkItem
 from sgid.sample import Sample
-from sgid.stages.bundle import PARTS, Stages, load_stages
+from sgid.stages.bundle import PARTS, Stages, load_stages, runs_diffusion
 
 FLAGGED = "the safety checker flagged the generated image (blacked out); not kept"
 
@@ -182,7 +182,7 @@ def error_row(sample: Sample, method: str, reason: str) -> ErrorRow:
 
 
 def denoising_steps(sample: Sample, steps: int) -> int | None:
-    if sample.kind == "retrieval":
+    if not runs_diffusion(sample.kind):
         return None
     return int(steps * sample.strength) if sample.strength is not None else steps
 
@@ -212,7 +212,7 @@ def manifest_row(
         "guidance_map": c.guidance_map.describe() if sample.guidance_scale is not None else None,
         "diffusers_guidance": c.diffusers_guidance,
         "noise_rate": sample.strength,
-        "steps": c.steps if sample.kind != "retrieval" else None,
+        "steps": c.steps if runs_diffusion(sample.kind) else None,
         "denoising_steps": denoising_steps(sample, c.steps),
         "width": size[0],
         "height": size[1],
@@ -232,6 +232,7 @@ def manifest_row(
         details["chain"] = [*source.chain, method.name]
     if c.concepts is not None:
         details["concept_token"] = (stages.concept_tokens or {}).get(source.class_name)
+        details["concepts_sha256"] = stages.concepts_sha256
     if c.lora is not None:
         details.update(lora=c.lora, lora_scale=c.lora_scale)
     details.update(method.manifest_fields(sample))

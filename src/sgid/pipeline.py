@@ -66,7 +66,7 @@ from sgid.progress import bar, counted, note, warn
 from sgid.runstore import RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
-from sgid.stages.bundle import PARTS, Stages
+from sgid.stages.bundle import PARTS, Stages, runs_diffusion
 from sgid.stages.caption import Caption
 from sgid.versions import package_versions
 
@@ -237,7 +237,7 @@ class Augmenter:
         stages = driver.loaded_stages
         if stages is not None and kind in stages.generators:
             return Geometry(stages.resolution(kind), stages.size_multiple(kind))
-        if kind == "retrieval":
+        if not runs_diffusion(kind):  # retrieved or perturbed: the images' own sizes, no checkpoint to read
             return Geometry(None)
         choice = driver.spec.choice
         return sd_geometry(choice.instruct if kind == "instruct" else choice.generator)
@@ -365,19 +365,20 @@ class Augmenter:
             sources=listing.sources,
             infos=infos,
             labels=listing.labels,
-            prompt_labels={**listing.labels, **(self._concept_tokens(driver) or {})},
+            prompt_labels={**listing.labels, **(self._concept_labels(driver) or {})},
         )
         return replace(context, prepared=self.method.prepare(context, self._services(driver)))
 
-    def _concept_tokens(self, driver: Worker) -> dict[str, str] | None:
+    def _concept_labels(self, driver: Worker) -> dict[str, str] | None:
+        """Class folder -> what SD prompts say instead of the label (a token, or a LoRA's "<token> label")."""
         stages = driver.loaded_stages
         if stages is not None and stages.generators:
-            return stages.concept_tokens
+            return stages.concept_labels or stages.concept_tokens
         if self.config.concepts is None:
             return None
-        from sgid.concepts import load_concepts
+        from sgid.concepts.apply import concept_labels
 
-        return load_concepts(self.config.concepts)
+        return concept_labels(self.config.concepts)
 
     def _services(self, driver: Worker) -> Services:
         stages = driver.loaded_stages or Stages()

@@ -78,6 +78,12 @@ class RunDir:
     unusable_sources: frozenset[str] = frozenset()  # input images the run could not read (its errors.jsonl)
 
     @property
+    def identity(self) -> str:
+        """What names this run wherever its folder moves: run.json's ``identity_sha256``, else the folder path."""
+        identity = self.info.get("identity_sha256")
+        return identity if isinstance(identity, str) and identity else str(self.path.resolve())
+
+    @property
     def generated(self) -> list[Entry]:
         """The rows to judge: every image that is not a copy of a real one."""
         return [e for e in self.entries if not e.is_original]
