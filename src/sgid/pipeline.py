@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import sys
 import threading
@@ -196,7 +197,7 @@ class Augmenter:
     def _scan(self) -> Listing:
         c = self.config
         names = read_label_names(c.label_names) if c.label_names else None
-        return scan(c.input_dir, names)
+        return scan(c.input_dir, names, progress=not c.quiet)
 
     def _resolve_models(self) -> ModelChoice:
         c = self.config
@@ -555,10 +556,17 @@ def _captions(cached: list[list[Any]]) -> tuple[Caption, ...]:
     return tuple(Caption(text, strategy, similarity) for text, strategy, similarity in cached)
 
 
+#: Bytes an output stem may take: with ``_<k>.png`` and the temporary file's ``.….tmp-PID`` around it, a file
+#: name stays under the 255 bytes file systems allow.
+MAX_STEM_BYTES = 200
+
+
 def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
     """Output stem per source: ``<path inside the class folder>_<method>``, ``/`` turned into ``__``.
 
-    Two sources differing only by extension (``a.jpg``, ``a.png``) keep the extension to stay distinct.
+    Two sources differing only by extension (``a.jpg``, ``a.png``) keep the extension to stay distinct. A stem
+    longer than :data:`MAX_STEM_BYTES` is cut and ends in ``~`` and 8 hex digits of its source's path; so does
+    any stem two sources of a class would otherwise share (``a/b.png`` and ``a__b.png``).
     """
 
     def stem(source: Source, with_ext: bool) -> str:
@@ -566,10 +574,25 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
         base = inner if with_ext else inner.rsplit(".", 1)[0]
         return base.replace("/", "__")
 
+    def tagged(base: str, relpath: str, budget: int) -> str:
+        cut = base.encode("utf-8")[: max(0, budget - 9)].decode("utf-8", "ignore")
+        return f"{cut}~{hashlib.sha256(relpath.encode('utf-8')).hexdigest()[:8]}"
+
     plain: dict[tuple[str, str], int] = {}
     for s in sources:
         plain[(s.class_name, stem(s, False))] = plain.get((s.class_name, stem(s, False)), 0) + 1
-    return {s.relpath: f"{stem(s, plain[(s.class_name, stem(s, False))] > 1)}_{method}" for s in sources}
+    budget = MAX_STEM_BYTES - len(f"_{method}".encode())
+    bases = {s.relpath: stem(s, plain[(s.class_name, stem(s, False))] > 1) for s in sources}
+    for s in sources:
+        if len(bases[s.relpath].encode("utf-8")) > budget:
+            bases[s.relpath] = tagged(bases[s.relpath], s.relpath, budget)
+    taken: dict[tuple[str, str], int] = {}
+    for s in sources:
+        taken[(s.class_name, bases[s.relpath])] = taken.get((s.class_name, bases[s.relpath]), 0) + 1
+    for s in sources:
+        if taken[(s.class_name, bases[s.relpath])] > 1:
+            bases[s.relpath] = tagged(bases[s.relpath], s.relpath, budget)
+    return {relpath: f"{base}_{method}" for relpath, base in bases.items()}
 
 
 def _check_out_dir(config: AugmentConfig) -> None:

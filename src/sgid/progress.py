@@ -20,6 +20,19 @@ def bar(total: int, desc: str, unit: str, quiet: bool) -> Any:
     )
 
 
+def counter(desc: str, unit: str, quiet: bool) -> Any:
+    """A running count without a known total (e.g. files listed so far), with its rate."""
+    return tqdm(
+        total=None,
+        desc=desc,
+        unit=unit,
+        disable=quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        bar_format="{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]",
+    )
+
+
 def note(message: str, quiet: bool = False) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
