@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import errno
-import json
+import io
 import os
 import re
 import stat
@@ -35,7 +35,7 @@ from pathlib import Path
 from sgid import interrupt
 from sgid.errors import SgidError
 from sgid.images import IMAGE_EXTENSIONS
-from sgid.manifest import MANIFEST, RUN_FILE, default_label
+from sgid.manifest import MANIFEST, RUN_FILE, default_label, loads
 from sgid.progress import counter
 
 __all__ = [
@@ -89,28 +89,41 @@ def empty_classes_note(root: Path, empty: tuple[str, ...]) -> str:
 
 
 def read_label_names(path: Path) -> dict[str, str]:
-    """Read a label-names file: JSON ``{"folder": "label text"}`` or CSV with two columns (folder, label)."""
+    """Read a label-names file: JSON ``{"folder": "label text"}`` or CSV/TSV with two columns (folder, label),
+    with an optional ``folder,label`` (or ``class,label``) header. UTF-8 (a byte-order mark is fine), any line
+    ends. Anything else is a one-line :class:`SgidError` naming the file (and the row)."""
+    path = Path(path)
     if not path.is_file():
         raise SgidError(f"label-names file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SgidError(f"label-names file {path} is not UTF-8 text (byte {exc.start + 1}); save it as UTF-8") from None
+    except OSError as exc:
+        raise SgidError(f"label-names file {path} cannot be read ({exc.strerror or exc})") from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = loads(text)
+        except ValueError as exc:
             raise SgidError(f"label-names file {path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             raise SgidError(f"label-names file {path} must be a JSON object mapping folder names to label text")
         return dict(data)
     if path.suffix.lower() in (".csv", ".tsv"):
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if row and any(row)]
+        try:
+            rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(row)]
+        except csv.Error as exc:
+            raise SgidError(f"label-names file {path} is not valid CSV: {exc}") from None
         if rows and [c.strip().lower() for c in rows[0][:2]] in (["folder", "label"], ["class", "label"]):
             rows = rows[1:]
         mapping: dict[str, str] = {}
         for number, row in enumerate(rows, start=1):
             if len(row) < 2:
                 raise SgidError(f"label-names file {path}, row {number}: expected 'folder,label'")
-            mapping[row[0].strip()] = row[1].strip()
+            folder, label = row[0].strip(), row[1].strip()
+            if mapping.setdefault(folder, label) != label:
+                raise SgidError(f"label-names file {path}, row {number}: {folder!r} is named twice, differently")
         return mapping
     raise SgidError(f"label-names file {path} must end in .json, .csv or .tsv")
 

@@ -12,8 +12,9 @@ handles both signals in the driver process (the one that writes; engines' worker
 * **Immediate** (every other command, once the CLI installed the handlers): the first signal raises
   :class:`Interrupted` where the program is, like ``KeyboardInterrupt``; ``finally`` blocks release locks and
   remove temporary files, and every store writes whole files only (temporary name, then rename).
-* A **second** signal exits at once (``os._exit``), in either mode, after removing the temporary files
-  being written (:func:`writing`). Finished images and journal lines are already on disk; a rerun resumes.
+* A **second** signal exits at once (``os._exit``), in either mode, once the item being committed (if any:
+  milliseconds, :func:`committing`) is journaled, after removing the temporary files being written
+  (:func:`writing`). Finished images and journal lines are on disk; a rerun resumes.
 
 Handlers are only installed from the main thread (Python delivers signals there); elsewhere the defaults
 stay.
@@ -38,6 +39,7 @@ _graceful = 0  # > 0 while inside graceful()
 _installed: dict[int, Any] = {}  # signal -> the handler we replaced
 _temporaries: set[Path] = set()  # files being written right now (removed by a second signal)
 _temporaries_lock = threading.Lock()
+_commit_lock = threading.RLock()  # held while a finished item is committed (its file, then its journal line)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -77,6 +79,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def _exit_now(signum: int) -> None:
+    _commit_lock.acquire(timeout=10)  # let a commit in flight end: no image is left without its journal line
     with _temporaries_lock:
         for path in list(_temporaries):
             try:
@@ -145,6 +148,13 @@ def request_stop(signum: int = signal.SIGTERM) -> None:
     """Ask the running command to stop as a first signal would (tests and embedding applications)."""
     if not _received:
         _received.append(signum)
+
+
+@contextmanager
+def committing() -> Iterator[None]:
+    """Hold off a second signal's immediate exit while one item is committed (a file and its journal line)."""
+    with _commit_lock:
+        yield
 
 
 @contextmanager

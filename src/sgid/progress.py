@@ -20,10 +20,12 @@ def bar(total: int, desc: str, unit: str, quiet: bool) -> Any:
     )
 
 
-def counter(desc: str, unit: str, quiet: bool) -> Any:
-    """A running count without a known total (e.g. files listed so far), with its rate."""
+def counter(desc: str, unit: str, quiet: bool, delay: float = 1.0) -> Any:
+    """A running count without a known total (e.g. files listed so far), with its rate; shown only once it has
+    run ``delay`` seconds, so quick work stays silent."""
     return tqdm(
         total=None,
+        delay=delay,
         desc=desc,
         unit=unit,
         disable=quiet,

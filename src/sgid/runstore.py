@@ -22,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import IO, Any
 
 from sgid import interrupt
 from sgid.errors import RunDirError, SgidError
-from sgid.manifest import ERRORS, MANIFEST, RUN_FILE, dumps, loads, relative_path
+from sgid.manifest import ERRORS, MANIFEST, RUN_FILE, WRITER_LOCK, dumps, loads, relative_path
 from sgid.progress import warn
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 JOURNAL = ".sgid-journal.jsonl"
-LOCK = ".sgid-lock"
+LOCK = WRITER_LOCK
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -83,12 +84,17 @@ class FolderLock:
         self._handle: IO[str] | None = None
 
     def acquire(self, busy_message: str) -> FolderLock:
+        """Take the lock or refuse with ``busy_message`` (a reader's momentary check is waited out: 0.5 s)."""
         handle = open(self.path, "a")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise RunDirError(busy_message) from None
+        for attempt in range(10):
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == 9:
+                    handle.close()
+                    raise RunDirError(busy_message) from None
+                time.sleep(0.05)
         self._handle = handle
         return self
 
@@ -233,12 +239,13 @@ class RunStore:
         row = dict(row)
         path = self.out / row["file_name"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, png)
-        try:
-            self._append({"kind": "row", "key": key, "row": row})
-        except BaseException:
-            path.unlink(missing_ok=True)  # not journaled: not done, so not left in view
-            raise
+        with interrupt.committing():
+            atomic_write(path, png)
+            try:
+                self._append({"kind": "row", "key": key, "row": row})
+            except BaseException:
+                path.unlink(missing_ok=True)  # not journaled: not done, so not left in view
+                raise
         self.rows[key] = row
 
     def commit_row(self, key: str, row: Mapping[str, Any]) -> None:
