@@ -4,8 +4,9 @@ A scheduler's SIGTERM (or Ctrl-C) must never lose finished work or leave a half-
 handles both signals in the driver process (the one that writes; engines' workers never touch the output):
 
 * **Graceful** (inside :func:`graceful`, what ``sgid augment`` does while it runs): the first signal only
-  records itself. The driver finishes the batch on the accelerator, its writer commits every finished image,
-  the manifests are written, the lock is released and :class:`Interrupted` ends the command with exit code
+  records itself. The driver finishes the batch on its accelerator (the local engine) or stops waiting for
+  the tasks on other workers (the Ray engine, :func:`raising`), its writer commits every finished image, the
+  manifests are written, the lock is released and :class:`Interrupted` ends the command with exit code
   ``128 + signal`` (130 for SIGINT, 143 for SIGTERM) and a line saying how to resume. Work that is not a
   finished image (a batch not started, a task on another worker) is dropped cleanly: nothing of it is
   written, and a rerun makes it with the same seeds.
@@ -36,6 +37,7 @@ SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
 _received: list[int] = []  # signals received since the handlers were installed
 _graceful = 0  # > 0 while inside graceful()
+_raising = 0  # > 0 while inside raising(): a graceful stop does not wait (the work in flight is elsewhere)
 _installed: dict[int, Any] = {}  # signal -> the handler we replaced
 _temporaries: set[Path] = set()  # files being written right now (removed by a second signal)
 _temporaries_lock = threading.Lock()
@@ -68,13 +70,14 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         _exit_now(signum)
     _received.append(signum)
     if _graceful:
+        doing = "dropping the tasks in flight" if _raising else "finishing the batch in flight"
         print(
-            f"sgid: {signal_name(signum)} received: finishing the batch in flight and writing the manifests "
-            f"(signal again to stop at once)",
+            f"sgid: {signal_name(signum)} received: {doing} and writing the manifests (signal again to stop at once)",
             file=sys.stderr,
             flush=True,
         )
-        return
+        if not _raising:
+            return
     raise Interrupted(signum)
 
 
@@ -131,6 +134,27 @@ def graceful() -> Iterator[None]:
             yield
         finally:
             _graceful -= 1
+
+
+@contextmanager
+def raising() -> Iterator[None]:
+    """Inside the block, a first signal raises :class:`Interrupted` at once even in graceful mode: for a driver
+    waiting on work done elsewhere (Ray workers), which a stop drops cleanly (nothing of it is written yet)."""
+    global _raising
+    check()
+    _raising += 1
+    try:
+        yield
+    finally:
+        _raising -= 1
+
+
+def reassert() -> None:
+    """Put sgid's handlers back if a library replaced them (``ray.init`` installs its own SIGTERM handler)."""
+    if _installed and _in_main_thread():
+        for signum in SIGNALS:
+            if signal.getsignal(signum) is not _handler:
+                signal.signal(signum, _handler)
 
 
 def stop_requested() -> bool:
