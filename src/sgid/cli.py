@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             return int(args.run(args) or 0)
     except SgidError as exc:
+        end_lines()  # a full disk or a bad file found mid-run: the line starts on a line of its own
         lines = [f"sgid: error: {exc}", *(f"  - {line}" for line in exc.details)]
         print("\n".join(lines), file=sys.stderr)
         return exc.exit_code
@@ -52,10 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not is_disk_full(exc):
             raise
         # a store that knows what it kept says so itself (DiskFullError); anything else writes whole files only
+        end_lines()
         where = f" on {exc.filename}" if exc.filename else ""
         print(f"sgid: error: no space left{where} ({DISK_FULL.get(exc.errno or 0)}); rerun to resume", file=sys.stderr)
         return 1
     except interrupt.Interrupted as exc:
+        end_lines()
         print(f"sgid: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
