@@ -7,8 +7,11 @@ signal exits at once. Rerunning the same command ends byte for byte as a run tha
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +126,34 @@ def test_a_stop_while_planning_writes_nothing_it_did_not_finish(
     with pytest.raises(Interrupted, match="stopped by SIGTERM; 0 images kept"):
         augment(source, tmp_path / "out", cache_dir=cache_dir, **AUGMENT)
     assert assert_consistent(tmp_path / "out") == 0
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray that drivers started as subprocesses join (``num_cpus=3``: see tests/test_engines.py)."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_driver_cleanly_and_the_rerun_is_identical(
+    signal_case: tuple[Path, Path], cache_dir: Path, tmp_path: Path, ray_address: str
+) -> None:
+    """ray.init puts in its own SIGTERM handler (sys.exit): sgid's replaces it again. The tasks on the workers are
+    dropped at once; what came back is committed."""
+    source, reference = signal_case
+    out = tmp_path / "out"
+    ray = ["--engine", "ray", "--workers", "2", "--ray-address", ray_address, "--shard-size", "2"]
+    process = start_sgid("augment", source, "--out", out, *cli_options(AUGMENT), *ray, cache_dir=cache_dir)
+    wait_for(process, lambda: journal_rows(out) >= 1, timeout=300)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr.decode()
+    assert "SIGTERM received: dropping the tasks in flight" in stderr.decode()
+    kept = assert_consistent(out)
+    assert 1 <= kept < 12
+    augment(source, out, cache_dir=cache_dir, **AUGMENT)  # resumed on the local engine
+    assert outputs(out) == outputs(reference)
