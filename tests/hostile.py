@@ -13,11 +13,20 @@ from typing import Any
 
 from PIL import Image
 
+from conftest import make_image_folder
 from sgid.manifest import read_run
+from sgid.pipeline import augment
 from sgid.runstore import JOURNAL, FolderLock
 
 #: ``sgid augment`` options of the hostile tests: the tiny models, two images per source, batches of two.
 AUGMENT = {"models": "tiny", "steps": 20, "multiplier": 2, "batch_size": 2, "quiet": True}
+
+
+def uninterrupted(root: Path, cache_dir: Path) -> tuple[Path, Path]:
+    """(input folder, its uninterrupted run with ``AUGMENT``): 2 classes x 3 images, 12 images in 6 batches."""
+    source = make_image_folder(root / "in", {"a": 3, "b": 3}, size=(32, 24))
+    augment(source, root / "reference", cache_dir=cache_dir, **AUGMENT)
+    return source, root / "reference"
 
 
 def cli_options(options: dict[str, Any]) -> list[str]:

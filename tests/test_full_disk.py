@@ -20,7 +20,7 @@ import pytest
 
 from conftest import make_image_folder
 from evaluate_helpers import write_folder
-from hostile import AUGMENT, assert_consistent, cli_options, outputs, run_sgid, temporaries
+from hostile import AUGMENT, assert_consistent, cli_options, outputs, run_sgid, temporaries, uninterrupted
 from sgid.cli import main
 from sgid.concepts import TrainSettings, learn_concepts
 from sgid.errors import DiskFullError
@@ -33,11 +33,7 @@ CONCEPTS = TrainSettings(steps=2, batch_size=1, checkpoint_every=1)
 
 @pytest.fixture(scope="module")
 def disk_case(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, Path]:
-    """(input folder, its uninterrupted run): 2 classes x 3 images, 12 images."""
-    root = tmp_path_factory.mktemp("full-disk")
-    source = make_image_folder(root / "in", {"a": 3, "b": 3}, size=(32, 24))
-    augment(source, root / "reference", cache_dir=cache_dir, **AUGMENT)
-    return source, root / "reference"
+    return uninterrupted(tmp_path_factory.mktemp("full-disk"), cache_dir)
 
 
 def limit_file_size() -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from conftest import make_image_folder
 from hostile import (
     AUGMENT,
     assert_consistent,
@@ -25,6 +24,7 @@ from hostile import (
     journal_rows,
     outputs,
     start_sgid,
+    uninterrupted,
     wait_for,
 )
 from sgid import interrupt
@@ -35,11 +35,7 @@ from sgid.stages.bundle import Stages
 
 @pytest.fixture(scope="module")
 def signal_case(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, Path]:
-    """(input folder, its uninterrupted run): 2 classes x 3 images, 12 images to make in 6 batches."""
-    root = tmp_path_factory.mktemp("signals")
-    source = make_image_folder(root / "in", {"a": 3, "b": 3}, size=(32, 24))
-    augment(source, root / "reference", cache_dir=cache_dir, **AUGMENT)
-    return source, root / "reference"
+    return uninterrupted(tmp_path_factory.mktemp("signals"), cache_dir)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,13 @@ from tqdm.auto import tqdm
 LINE_INTERVAL = 30.0  # seconds between two lines of the same bar in a log
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
+COUNT_FORMAT = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]"
+
 _open: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _tqdm(total: int | None, desc: str, unit: str, quiet: bool, **options: Any) -> Any:
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True, **options)
 
 
 def stderr_is_terminal() -> bool:
@@ -31,16 +37,7 @@ def stderr_is_terminal() -> bool:
 def bar(total: int, desc: str, unit: str, quiet: bool, *, leave: bool = True) -> Any:
     """A progress bar (``update``, ``set_postfix``, ``set_description_str``, ``close``, context manager)."""
     if stderr_is_terminal() or quiet:
-        progress: Any = tqdm(
-            total=total,
-            desc=desc,
-            unit=unit,
-            disable=quiet,
-            leave=leave,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            bar_format=BAR_FORMAT,
-        )
+        progress: Any = _tqdm(total, desc, unit, quiet, leave=leave, bar_format=BAR_FORMAT)
     else:
         progress = LineProgress(total, desc, unit)
     if not quiet:
@@ -127,16 +124,7 @@ def counter(desc: str, unit: str, quiet: bool, delay: float = 1.0) -> Any:
     """A running count without a known total (e.g. files listed so far), with its rate; shown only once it has
     run ``delay`` seconds, so quick work stays silent. Whole lines when stderr is not a terminal, like bar()."""
     if stderr_is_terminal() or quiet:
-        progress: Any = tqdm(
-            total=None,
-            delay=delay,
-            desc=desc,
-            unit=unit,
-            disable=quiet,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            bar_format="{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]",
-        )
+        progress: Any = _tqdm(None, desc, unit, quiet, delay=delay, bar_format=COUNT_FORMAT)
     else:
         progress = LineProgress(None, desc, unit, delay=delay)
     if not quiet:
