@@ -95,12 +95,21 @@ def test_the_python_api_stops_cleanly_and_restores_the_handlers(
 
     monkeypatch.setattr(Stages, "generate", generate_then_stop)
     out = tmp_path / "out"
-    with pytest.raises(Interrupted) as stopped:
-        augment(source, out, cache_dir=cache_dir, **AUGMENT)
+
+    def scripts_own(signum: int, frame: object) -> None:
+        raise AssertionError("sgid's handler is not in place")
+
+    # the script's own SIGTERM handler (not SIG_DFL: an earlier ray.init in this process leaves one of its own)
+    previous = signal.signal(signal.SIGTERM, scripts_own)
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            augment(source, out, cache_dir=cache_dir, **AUGMENT)
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert stopped.value.exit_code == 130 and "4 images kept" in str(stopped.value)
     assert assert_consistent(out) == 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert handlers == (signal.default_int_handler, scripts_own)
     monkeypatch.undo()
     augment(source, out, cache_dir=cache_dir, **AUGMENT)
     assert outputs(out) == outputs(reference)
