@@ -19,7 +19,6 @@ least one — 001's 10% protocol).
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -34,9 +33,10 @@ from sgid.dataset import empty_classes_note, scan
 from sgid.errors import SgidError
 from sgid.evaluate.generated import GeneratedRun, GeneratedSpecs, parse_generated, read_provenance
 from sgid.evaluate.methods import GENERATED
-from sgid.images import ImageError, load_rgb
+from sgid.images import ImageError, load_rgb, png_bytes
 from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info, recorded_input_dir
 from sgid.progress import note
+from sgid.runstore import atomic_write
 
 
 @dataclass(frozen=True)
@@ -215,9 +215,7 @@ def export_bytes(example: Example) -> bytes:
     """The bytes ``sgid augment`` reads for a real example: the file itself, or the PNG ``--export-train`` writes."""
     if isinstance(example.load, FileImage):
         return example.load.path.read_bytes()
-    buffer = io.BytesIO()
-    example.load().save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(example.load())
 
 
 def content_sha256(example: Example) -> str:
@@ -359,7 +357,7 @@ def export_image_folder(examples: Sequence[Example], out: Path) -> int:
     for ex in examples:
         path = out / ex.key
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(export_bytes(ex))
+        atomic_write(path, export_bytes(ex))  # never a half-written image, even on a full disk
     return len(examples)
 
 
