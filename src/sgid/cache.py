@@ -21,14 +21,19 @@ def cache_key(**parts: Any) -> str:
 
 
 class Cache:
-    """``Cache(path)`` persists to ``path``; ``Cache(None)`` keeps nothing (``--no-cache``)."""
+    """``Cache(path)`` persists to ``path``; ``Cache(None)`` keeps nothing (``--no-cache``); ``readonly`` reads
+    what is there and writes nothing, not even a new file (``--dry-run``)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, readonly: bool = False) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self.readonly = readonly
         self.hits = 0
         self.misses = 0
-        if path is not None:
+        if path is not None and readonly:
+            if path.is_file():
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60, isolation_level=None)
+        elif path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -43,15 +48,18 @@ class Cache:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk)
-                found.update((key, json.loads(value)) for key, value in rows)
+                try:
+                    rows = self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk)
+                    found.update((key, json.loads(value)) for key, value in rows)
+                except sqlite3.OperationalError:  # read-only, and the table was never made
+                    break
         self.hits += len(found)
         self.misses += len(keys) - len(found)
         return found
 
     def put_many(self, table: str, items: dict[str, Any]) -> None:
         """Store all items in one transaction: after a crash either all of them are there or none."""
-        if self._db is None or not items:
+        if self._db is None or not items or self.readonly:
             return
         assert table in _TABLES
         with self._db:

@@ -31,8 +31,9 @@ from sgid.config import AugmentConfig
 from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
 from sgid.engines import ENGINES, Engine
 from sgid.errors import SgidError
+from sgid.estimate import DryRun, denoising_steps, guidance_passes
 from sgid.execute import ItemResult, Worker, WorkerSpec
-from sgid.images import ImageError, LoadedImage, load_rgb, probe_size
+from sgid.images import ImageError, LoadedImage, load_rgb, probe_size, sha256_bytes
 from sgid.manifest import ErrorRow
 from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
 from sgid.models.loading import (
@@ -42,18 +43,23 @@ from sgid.models.loading import (
     default_cache_dir,
     is_tiny,
     model_id,
+    resolve_device,
+    resolve_dtype,
     resolve_models,
     sd_geometry,
 )
 from sgid.outdir import check_out_dir
 from sgid.plan import (
     Batch,
+    Calibration,
     CaptionSource,
     CaptionTask,
     Layout,
     ScoreRequest,
     ScoreTask,
+    Shard,
     Slot,
+    Timing,
     WorkItem,
     caption_groups,
     chunks,
@@ -90,13 +96,24 @@ class RunSummary:
         )
 
 
-def augment(input_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, **options: Any) -> RunSummary:
-    """Python API of ``sgid augment``: the same options as the command line, with underscores.
+def augment(
+    input_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, dry_run: bool = False, **options: Any
+) -> Any:
+    """Python API of ``sgid augment``: the same options as the command line, with underscores. Returns a
+    :class:`RunSummary`, or with ``dry_run=True`` a :class:`~sgid.estimate.DryRun` (nothing written; for a
+    chain of methods, the first method's run, since later ones build on its output).
 
     >>> augment("data/train", "data/sgid", models="tiny", noise=0.5, multiplier=2)  # doctest: +SKIP
     """
     config = AugmentConfig.build(input_dir, out_dir, preset=preset, **options)
     parts = chain_parts(config.method)
+    if dry_run:
+        first = (
+            config
+            if len(parts) == 1
+            else AugmentConfig.build(input_dir, out_dir, preset=preset, **{**options, "method": parts[0]})
+        )
+        return Augmenter(first).dry_run()
     if len(parts) == 1:
         return Augmenter(config).run()
     # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
@@ -160,6 +177,107 @@ class Augmenter:
         summary = RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
         note(summary.line(), c.quiet)
         return summary
+
+    # -- --dry-run -----------------------------------------------------------------------------------------
+    def dry_run(self) -> DryRun:
+        """What :meth:`run` would do, and its time estimated from one calibration batch; writes nothing."""
+        c = self.config
+        listing, choice, store = self._check()
+        store.peek()
+        engine = self._engine()
+        driver = Worker(WorkerSpec(c, choice), self._stages)
+        engine.start(driver.spec, driver)
+        try:
+            self._load(driver, engine)
+            cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None, readonly=True)
+            layout, unusable = self._lay_out(listing, driver, engine.workers)
+            slots = list(layout.slots)
+            done = sum(store.is_done(s.key) for s in slots)
+            needed = self._sources_needed(layout, store)
+            kind = slots[0].kind if slots else self.method.generator_kinds[0]
+            report = DryRun(
+                input_dir=c.input_dir,
+                out_dir=c.out_dir,
+                engine=engine.describe(),
+                workers=engine.workers,
+                device=self._device_label(engine),
+                sources=len({s.source.relpath for s in slots}),
+                unusable=len(listing.skipped) + len(unusable),
+                images=len(slots),
+                done=done,
+                to_make=len(slots) - done,
+                to_caption=self._uncached(listing, needed, driver, cache),
+                steps=denoising_steps(kind, c),
+                passes=guidance_passes(kind, c),
+            )
+            report = self._calibrate(report, listing, layout, store, engine, driver, cache)
+            cache.close()
+        finally:
+            engine.close()
+        return report
+
+    def _device_label(self, engine: Engine) -> str:
+        device = resolve_device(engine.device)
+        return f"{device.type} {str(resolve_dtype(self.config.dtype, device)).removeprefix('torch.')}"
+
+    def _uncached(self, listing: Listing, needed: set[str], driver: Worker, cache: Cache) -> int:
+        """How many of the needed sources have no captions in the cache (their bytes hashed, not decoded)."""
+        if not self.method.needs_captions():
+            return 0
+        ids = self._model_ids(driver)
+        keys = {}
+        for source in listing.sources:
+            if source.relpath in needed:
+                digest = sha256_bytes(source.path.read_bytes())
+                keys[source.relpath] = self._caption_key(
+                    digest, derive_seed(self.config.seed, source.relpath, "captions"), ids
+                )
+        return len(keys) - len(cache.get_many("captions", keys.values()))
+
+    def _calibrate(
+        self,
+        report: DryRun,
+        listing: Listing,
+        layout: Layout,
+        store: RunStore,
+        engine: Engine,
+        driver: Worker,
+        cache: Cache,
+    ) -> DryRun:
+        """Caption the first caption group and generate the first batch with work, each twice, timed."""
+        first = next(
+            (n for n, batch in enumerate(layout.batches) if not all(store.is_done(s.key) for s in batch)), None
+        )
+        if first is None:
+            return report
+        wanted = {slot.source.relpath for slot in layout.batches[first]}
+        timings: list[Timing] = []
+        infos, _ = self._read_and_caption(listing, layout, wanted, engine, driver, Cache(None), timings=timings)
+        said, caption_seconds = [], None
+        if timings:
+            caption_seconds = timings[0].second / timings[0].items
+            said.append(f"captions of {timings[0].items} images in {timings[0].second:.1f} s")
+        generation_seconds = None
+        if report.steps:
+            context = self._context(listing, infos, driver)
+            work = self._plan_work(Layout((layout.batches[first],), (0,)), context, store, commit=False)
+            work = self._score_chosen_captions(work, engine, driver, cache)
+            if work:
+                batch = next(iter(work.values()))
+                shard = Shard(0, (Batch(batch.size, tuple(replace(i, wanted=True) for i in batch.items)),))
+                found: list[Timing] = []
+                engine.run([Calibration(shard)], lambda r: found.append(r) if isinstance(r, Timing) else None)
+                generation_seconds = found[0].second / found[0].items
+                said.append(
+                    f"a batch of {found[0].items} images in {found[0].second:.1f} s "
+                    f"(after {found[0].first:.1f} s loading and warming up)"
+                )
+        return replace(
+            report,
+            caption_seconds=caption_seconds,
+            generation_seconds=generation_seconds,
+            calibration=", ".join(said),
+        )
 
     def _check(self) -> tuple[Listing, ModelChoice, RunStore]:
         """The input listing, the models to use and OUT's store, all checked without loading a model."""
@@ -272,9 +390,18 @@ class Augmenter:
         return needed
 
     def _read_and_caption(
-        self, listing: Listing, layout: Layout, needed: set[str], engine: Engine, driver: Worker, cache: Cache
+        self,
+        listing: Listing,
+        layout: Layout,
+        needed: set[str],
+        engine: Engine,
+        driver: Worker,
+        cache: Cache,
+        *,
+        timings: list[Timing] | None = None,
     ) -> tuple[dict[str, SourceInfo], list[ErrorRow]]:
-        """Read the needed sources (in fixed caption groups); caption every group not wholly in the cache."""
+        """Read the needed sources (in fixed caption groups); caption every group not wholly in the cache.
+        With ``timings``, the first caption task runs as a calibration and its timing is added to the list."""
         c = self.config
         captioning = self.method.needs_captions()
         infos: dict[str, SourceInfo] = {}
@@ -313,14 +440,18 @@ class Augmenter:
         if tasks:
             progress = bar(sum(t.items for t in tasks), "captioning", "img", c.quiet)
 
-            def receive(result: tuple[str, list[list[Any]]]) -> None:
+            def receive(result: Any) -> None:
+                if isinstance(result, Timing):
+                    if timings is not None:
+                        timings.append(result)
+                    return
                 relpath, found = result
                 if relpath not in captions:
                     cache.put_many("captions", {keys[relpath]: found})
                     captions[relpath] = _captions(found)
                     progress.update(1)
 
-            engine.run(tasks, receive)
+            engine.run([Calibration(tasks[0]), *tasks[1:]] if timings is not None else tasks, receive)
             progress.close()
         for relpath, found in captions.items():
             infos[relpath] = replace(infos[relpath], captions=found)
@@ -365,8 +496,11 @@ class Augmenter:
         stages = driver.loaded_stages or Stages()
         return Services(text=stages.text, scorer=stages.scorer, scorer_id=stages.scorer_id, cache_dir=self.cache_dir)
 
-    def _plan_work(self, layout: Layout, context: MethodContext, store: RunStore) -> dict[int, Batch]:
-        """The batches with something left to do, planned whole (batch index -> batch)."""
+    def _plan_work(
+        self, layout: Layout, context: MethodContext, store: RunStore, *, commit: bool = True
+    ) -> dict[int, Batch]:
+        """The batches with something left to do, planned whole (batch index -> batch). Items the method skips
+        are journaled as errors (unless ``commit`` is False: a dry run)."""
         c = self.config
         work: dict[int, Batch] = {}
         for number, batch in enumerate(layout.batches):
@@ -381,7 +515,7 @@ class Augmenter:
                 try:
                     sample = self.method.plan(Sample(source=slot.source, k=slot.k, seed=seed, info=info), context)
                 except SkipItem as exc:
-                    if not store.is_done(slot.key):
+                    if commit and not store.is_done(slot.key):
                         error = ErrorRow(slot.source.relpath, slot.k, str(exc), self.method.name)
                         store.commit_output_error(slot.key, error)
                     continue
