@@ -70,3 +70,10 @@ def test_the_dry_run_command_prints_the_estimate_and_exits_0(
     out = capsys.readouterr().out
     assert code == 0 and not (tmp_path / "out").exists()
     assert "6 images to make, 0 already done" in out and "estimated time" in out and "on 8 workers" in out
+
+
+def test_a_chain_is_estimated_by_its_first_method(tmp_path: Path, image_folder: Path, cache_dir: Path) -> None:
+    report = augment(image_folder, tmp_path / "out", method="text2img+sgid", dry_run=True, cache_dir=cache_dir, **FAST)
+    assert report.out_dir == tmp_path / "out.stages" / "1-text2img" and report.to_make == 6
+    assert report.to_caption == 0 and report.steps == 4  # text-to-image: every step, no captions
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.stages").exists()

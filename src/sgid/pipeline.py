@@ -107,25 +107,20 @@ def augment(
     """
     config = AugmentConfig.build(input_dir, out_dir, preset=preset, **options)
     parts = chain_parts(config.method)
+    stages = [config]
+    if len(parts) > 1:
+        # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
+        # is configured (and checked) before the first one starts.
+        out = Path(out_dir)
+        stages = []
+        current: Path = Path(input_dir)
+        for number, part in enumerate(parts, start=1):
+            target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
+            stage = AugmentConfig.build(current, target, preset=preset, **{**options, "method": part})
+            stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
+            current = target
     if dry_run:
-        first = (
-            config
-            if len(parts) == 1
-            else AugmentConfig.build(input_dir, out_dir, preset=preset, **{**options, "method": parts[0]})
-        )
-        return Augmenter(first).dry_run()
-    if len(parts) == 1:
-        return Augmenter(config).run()
-    # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
-    # is configured (and checked) before the first one starts.
-    out = Path(out_dir)
-    stages: list[AugmentConfig] = []
-    current: Path = Path(input_dir)
-    for number, part in enumerate(parts, start=1):
-        target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
-        stage = AugmentConfig.build(current, target, preset=preset, **{**options, "method": part})
-        stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
-        current = target
+        return Augmenter(stages[0]).dry_run()
     return [Augmenter(stage).run() for stage in stages][-1]
 
 
