@@ -25,7 +25,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,20 +53,11 @@ def make_images(folder: Path, count: int, mixed: bool, size: int) -> None:
 
 
 def run_sgid(models: dict[str, str], source: Path, out: Path, steps: int) -> None:
+    from common import sgid_options
+
     from sgid.pipeline import augment
 
-    augment(
-        source,
-        out,
-        captioner=models["blip"],
-        scorer=models["clip"],
-        sd_model=models["sd"],
-        steps=steps,
-        noise=NOISE,
-        batch_size=4,
-        caption_cache=False,
-        quiet=True,
-    )
+    augment(source, out, **sgid_options(models, steps), noise=NOISE, batch_size=4)
 
 
 def run_loop(models: dict[str, str], source: Path, out: Path, steps: int) -> None:
@@ -147,7 +137,6 @@ def child(args: argparse.Namespace) -> None:
 
 def measure(which: str, models: dict[str, Path], source: Path, out: Path, steps: int) -> dict[str, float]:
     command = [
-        sys.executable,
         __file__,
         "--child",
         which,
@@ -160,8 +149,9 @@ def measure(which: str, models: dict[str, Path], source: Path, out: Path, steps:
         "--steps",
         str(steps),
     ]
-    found = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return json.loads(found)
+    from common import in_child
+
+    return in_child(*command)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +32,9 @@ def child(options: dict, source: str, out: str) -> None:
 
 
 def seconds(options: dict, source: Path, out: Path) -> float:
-    command = [sys.executable, __file__, "--child", json.dumps(options), str(source), str(out)]
-    found = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return float(json.loads(found)["seconds"])
+    from common import in_child
+
+    return float(in_child(__file__, "--child", json.dumps(options), str(source), str(out))["seconds"])
 
 
 def main() -> None:
@@ -50,6 +49,7 @@ def main() -> None:
     if args.child:
         return child(json.loads(args.child[0]), args.child[1], args.child[2])
     from bench_end_to_end import make_images
+    from common import sgid_options
     from models import REALISTIC, SMOKE, realistic_models
 
     work = args.work or Path(tempfile.mkdtemp(prefix="sgid-bench-engine-"))
@@ -57,14 +57,7 @@ def main() -> None:
     source = work / "input" / str(args.images)
     if not source.exists():
         make_images(source, args.images, mixed=False, size=64 if args.smoke else 256)
-    common = {
-        "captioner": str(models["blip"]),
-        "scorer": str(models["clip"]),
-        "sd_model": str(models["sd"]),
-        "steps": args.steps,
-        "caption_cache": False,
-        "quiet": True,
-    }
+    common = sgid_options(models, args.steps)
     times: dict[str, list[float]] = {"local": [], "ray": []}
     for repeat in range(args.repeats):
         for engine in times:

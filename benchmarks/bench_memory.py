@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,9 +29,9 @@ def child(source: Path, out: Path) -> None:
 
 
 def peak(source: Path, out: Path) -> int:
-    command = [sys.executable, __file__, "--child", str(source), str(out)]
-    found = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return int(json.loads(found)["peak_bytes"])
+    from common import in_child
+
+    return int(in_child(__file__, "--child", str(source), str(out))["peak_bytes"])
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from bench_end_to_end import make_images  # noqa: E402
+from common import sgid_options  # noqa: E402
 from models import REALISTIC, SMOKE, realistic_models  # noqa: E402
 
 from sgid.pipeline import augment  # noqa: E402
@@ -61,15 +62,7 @@ def main() -> None:
     source = work / "input" / f"{args.images}"
     if not source.exists():
         make_images(source, args.images, mixed=False, size=64 if args.smoke else 256)
-    options = {
-        "captioner": str(models["blip"]),
-        "scorer": str(models["clip"]),
-        "sd_model": str(models["sd"]),
-        "steps": args.steps,
-        "batch_size": 4,
-        "caption_cache": False,
-        "quiet": True,
-    }
+    options = {**sgid_options(models, args.steps), "batch_size": 4}
     augment(source, work / "warm-up", **options)  # loads the models (cached per process)
     inside = [0.0]
     for cls, name in MODEL_CALLS:
