@@ -35,7 +35,16 @@ from sgid.estimate import DryRun, denoising_steps, guidance_passes
 from sgid.execute import ItemResult, Worker, WorkerSpec
 from sgid.images import ImageError, LoadedImage, load_rgb, probe_size, sha256_bytes
 from sgid.manifest import ErrorRow
-from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
+from sgid.methods import (
+    METHODS,
+    Method,
+    MethodContext,
+    Services,
+    SkipItem,
+    chain_parts,
+    denoising_warning,
+    option_warnings,
+)
 from sgid.models.loading import (
     TINY_WARNING,
     Geometry,
@@ -48,6 +57,7 @@ from sgid.models.loading import (
     resolve_models,
     sd_geometry,
 )
+from sgid.options import augment_signature, resolve_options
 from sgid.outdir import check_out_dir
 from sgid.plan import (
     Batch,
@@ -68,7 +78,7 @@ from sgid.plan import (
     target_size,
 )
 from sgid.progress import bar, note, warn
-from sgid.runstore import RunStore, copy_or_link, item_key
+from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import PARTS, Stages, runs_diffusion
@@ -76,6 +86,7 @@ from sgid.stages.caption import Caption
 from sgid.versions import package_versions
 
 MANIFEST_FLUSH_SECONDS = 30.0
+CPU_STEPS_HINT = 200  # denoising steps (images x steps) above which a CPU run says how to make it small
 SCORE_TASK_SIZE = 64  # chosen captions scored per task
 
 
@@ -97,15 +108,51 @@ class RunSummary:
 
 
 def augment(
-    input_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, dry_run: bool = False, **options: Any
+    input_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    print_summary: bool = False,
+    dry_run: bool = False,
+    **options: Any,
 ) -> Any:
-    """Python API of ``sgid augment``: the same options as the command line, with underscores. Returns a
-    :class:`RunSummary`, or with ``dry_run=True`` a :class:`~sgid.estimate.DryRun` (nothing written; for a
-    chain of methods, the first method's run, since later ones build on its output).
+    """Augment a labelled image folder (``sgid augment INPUT --out OUT``); returns a :class:`RunSummary`, or
+    with ``dry_run=True`` a :class:`~sgid.estimate.DryRun`: what the run would do and an estimate of its time,
+    nothing written (for a chain of methods, its first method's run: later ones build on its output).
+
+    Every option of the command is a keyword argument: its flag with ``_`` for ``-`` (``--multiplier`` →
+    ``multiplier``, ``--no-cache`` → ``no_cache=True``, ``--template`` → ``template=[...]``; the older names
+    ``caption_cache``, ``templates``, ``instructions`` still work). A keyword left out (``None``) takes the
+    method's or the preset's value, else the paper's default. ``preset``: a dataset preset of the paper's table
+    8. ``print_summary=True`` prints the command's one-line summary on stderr (off by default in Python). An
+    unknown keyword is a ``TypeError`` naming the closest ones; bad values raise :class:`~sgid.errors.SgidError`
+    before any model is loaded. ``inspect.signature(augment)`` lists every keyword (generated from the settings,
+    :mod:`sgid.options`).
 
     >>> augment("data/train", "data/sgid", models="tiny", noise=0.5, multiplier=2)  # doctest: +SKIP
     """
-    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **options)
+    settings = resolve_options(options)
+    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **settings)
+    for line in option_warnings(config, [k for k, v in settings.items() if v is not None]):
+        warn(line)
+    stages = _stages(config, input_dir, out_dir, preset, settings)
+    if dry_run:
+        return Augmenter(stages[0]).dry_run()
+    for stage in stages:
+        _warn_denoising(stage)
+    summary = [Augmenter(stage).run() for stage in stages][-1]
+    if print_summary:
+        note(summary.line(), config.quiet)
+    return summary
+
+
+augment.__signature__ = augment_signature()  # type: ignore[attr-defined]
+
+
+def _stages(
+    config: AugmentConfig, input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
+) -> list[AugmentConfig]:
+    """The run of each method of ``config.method`` (one, or a chain's), configured and checked."""
     parts = chain_parts(config.method)
     stages = [config]
     if len(parts) > 1:
@@ -119,9 +166,13 @@ def augment(
             stage = AugmentConfig.build(current, target, preset=preset, **{**options, "method": part})
             stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
             current = target
-    if dry_run:
-        return Augmenter(stages[0]).dry_run()
-    return [Augmenter(stage).run() for stage in stages][-1]
+    return stages
+
+
+def _warn_denoising(config: AugmentConfig) -> None:
+    line = denoising_warning(config)
+    if line:
+        warn(f"{config.method}: {line}")
 
 
 class Augmenter:
@@ -139,12 +190,17 @@ class Augmenter:
         started = time.monotonic()
         # 1. Check inputs (no model is loaded before this passes)
         listing, choice, store = self._check()
+        finished = self._finished_run(listing, store, started)
+        if finished is not None:  # a rerun of a finished run: no model is loaded
+            note(f"nothing to do: every image of this run is already in {c.out_dir}", c.quiet)
+            return finished
         engine = self._engine()
         driver = Worker(WorkerSpec(c, choice), self._stages)
         engine.start(driver.spec, driver)  # joins or starts a cluster; options it cannot meet fail here
         try:
             # 2. Load the driver's models, failing before any work when weights are missing
             self._load(driver, engine)
+            self._announce(listing, store, choice)  # the models are there: now the long part, said first
             cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
             with store.session():
                 done_before = len(store.rows)
@@ -169,9 +225,54 @@ class Augmenter:
             cache.close()
         finally:
             engine.close()
-        summary = RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
-        note(summary.line(), c.quiet)
-        return summary
+        return RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
+
+    def _finished_run(self, listing: Listing, store: RunStore, started: float) -> RunSummary | None:
+        """The summary of a run that has nothing left to do (every item finished and listed in metadata.jsonl,
+        every source not finished unreadable), else None. Read-only: nothing is loaded, locked or written."""
+        c = self.config
+        if c.overwrite or not (c.out_dir / RUN_FILE).exists():
+            return None
+        seen = RunStore(c.out_dir, {}, store.identity).peek()  # a read-only look: no lock, no repair
+        if _count_lines(c.out_dir / MANIFEST) != len(seen.rows):
+            return None  # stopped before its manifest was written: the normal path rebuilds it
+        for source in listing.sources:
+            keys = [item_key(source.relpath, k, self.method.name) for k in range(c.multiplier)]
+            if c.include_originals:
+                keys.append(item_key(source.relpath, None, "original"))
+            if all(seen.is_done(key) for key in keys):
+                continue
+            try:
+                load_rgb(source.path, max_pixels=c.max_pixels, min_side=c.min_side)
+                return None  # readable and not finished: work to do
+            except ImageError:
+                continue  # listed in errors.jsonl by the run that found it
+        total = len(seen.rows)
+        return RunSummary(c.out_dir, 0, total, _count_lines(c.out_dir / ERRORS), total, time.monotonic() - started)
+
+    def _announce(self, listing: Listing, store: RunStore, choice: ModelChoice) -> None:
+        """The work about to start, and on a CPU with real models the flags that make it small."""
+        c = self.config
+        if c.quiet:
+            return
+        seen = RunStore(c.out_dir, {}, store.identity, overwrite=c.overwrite).peek()
+        keys = (item_key(s.relpath, k, self.method.name) for s in listing.sources for k in range(c.multiplier))
+        items = sum(not seen.is_done(key) for key in keys)
+        if not any(runs_diffusion(kind) for kind in self.method.generator_kinds):
+            note(f"planned: {items} image(s) with {self.method.name} (no diffusion model)")
+            return
+        steps = int(c.steps * c.noise) if "noise" in self.method.options else c.steps
+        model = choice.instruct if "instruct" in self.method.generator_kinds else choice.generator
+        device = resolve_device(c.device).type
+        line = (
+            f"planned: {items} image(s) with {self.method.name}, {steps} denoising steps each ({model.name}, {device})"
+        )
+        if device == "cpu" and not is_tiny(choice) and items * steps > CPU_STEPS_HINT:
+            line += (
+                "; Stable Diffusion takes seconds per step on a CPU: to make it small, --steps 20 --multiplier 1 "
+                "(or --models tiny to try the pipeline)"
+            )
+        note(line)
 
     # -- --dry-run -----------------------------------------------------------------------------------------
     def dry_run(self) -> DryRun:
@@ -280,6 +381,8 @@ class Augmenter:
         listing = self._scan()
         if listing.empty:  # listed in errors.jsonl with the other skipped inputs
             warn(empty_classes_note(c.input_dir, listing.empty))
+        if c.concepts is not None:
+            _check_concepts(c.concepts, listing.classes)
         _check_out_dir(c)
         choice = self._resolve_models()
         store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
@@ -308,6 +411,7 @@ class Augmenter:
             instruct=c.instruct_model,
             text=c.text_model,
             sd_config=c.sd_config,
+            backend=c.backend,
         )
 
     def _load(self, driver: Worker, engine: Engine) -> None:
@@ -672,8 +776,26 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
 
 
 def _check_out_dir(config: AugmentConfig) -> None:
-    reads = [("the input folder", config.input_dir), ("the --pool folder", config.pool)]
+    pool = config.pool if "pool" in METHODS.get(config.method).options else None  # else ignored (a warning)
+    reads = [("the input folder", config.input_dir), ("the --pool folder", pool)]
     check_out_dir(config.out_dir, reads, command="augment")  # a foreign non-empty OUT: RunStore.check
+
+
+def _count_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _check_concepts(concepts: Path, classes: Sequence[str]) -> None:
+    """``--concepts`` learned for other classes changes no prompt: say so instead of running as if it did."""
+    from sgid.concepts import load_concepts
+
+    learned = sorted(load_concepts(concepts))
+    if not set(learned) & set(classes):
+        shown = ", ".join(learned[:5]) + (" …" if len(learned) > 5 else "")
+        warn(
+            f"--concepts {concepts} matches no class of the input (it has concepts for {shown}); every prompt "
+            f"keeps its label text"
+        )
 
 
 __all__ = ["Augmenter", "RunSummary", "augment", "output_names"]
