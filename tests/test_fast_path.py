@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -69,6 +70,7 @@ def test_the_next_batch_is_read_while_one_generates_and_images_are_encoded_off_t
 
     class Generator:
         resolution, size_multiple, model_id = 32, 2, "fake"
+        backend = SimpleNamespace(name="sd")
 
         def __call__(self, batch: list[Sample], images: Any, size: tuple[int, int]) -> list[tuple[Image.Image, bool]]:
             events.append(("generate", batch[0].k, threading.current_thread().name))
