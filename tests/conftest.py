@@ -1,6 +1,9 @@
-"""Shared offline fixtures: tiny random-weight models built once per test session, and image folders.
+"""Shared offline fixtures: tiny random-weight models, and image folders.
 
-Everything runs with HF_HUB_OFFLINE=1; nothing is downloaded.
+Everything runs with HF_HUB_OFFLINE=1; nothing is downloaded. The tiny models are built once and kept on disk
+between sessions (in ``$SGID_TEST_MODELS``, default ``~/.cache/sgid/tiny-models``), in a folder named after a
+hash of their definition, so a changed definition is rebuilt and an unchanged one is never built twice. Every
+other cache (captions, features) is fresh per session.
 """
 
 from __future__ import annotations
@@ -21,10 +24,23 @@ from PIL import Image
 CPU = torch.device("cpu")
 
 
+def persistent_models_dir() -> Path:
+    """Where the tiny models are kept between test sessions."""
+    if os.environ.get("SGID_TEST_MODELS"):
+        return Path(os.environ["SGID_TEST_MODELS"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sgid" / "tiny-models"
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A session-wide sgid cache (tiny models are built here once). Tests get it through SGID_CACHE."""
+    """A session-wide sgid cache whose tiny models live on disk between sessions. Tests get it through SGID_CACHE."""
     path = tmp_path_factory.mktemp("sgid-cache")
+    models = persistent_models_dir()
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+        (path / "tiny-models").symlink_to(models, target_is_directory=True)
+    except OSError:  # a read-only home: build them inside the session's cache instead
+        pass
     os.environ["SGID_CACHE"] = str(path)
     return path
 
@@ -95,3 +111,11 @@ def augmented_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
     source = make_image_folder(root / "input", {"cat": 3, "golden_retriever": 3})
     augment(source, root / "out", multiplier=2, cache_dir=cache_dir, **FAST)
     return root / "out"
+
+
+@pytest.fixture(scope="session")
+def method_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):  # type: ignore[no-untyped-def]
+    """One reference run per method at batch size 2 with far-apart guidance and weights (tests/method_runs.py)."""
+    from method_runs import MethodRuns
+
+    return MethodRuns(tmp_path_factory.mktemp("method-runs"), cache_dir)

@@ -12,6 +12,10 @@ Each finished image is written to a hidden temporary file and renamed into place
 the journal. A run killed at any moment loses at most the item in flight: on restart a torn last journal line
 is ignored, items without a journal line are regenerated (same seed, same bytes), and metadata.jsonl and
 errors.jsonl are rebuilt from the journal and atomically replaced.
+
+Test-only hook: with ``SGID_TEST_KILL_AFTER_ROWS=N`` in the environment, a process SIGKILLs itself right after
+it has journaled its N-th entry (rows and output errors, counted across the run stores it opens), so kill-and-
+resume tests stop a run at an exact point without timing. It is read when a store opens; never set it otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +38,8 @@ MANIFEST = "metadata.jsonl"
 ERRORS = "errors.jsonl"
 JOURNAL = ".sgid-journal.jsonl"
 LOCK = ".sgid-lock"
+KILL_AFTER_ROWS = "SGID_TEST_KILL_AFTER_ROWS"  # test-only, see the module docstring
+_journaled_in_process = 0  # entries this process has journaled, for the test-only kill hook
 
 
 def dumps(row: dict[str, Any]) -> str:
@@ -97,6 +104,7 @@ class RunStore:
         self.input_errors: list[dict[str, Any]] = []  # inputs that could not be used, found afresh each run
         self._journal: IO[str] | None = None
         self._lock = FolderLock(self.out)
+        self._kill_after: int | None = None  # test-only (SGID_TEST_KILL_AFTER_ROWS)
 
     # -- opening -----------------------------------------------------------------------------------------
     def open(self) -> RunStore:
@@ -112,6 +120,7 @@ class RunStore:
         self._clean_temporaries()
         self._load_journal()
         self._journal = open(self.out / JOURNAL, "a", encoding="utf-8")
+        self._kill_after = int(os.environ[KILL_AFTER_ROWS]) if os.environ.get(KILL_AFTER_ROWS) else None
         return self
 
     def check(self) -> None:
@@ -213,6 +222,8 @@ class RunStore:
         self._journal.write(dumps(entry) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())
+        if self._kill_after is not None:
+            _count_for_kill_hook(self._kill_after)
 
     # -- manifests ---------------------------------------------------------------------------------------
     def write_manifests(self) -> None:
@@ -236,6 +247,14 @@ class RunStore:
             yield self
         finally:
             self.close()
+
+
+def _count_for_kill_hook(limit: int) -> None:
+    """The test-only kill hook: SIGKILL this process once it has journaled ``limit`` entries."""
+    global _journaled_in_process
+    _journaled_in_process += 1
+    if _journaled_in_process >= limit:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _row_order(row: dict[str, Any]) -> tuple[str, int, str]:
