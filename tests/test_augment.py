@@ -128,6 +128,47 @@ def test_caption_cache_is_reused_across_generation_settings(
         augment(source, tmp_path / "third", seed=1, cache_dir=cache_dir, **FAST)
 
 
+#: a value other than the default for every decoding setting of the captioner
+CHANGED_DECODING = {
+    "beam_captions": 3,
+    "num_beams": 12,
+    "nucleus_captions": 3,
+    "top_p": 0.5,
+    "top_k": 5,
+    "min_length": 3,
+    "max_length": 9,
+    "repetition_penalty": 1.3,
+}
+
+
+def test_every_decoding_setting_reaches_the_captioner_past_the_cache(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from sgid.stages.caption import Captioner, CaptionSettings
+
+    assert set(CHANGED_DECODING) == {f.name for f in dataclasses.fields(CaptionSettings)}
+    source = make_image_folder(tmp_path / "in", {"a": 1}, seed=11)
+    used: list[CaptionSettings] = []
+    real = Captioner.__call__
+
+    def recording(self, images, seeds):  # type: ignore[no-untyped-def]
+        used.append(self.settings)
+        return real(self, images, seeds)
+
+    monkeypatch.setattr(Captioner, "__call__", recording)
+    options = {**FAST, "steps": 1, "prompt": "label", "cache_dir": cache_dir}  # int(1 x 0.5) = 0 steps: VAE only
+    augment(source, tmp_path / "defaults", **options)
+    assert len(used) == 1
+    for name, value in CHANGED_DECODING.items():
+        used.clear()
+        augment(source, tmp_path / name, **options, **{name: value})
+        assert [getattr(s, name) for s in used] == [value], f"--{name} did not reach the captioner (cache hit)"
+        row = rows(tmp_path / name)[0]
+        assert len(row["captions"]) == {"beam_captions": 3 + 10, "nucleus_captions": 10 + 3}.get(name, 20)
+
+
 def test_bad_inputs_are_listed_and_never_stop_the_run(tmp_path: Path, cache_dir: Path) -> None:
     source = make_image_folder(tmp_path / "in", {"cat": 2})
     (source / "cat" / "empty.png").write_bytes(b"")
