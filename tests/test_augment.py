@@ -14,7 +14,6 @@ from conftest import FAST, make_image_folder, noise_image
 from sgid.cli import main
 from sgid.errors import SgidError
 from sgid.pipeline import augment
-from sgid.stages.guidance import PAPER_GUIDANCE
 
 
 def rows(out: Path) -> list[dict]:
@@ -39,7 +38,8 @@ def test_outputs_and_manifest(augmented_run: Path) -> None:
         best = max(row["captions"], key=lambda c: c["similarity"])  # --caption clip (default)
         assert (row["caption"], row["similarity"]) == (best["text"], best["similarity"])
         assert row["prompt"] == f"A picture of a {row['label_text']}, {row['caption']}"
-        assert row["guidance_scale"] == PAPER_GUIDANCE(row["similarity"])
+        s = row["similarity"]  # g = f(s) = -4s^2 + 2s + 1, the paper's map, written out
+        assert row["guidance_scale"] == pytest.approx(-4 * s * s + 2 * s + 1, abs=1e-12)
         assert (row["label_weight"], row["caption_weight"], row["noise_rate"], row["steps"]) == (1.5, 0.9, 0.5, 4)
         assert row["generator_model"] == "tiny:sd" and row["captioner_model"] == "tiny:blip"
         with Image.open(augmented_run / row["file_name"]) as image:

@@ -84,7 +84,7 @@ def count_steps(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> 
     def step(self: ConceptTrainer) -> float:
         calls.append(self.step_done)
         if fail_at is not None and len(calls) == fail_at:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(f"test: interrupted at step {len(calls)}")
         return original(self)
 
     monkeypatch.setattr(ConceptTrainer, "step", step)
@@ -200,7 +200,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     out = tmp_path / "concepts"
     settings = FAST  # 2 steps, a checkpoint after every step
     count_steps(monkeypatch, fail_at=2)  # killed during the second step
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="test: interrupted at step 2"):
         learn_concepts(dataset, out, settings, models="tiny", cache_dir=cache_dir, classes=["cat"], quiet=True)
     assert (out / "checkpoints" / "cat.safetensors").is_file()
     assert not (out / "cat.safetensors").exists() and "cat" not in read_index(out)["classes"]
