@@ -84,6 +84,32 @@ def test_text2img_generator_equals_diffusers_pipeline(tiny) -> None:  # type: ig
         assert np.array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_instruct_pix2pix_generator_equals_diffusers_pipeline(tiny) -> None:  # type: ignore[no-untyped-def]
+    from sgid.models.loading import load_sd_pipeline
+    from sgid.seeding import generator
+    from sgid.stages.generate import InstructPix2PixGenerator
+    from sgid.stages.prompt import PromptEncoder
+
+    pipe = load_sd_pipeline(tiny.instruct, "instruct", torch.device("cpu"), torch.float32, False)
+    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
+    embeds, negative = encoder.encode_texts(["make it snowy", "put it at night"]), encoder.encode_texts([""] * 2)
+    images = [noise_image(1, (32, 32)), noise_image(2, (32, 32))]
+    ours = InstructPix2PixGenerator(pipe, image_guidance=2.5)(
+        images, embeds, negative, [5.0, 5.0], strength=None, steps=3, seeds=[1, 2]
+    )
+    theirs = pipe(
+        image=images,
+        prompt_embeds=embeds,
+        negative_prompt_embeds=negative,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        image_guidance_scale=2.5,
+        generator=[generator(1), generator(2)],
+    ).images
+    for x, y in zip(ours.images, theirs, strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_text2img_language_model_sentences(two_by_two: Path, tmp_path: Path, cache_dir: Path) -> None:
     for name in ("one", "two"):
         augment(
