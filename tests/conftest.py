@@ -119,3 +119,52 @@ def method_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):  # t
     from method_runs import MethodRuns
 
     return MethodRuns(tmp_path_factory.mktemp("method-runs"), cache_dir)
+
+
+@pytest.fixture
+def forbid_model_loading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every way sgid builds or loads a model fails the test (and is recorded in the returned list): sgid's own
+    loaders wherever they were imported, the tiny-model builder, and the libraries' ``from_pretrained`` /
+    ``create_model`` entry points. For "bad input is refused before any model loads"."""
+    import importlib
+    import sys
+
+    touched: list[str] = []
+
+    def refusing(name: str):  # type: ignore[no-untyped-def]
+        def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+            touched.append(name)
+            raise AssertionError(f"{name} was called before the options were checked")
+
+        return refuse
+
+    owners = {
+        "sgid.models.loading": ("load_captioner", "load_scorer", "load_sd_pipeline", "load_text_model"),
+        "sgid.models.tiny": ("ensure_tiny_models",),
+        "sgid.evaluate.backbones": ("build_backbone", "load_clip"),
+        "sgid.features": ("load_clip",),
+    }
+    originals: dict[int, str] = {}
+    for module_name, names in owners.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            originals[id(getattr(module, name))] = f"{module_name}.{name}"
+    for module_name, module in list(sys.modules.items()):  # every place the loaders were imported into
+        if module_name == "sgid" or module_name.startswith("sgid."):
+            for attribute, value in list(vars(module).items()):
+                if id(value) in originals:
+                    monkeypatch.setattr(module, attribute, refusing(originals[id(value)]))
+    import diffusers
+    import transformers
+    from diffusers.loaders.single_file import FromSingleFileMixin
+
+    for owner, method in (
+        (transformers.PreTrainedModel, "from_pretrained"),
+        (diffusers.DiffusionPipeline, "from_pretrained"),
+        (diffusers.ModelMixin, "from_pretrained"),
+        (FromSingleFileMixin, "from_single_file"),
+    ):
+        monkeypatch.setattr(owner, method, classmethod(refusing(f"{owner.__name__}.{method}")))
+    for module_name, function in (("timm", "create_model"), ("open_clip", "create_model")):
+        monkeypatch.setattr(importlib.import_module(module_name), function, refusing(f"{module_name}.{function}"))
+    return touched

@@ -350,7 +350,12 @@ def test_lora_that_does_not_fit_is_a_clear_error(
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(
-    extra: list[str], message: str, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    extra: list[str],
+    message: str,
+    dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    forbid_model_loading: list[str],
 ) -> None:
     source = tmp_path / "missing" if not extra else dataset
     code = main(["learn-concepts", str(source), "--out", str(tmp_path / "out"), "--models", "tiny", *extra])

@@ -237,7 +237,7 @@ def test_save_models_writes_loadable_classifiers(toy) -> None:
         (["--backbone", "zero_shot_clip", "--methods", "randaugment"], "is not trained"),
     ],
 )
-def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, message) -> None:
+def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, message, forbid_model_loading) -> None:
     assert main(_args(toy, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("sgid: error: ") and err.count("\n") == 1 and "Traceback" not in err

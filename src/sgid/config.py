@@ -106,9 +106,11 @@ class AugmentConfig:
         parts = chain_parts(self.method)  # a chain's stages are configured and checked one by one
         if len(parts) == 1:
             METHODS.get(self.method)(self).check()
-        from sgid.models.loading import MODEL_PRESETS
+        from sgid.models.loading import MODEL_PRESETS, check_dtype, parse_device
 
         MODEL_PRESETS.get(self.models)
+        parse_device(self.device)  # spelling only: whether the device is there is checked where the run executes
+        check_dtype(self.dtype)
         parse_guidance(self.guidance)
         if "{label}" not in self.label_template:
             raise SgidError(f"--label-template must contain {{label}}: {self.label_template!r}")

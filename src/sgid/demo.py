@@ -49,13 +49,15 @@ def build_demo_folder(dest: Path) -> Path:
 
 def run_demo(out: Path, *, models: str = "tiny", multiplier: int = 2, **options: Any) -> Path:
     """Build the demo folder under ``out/input``, augment into ``out/augmented``, write ``out/index.html``."""
+    from sgid.config import AugmentConfig
     from sgid.gallery import render_gallery
     from sgid.pipeline import augment
     from sgid.runstore import atomic_write
 
     out = Path(out)
-    source = build_demo_folder(out / "input")
     augmented = out / "augmented"
+    AugmentConfig.build(out / "input", augmented, models=models, multiplier=multiplier, **options)  # check first
+    source = build_demo_folder(out / "input")
     augment(source, augmented, models=models, multiplier=multiplier, **options)
     note = TINY_WARNING if models == "tiny" else ""
     page = render_gallery(augmented, source, title="sgid demo: SGID augmentations", note=note)

@@ -90,12 +90,12 @@ def learn_concepts(
     listing = scan(Path(input_dir), read_label_names(Path(label_names)) if label_names else None)
     chosen = select_classes(listing, classes)
     tokens = concept_tokens(listing.classes)  # over all folders, so a token never depends on --classes
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     choice = resolve_models(models, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), generator=sd_model)
     store = ConceptsDir(out_dir, {"model": choice.generator.name, **settings.identity()}, overwrite=overwrite)
     store.check()
     # 2. Load a private copy of the model: training adds tokens to its tokenizer and text encoder
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
     pipe = load_sd_pipeline(choice.generator, "img2img", torch_device, torch_dtype, False, private=True)
     parts = DiffusionParts.from_pipeline(pipe)
     resolution = settings.resolution or parts.native_resolution
