@@ -1,7 +1,8 @@
 """Training and testing one classifier: seeded, on the CPU or a GPU, with per-epoch progress.
 
 A run is reproducible: :func:`seed_everything` seeds python, numpy and torch; the loader shuffles with its own
-seeded generator; swap coins are drawn from ``(seed, epoch, index)`` so they do not depend on worker processes.
+seeded generator; swap coins and every random transform of a draw (crop, flip, RandAugment, Random Erasing) are
+drawn from ``(seed, epoch, index)``, so results do not depend on ``--workers``.
 The optimizer and schedule come from the backbone's :class:`~sgid.evaluate.backbones.Recipe`: SGD with the lr
 divided by 10 at 50% and 75% of the epochs (stepped per epoch), or AdamW with the lr decayed linearly to 0 over
 the training steps (the HF Trainer default the paper used for ViT and CLIP).
@@ -9,10 +10,11 @@ the training steps (the HF Trainer default the paper used for ViT and CLIP).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_randomness(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """Inside the block torch's and python's global generators are seeded from ``(seed, epoch, index)``; after
+    it they are as before. A draw's random transforms then depend on the draw alone, never on which process
+    (the main one or a DataLoader worker) makes it or on what it made before."""
+    draw_seed = int(np.random.default_rng([seed % 2**63, epoch, index, 1]).integers(2**63))
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(draw_seed)
+        random.seed(draw_seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
 
 
 class ImageCache:
@@ -90,7 +108,9 @@ class TrainingSet(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         example = self.example(index)
-        return self.transform(self.cache.get(example)), example.label, int(example.generated)
+        with seeded_randomness(self.seed, self.epoch, index):
+            image = self.transform(self.cache.get(example))
+        return image, example.label, int(example.generated)
 
 
 class EvalSet(Dataset):
