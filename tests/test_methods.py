@@ -345,48 +345,6 @@ def test_retrieval_with_tiny_clip_end_to_end(two_by_two: Path, tmp_path: Path, c
     assert all(Image.open(tmp_path / "out" / r["file_name"]).size == (20, 20) for r in manifest)
 
 
-# -- the same guarantees as sgid: batch-size invariance and restart -------------------------------------------
-@pytest.mark.parametrize(
-    ("method", "options"),
-    [
-        ("text2img", {}),
-        ("diverse_caption", {}),
-        ("instruct_pix2pix", {}),
-        pytest.param("boomerang", {}, marks=pytest.mark.slow),
-        pytest.param("retrieval", {"duplicate_threshold": 0.99999}, marks=pytest.mark.slow),
-    ],
-)
-def test_batch_size_invariance_and_rerun(method: str, options: dict, tmp_path: Path, cache_dir: Path) -> None:
-    source = make_image_folder(tmp_path / "in", {"a": 3, "b": 2}, size=(24, 20))
-    if method == "retrieval":
-        options["pool"] = tmp_path / "pool"
-        make_image_folder(tmp_path / "pool", {"x": 12}, size=(20, 20), seed=9)
-    runs = {}
-    for name, batch in [("bs1", 1), ("bs3", 3)]:
-        runs[name] = augment(
-            source,
-            tmp_path / name,
-            method=method,
-            batch_size=batch,
-            multiplier=2,
-            cache_dir=cache_dir,
-            **options,
-            **FAST,
-        )
-    assert (tmp_path / "bs1" / "metadata.jsonl").read_bytes() == (tmp_path / "bs3" / "metadata.jsonl").read_bytes()
-    one, three = pngs(tmp_path / "bs1"), pngs(tmp_path / "bs3")
-    assert one.keys() == three.keys() and len(one) == runs["bs1"].total_images > 0
-    for name in one:
-        diff = np.abs(
-            np.asarray(Image.open(tmp_path / "bs1" / name), int) - np.asarray(Image.open(tmp_path / "bs3" / name), int)
-        )
-        assert diff.max() <= 2
-    again = augment(
-        source, tmp_path / "bs3", method=method, batch_size=3, multiplier=2, cache_dir=cache_dir, **options, **FAST
-    )
-    assert again.generated == 0 and pngs(tmp_path / "bs3") == three
-
-
 def test_a_method_output_trains_in_sgid_evaluate(two_by_two: Path, tmp_path: Path, cache_dir: Path) -> None:
     from sgid.cli import main
 
