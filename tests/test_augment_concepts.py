@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import FAST, make_image_folder
-from sgid.concepts import TrainSettings, learn_concepts
+from sgid.concepts import LoraSettings, TrainSettings, learn_concepts
+from sgid.errors import SgidError
 from sgid.pipeline import augment
 
 
@@ -81,3 +82,110 @@ def test_lora_changes_the_generated_images(folder_and_concepts, tmp_path: Path, 
         for a, b in zip(plain, adapted, strict=True)
     ]
     assert all(differs)
+
+
+# -- a LoRA concepts folder (sgid learn-concepts --method lora) ------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_concepts(folder_and_concepts: tuple[Path, Path], cache_dir: Path) -> Path:
+    source, concepts = folder_and_concepts
+    out = concepts.parent / "lora-concepts"
+    settings = LoraSettings(steps=2, samples_per_class=0, learning_rate=5e-2, token_learning_rate=5e-2)
+    learn_concepts(source, out, settings, models="tiny", cache_dir=cache_dir, quiet=True)
+    return out
+
+
+def pngs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def test_lora_concepts_equal_diffusers_loading_and_change_the_images(  # type: ignore[no-untyped-def]
+    folder_and_concepts, lora_concepts: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sgid.concepts import Prepared, concepts_fingerprint, fork_pipeline, load_concepts
+    from sgid.concepts.apply import concept_labels
+    from sgid.stages import bundle
+
+    source, _ = folder_and_concepts
+    options = dict(method="text2img", cache_dir=cache_dir, **FAST)
+    augment(source, tmp_path / "plain", **options)
+    augment(source, tmp_path / "sgid", concepts=lora_concepts, **options)
+
+    def diffusers_loading(pipe, config) -> Prepared:  # type: ignore[no-untyped-def]
+        """The same folder applied by diffusers' own loaders instead of sgid's."""
+        forked = fork_pipeline(pipe, ("tokenizer", "text_encoder", "unet"))
+        tokens = load_concepts(lora_concepts)
+        for class_name, token in tokens.items():
+            forked.load_textual_inversion(str(lora_concepts / f"{class_name}.safetensors"), token=token)
+        forked.load_lora_weights(str(lora_concepts))
+        labels = concept_labels(lora_concepts)
+        return Prepared(forked, tokens, None, labels, concepts_fingerprint(lora_concepts))
+
+    monkeypatch.setattr(bundle, "prepare", diffusers_loading)
+    augment(source, tmp_path / "diffusers", concepts=lora_concepts, **options)
+
+    sgid_images, diffusers_images = pngs(tmp_path / "sgid"), pngs(tmp_path / "diffusers")
+    assert sgid_images and sgid_images == diffusers_images
+    plain = pngs(tmp_path / "plain")
+    assert plain.keys() == sgid_images.keys() and all(plain[k] != sgid_images[k] for k in plain)
+
+
+@pytest.mark.parametrize("method", ["sgid", "text2img", "diverse_caption", "boomerang"])
+def test_lora_concepts_reach_every_generative_method(  # type: ignore[no-untyped-def]
+    method: str, folder_and_concepts, lora_concepts: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    from sgid.concepts import concepts_fingerprint
+
+    source, _ = folder_and_concepts
+    extra = {"boomerang_prompt": "label"} if method == "boomerang" else {}
+    augment(source, tmp_path / "out", method=method, concepts=lora_concepts, cache_dir=cache_dir, **extra, **FAST)
+    manifest = rows(tmp_path / "out")
+    assert manifest and {r["concepts_sha256"] for r in manifest} == {concepts_fingerprint(lora_concepts)}
+    for row in manifest:
+        token = "<sgid-cat>" if row["label"] == "cat" else "<sgid-golden_retriever>"
+        assert row["concept_token"] == token
+        assert f"{token} {row['label_text']}" in row["prompt"]  # the prompt the LoRA was trained with
+
+
+def test_concept_tokens_never_reach_clip_or_the_language_model(  # type: ignore[no-untyped-def]
+    folder_and_concepts, lora_concepts: Path, tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sgid.stages.score import ClipScorer
+    from sgid.stages.text import TextGenerator
+
+    seen: list[str] = []
+    text_embeddings, generate = ClipScorer.text_embeddings, TextGenerator.generate
+
+    def spy_clip(self, texts):  # type: ignore[no-untyped-def]
+        seen.extend(texts)
+        return text_embeddings(self, texts)
+
+    def spy_lm(self, prompt, n, seed):  # type: ignore[no-untyped-def]
+        seen.append(prompt)
+        return generate(self, prompt, n, seed)
+
+    monkeypatch.setattr(ClipScorer, "text_embeddings", spy_clip)
+    monkeypatch.setattr(TextGenerator, "generate", spy_lm)
+    source, _ = folder_and_concepts
+    for method, extra in (("sgid", {}), ("diverse_caption", {"summarize": True, "text_model": "tiny:lm"})):
+        augment(source, tmp_path / method, method=method, concepts=lora_concepts, cache_dir=cache_dir, **extra, **FAST)
+    augment(
+        source,
+        tmp_path / "t2i",
+        method="text2img",
+        text_model="tiny:lm",
+        concepts=lora_concepts,
+        cache_dir=cache_dir,
+        **FAST,
+    )
+    assert seen and not [text for text in seen if "<sgid-" in text]
+    assert any("<sgid-cat>" in r["prompt"] for r in rows(tmp_path / "t2i"))
+
+
+def test_instruct_pix2pix_refuses_a_lora_concepts_folder(  # type: ignore[no-untyped-def]
+    folder_and_concepts, lora_concepts: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    source, _ = folder_and_concepts
+    with pytest.raises(SgidError, match="instruct_pix2pix"):
+        augment(
+            source, tmp_path / "out", method="instruct_pix2pix", concepts=lora_concepts, cache_dir=cache_dir, **FAST
+        )

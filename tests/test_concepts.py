@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import sgid.concepts.tokens
+from concept_helpers import count_steps, learned_folder
 from conftest import CPU, make_image_folder, noise_image
 from sgid.cli import main
 from sgid.concepts import (
@@ -67,28 +68,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory: pytest.TempPathFactory, dataset: Path, cache_dir: Path) -> Path:
     """One finished run over both classes, shared read-only (tests copy it before changing it)."""
-    out = tmp_path_factory.mktemp("concepts-run") / "concepts"
-    learn_concepts(dataset, out, FAST, models="tiny", cache_dir=cache_dir, quiet=True)
-    return out
+    return learned_folder(tmp_path_factory, "concepts-run", dataset, FAST, cache_dir)
 
 
 def read_index(directory: Path) -> dict[str, Any]:
     return json.loads((directory / "concepts.json").read_text())
-
-
-def count_steps(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list[int]:
-    """Count ConceptTrainer.step calls; with ``fail_at``, that call raises KeyboardInterrupt (a killed run)."""
-    calls: list[int] = []
-    original = ConceptTrainer.step
-
-    def step(self: ConceptTrainer) -> float:
-        calls.append(self.step_done)
-        if fail_at is not None and len(calls) == fail_at:
-            raise KeyboardInterrupt(f"test: interrupted at step {len(calls)}")
-        return original(self)
-
-    monkeypatch.setattr(ConceptTrainer, "step", step)
-    return calls
 
 
 def make_image(seed: int) -> Any:
@@ -199,14 +183,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(
 ) -> None:
     out = tmp_path / "concepts"
     settings = FAST  # 2 steps, a checkpoint after every step
-    count_steps(monkeypatch, fail_at=2)  # killed during the second step
+    count_steps(monkeypatch, ConceptTrainer, fail_at=2)  # killed during the second step
     with pytest.raises(KeyboardInterrupt, match="test: interrupted at step 2"):
         learn_concepts(dataset, out, settings, models="tiny", cache_dir=cache_dir, classes=["cat"], quiet=True)
     assert (out / "checkpoints" / "cat.safetensors").is_file()
     assert not (out / "cat.safetensors").exists() and "cat" not in read_index(out)["classes"]
 
     monkeypatch.undo()
-    calls = count_steps(monkeypatch)
+    calls = count_steps(monkeypatch, ConceptTrainer)
     learn_concepts(dataset, out, settings, models="tiny", cache_dir=cache_dir, classes=["cat"], quiet=True)
 
     assert calls == [1]  # only the step after the checkpoint was redone
@@ -221,7 +205,7 @@ def test_finished_classes_are_skipped_on_rerun(
     out = tmp_path / "concepts"
     shutil.copytree(learned, out)
     before = {p.name: p.read_bytes() for p in out.glob("*.safetensors")}
-    calls = count_steps(monkeypatch)
+    calls = count_steps(monkeypatch, ConceptTrainer)
 
     summary = learn_concepts(dataset, out, FAST, models="tiny", cache_dir=cache_dir, quiet=True)
 
@@ -258,14 +242,14 @@ def test_checkpoints_round_trip_and_foreign_ones_are_ignored(tmp_path: Path) -> 
     key = {"token": "<sgid-cat>", "images_sha256": "abc"}
     with store.session({}):
         store.save_checkpoint("cat", state, key)
-        back = store.load_checkpoint("cat", key)
+        back = store.load_checkpoint("cat", key, TrainState.from_tensors)
         assert back is not None and (back.step, back.loss) == (3, 0.25)
         assert torch.equal(back.embedding, state.embedding)
         assert back.optimizer.keys() == optimizer.keys()
         assert all(torch.equal(back.optimizer[name], value) for name, value in optimizer.items())
-        assert store.load_checkpoint("cat", dict(key, images_sha256="other images")) is None
+        assert store.load_checkpoint("cat", dict(key, images_sha256="other images"), TrainState.from_tensors) is None
         (tmp_path / "concepts" / "checkpoints" / "cat.safetensors").write_bytes(b"torn")
-        assert store.load_checkpoint("cat", key) is None
+        assert store.load_checkpoint("cat", key, TrainState.from_tensors) is None
         with pytest.raises(RunDirError, match="another sgid run"):
             ConceptsDir(tmp_path / "concepts", {"model": "m"}).open({})
 

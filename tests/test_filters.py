@@ -27,7 +27,7 @@ def everything(data: FilterInput) -> np.ndarray:
 
 
 def test_every_documented_filter_is_registered() -> None:
-    expected = {"label", "prompt", "original", "threshold", "best_of_k", "realfake", "confidence"}
+    expected = {"label", "prompt", "original", "threshold", "best_of_k", "realfake", "confidence", "human"}
     assert set(FILTERS.names()) == expected
     with pytest.raises(SgidError, match="unknown filter 'nope'; choose from"):
         FILTERS.get("nope")

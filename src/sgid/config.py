@@ -22,7 +22,22 @@ from sgid.stages.score import SIMILARITY_MODES
 CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
 
 #: Settings that do not change what a run produces; they may differ when a run is resumed.
-EXECUTION_ONLY = frozenset({"batch_size", "device", "quiet", "overwrite", "cache_dir", "out_dir", "caption_cache"})
+EXECUTION_ONLY = frozenset(
+    {
+        "batch_size",
+        "device",
+        "quiet",
+        "overwrite",
+        "cache_dir",
+        "out_dir",
+        "caption_cache",
+        "engine",
+        "workers",
+        "gpus_per_worker",
+        "ray_address",
+        "shard_size",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -79,12 +94,19 @@ class AugmentConfig:
     concepts: Path | None = None  # learned textual-inversion concepts (sgid learn-concepts)
     lora: str | None = None  # LoRA weights for the Stable Diffusion UNet/text encoder
     lora_scale: float = 1.0
+    perturb_probability: float = 1.0  # randaugment/random_erasing/cutmix: chance each image is perturbed
     # execution
     batch_size: int = 4
     cache_dir: Path | None = None
     caption_cache: bool = True
     overwrite: bool = False
     quiet: bool = False
+    # engines (docs/scaling.md): who runs the work; never what it produces
+    engine: str = "local"
+    workers: int | None = None  # None: one per GPU (ray), or 1
+    gpus_per_worker: float | None = None  # None: 1 on a machine with GPUs, else 0
+    ray_address: str | None = None  # join this Ray cluster instead of starting a local one
+    shard_size: int = 64  # items per unit of work handed to a worker
 
     def __post_init__(self) -> None:
         _check(self.noise, "--noise", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
@@ -116,6 +138,7 @@ class AugmentConfig:
             raise SgidError(f"--label-template must contain {{label}}: {self.label_template!r}")
         _check(self.sentences, "--sentences", lambda v: v >= 1, "must be >= 1")
         _check(self.image_guidance, "--image-guidance", lambda v: v >= 0, "must be >= 0")
+        _check(self.perturb_probability, "--perturb-probability", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
         _check(self.duplicate_threshold, "--duplicate-threshold", lambda v: -1 <= v <= 1, "must be in [-1, 1]")
         _choice(self.boomerang_prompt, "--boomerang-prompt", ("empty", "label"))
         _choice(self.retrieval_query, "--retrieval-query", ("text", "image", "both"))
@@ -123,6 +146,19 @@ class AugmentConfig:
             raise SgidError("--caption beam needs beam captions (--beam-captions > 0)")
         if self.caption == "nucleus" and not self.captions.nucleus_captions:
             raise SgidError("--caption nucleus needs nucleus captions (--nucleus-captions > 0)")
+        _check(self.shard_size, "--shard-size", lambda v: v >= 1, "must be >= 1")
+        if self.workers is not None:
+            _check(self.workers, "--workers", lambda v: v >= 1, "must be >= 1")
+        if self.gpus_per_worker is not None:
+            _check(
+                self.gpus_per_worker,
+                "--gpus-per-worker",
+                lambda v: 0 < v <= 1 or float(v).is_integer(),
+                "must be a fraction in (0, 1] or a whole number of GPUs",
+            )
+        from sgid.engines import ENGINES
+
+        ENGINES.get(self.engine).check(self)
 
     @classmethod
     def build(

@@ -1,7 +1,9 @@
 """The input: a folder with one subfolder per class (torchvision ``ImageFolder`` convention).
 
 Files are listed, not read, here; reading happens image by image so one bad file never stops a run.
-Hidden files and folders (name starting with ``.``) and files directly in the root are ignored.
+Hidden files and folders (name starting with ``.``) and files directly in the root are ignored. A class folder
+without any image file is left out of the classes (every command alike) and listed in ``Listing.empty`` and,
+with the reason, in ``Listing.skipped``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,19 @@ from pathlib import Path
 
 from sgid.errors import SgidError
 from sgid.images import IMAGE_EXTENSIONS
+from sgid.manifest import MANIFEST, RUN_FILE, default_label
+
+__all__ = [
+    "EMPTY_CLASS",
+    "Listing",
+    "Source",
+    "default_label",
+    "empty_classes_note",
+    "is_run_dir",
+    "read_label_names",
+    "scan",
+    "scan_run",
+]
 
 
 @dataclass(frozen=True)
@@ -36,13 +51,18 @@ class Source:
 class Listing:
     sources: tuple[Source, ...]  # image files, sorted by relpath
     skipped: tuple[tuple[str, str], ...]  # (relpath, reason) for files that are not images
-    classes: tuple[str, ...]  # class folder names, sorted
+    classes: tuple[str, ...]  # class folder names with at least one image file, sorted
     labels: dict[str, str]  # class folder name -> label text
+    empty: tuple[str, ...] = ()  # class folders without any image file: left out of ``classes``
 
 
-def default_label(class_name: str) -> str:
-    """Folder name to label text: ``golden_retriever`` -> ``golden retriever``."""
-    return " ".join(class_name.replace("_", " ").split())
+EMPTY_CLASS = "class folder without images; left out (not a class)"
+
+
+def empty_classes_note(root: Path, empty: tuple[str, ...]) -> str:
+    """The one-line warning for class folders without images."""
+    names = ", ".join(empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+    return f"{root}: {len(empty)} class folder(s) without images left out: {names}"
 
 
 def read_label_names(path: Path) -> dict[str, str]:
@@ -73,7 +93,7 @@ def read_label_names(path: Path) -> dict[str, str]:
 
 
 def is_run_dir(root: Path) -> bool:
-    return (root / "run.json").is_file() and (root / "metadata.jsonl").is_file()
+    return (root / RUN_FILE).is_file() and (root / MANIFEST).is_file()
 
 
 def scan(root: Path, label_names: dict[str, str] | None = None) -> Listing:
@@ -110,10 +130,14 @@ def scan(root: Path, label_names: dict[str, str] | None = None) -> Listing:
                 )
             )
     sources.sort(key=lambda s: s.relpath)
-    skipped.sort()
     if not sources:
         raise SgidError(f"no image files found under {root}")
-    return Listing(tuple(sources), tuple(skipped), tuple(p.name for p in class_dirs), labels)
+    found = {s.class_name for s in sources}
+    empty = tuple(p.name for p in class_dirs if p.name not in found)
+    skipped.extend((f"{name}/", EMPTY_CLASS) for name in empty)
+    skipped.sort()
+    classes = tuple(p.name for p in class_dirs if p.name in found)
+    return Listing(tuple(sources), tuple(skipped), classes, {c: labels[c] for c in classes}, empty)
 
 
 def _walk_files(folder: Path) -> list[Path]:
@@ -131,37 +155,27 @@ def _walk_files(folder: Path) -> list[Path]:
 
 def scan_run(root: Path, label_names: dict[str, str] | None = None) -> Listing:
     """The images of an earlier sgid run as sources, with provenance back to their real source images."""
-    rows = []
-    for number, line in enumerate((root / "metadata.jsonl").read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise SgidError(f"{root / 'metadata.jsonl'} line {number} is not JSON: {exc}") from None
+    from sgid.manifest import read_run
+
     sources: list[Source] = []
     skipped: list[tuple[str, str]] = []
     labels: dict[str, str] = {}
-    for row in rows:
-        file_name, class_name = row.get("file_name"), row.get("label")
-        if not file_name or not class_name:
-            raise SgidError(f"{root / 'metadata.jsonl'} is not an sgid manifest (rows need file_name and label)")
-        label = (label_names or {}).get(class_name) or row.get("label_text") or default_label(class_name)
-        labels.setdefault(class_name, label)
-        path = root / file_name
+    for row in read_run(root).rows:
+        label = (label_names or {}).get(row.label) or row.label_text
+        labels.setdefault(row.label, label)
+        path = root / row.file_name
         if not path.is_file():
-            skipped.append((file_name, "listed in the earlier run's manifest but missing on disk"))
+            skipped.append((row.file_name, "listed in the earlier run's manifest but missing on disk"))
             continue
-        method = row.get("method") or "unknown"
-        chain = tuple(row.get("chain") or ([] if method == "original" else [method]))
         sources.append(
             Source(
                 path=path.resolve(),
-                relpath=file_name,
-                class_name=class_name,
-                label=labels[class_name],
-                origin=row.get("source"),
-                origin_sha256=row.get("source_sha256"),
-                chain=chain,
+                relpath=row.file_name,
+                class_name=row.label,
+                label=labels[row.label],
+                origin=row.source,
+                origin_sha256=row.source_sha256,
+                chain=row.chain,
             )
         )
     if not sources:

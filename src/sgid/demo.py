@@ -16,6 +16,7 @@ from PIL import Image
 
 from sgid.errors import require
 from sgid.models.loading import TINY_WARNING
+from sgid.outdir import check_out_dir
 
 #: class folder -> skimage.data loaders (all bundled with scikit-image, none downloaded)
 DEMO_IMAGES = {
@@ -47,6 +48,14 @@ def build_demo_folder(dest: Path) -> Path:
     return dest
 
 
+DEMO_OUTPUTS = ("input", "augmented", "augmented.stages", "index.html")
+
+
+def is_demo_output(folder: Path) -> bool:
+    """A folder holding only what an earlier ``sgid demo`` wrote (rerun: resumed; nothing else is touched)."""
+    return all(p.name in DEMO_OUTPUTS or p.name.startswith(".") for p in folder.iterdir())
+
+
 def run_demo(out: Path, *, models: str = "tiny", multiplier: int = 2, **options: Any) -> Path:
     """Build the demo folder under ``out/input``, augment into ``out/augmented``, write ``out/index.html``."""
     from sgid.config import AugmentConfig
@@ -57,6 +66,7 @@ def run_demo(out: Path, *, models: str = "tiny", multiplier: int = 2, **options:
     out = Path(out)
     augmented = out / "augmented"
     AugmentConfig.build(out / "input", augmented, models=models, multiplier=multiplier, **options)  # check first
+    check_out_dir(out, command="demo", owned=is_demo_output)
     source = build_demo_folder(out / "input")
     augment(source, augmented, models=models, multiplier=multiplier, **options)
     note = TINY_WARNING if models == "tiny" else ""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from sgid.images import ImageError, load_rgb
+from sgid.manifest import ManifestRow, read_run
 
 THUMBNAIL = 192
 
@@ -37,17 +37,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def read_manifest(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metadata.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def render_gallery(run_dir: Path, input_dir: Path, *, title: str = "sgid augmentations", note: str = "") -> str:
     """The HTML page for the run in ``run_dir`` whose originals are under ``input_dir``."""
-    rows = [r for r in read_manifest(run_dir) if r.get("method") != "original"]
-    by_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rows = [r for r in read_run(run_dir).rows if not r.is_original]
+    by_source: dict[str, list[ManifestRow]] = defaultdict(list)
     for row in rows:
-        by_source[row.get("source") or ""].append(row)
+        by_source[row.source or ""].append(row)
     sections = []
     for source in sorted(by_source):
         try:
@@ -55,18 +50,18 @@ def render_gallery(run_dir: Path, input_dir: Path, *, title: str = "sgid augment
         except ImageError:
             original = None
         cells = [_figure(original, [("original", source)])] if source else []
-        for row in sorted(by_source[source], key=lambda r: r.get("k") or 0):
+        for row in sorted(by_source[source], key=lambda r: r.k or 0):
             details = [
-                ("k", str(row.get("k"))),
+                ("k", str(row.k)),
                 ("caption", row.get("caption") or "–"),
-                ("prompt", row.get("prompt") or "–"),
+                ("prompt", row.prompt or "–"),
                 ("similarity s*", _fmt(row.get("similarity"))),
                 ("guidance g", _fmt(row.get("guidance_scale"))),
                 ("noise n", _fmt(row.get("noise_rate"), 2)),
             ]
-            with Image.open(run_dir / row["file_name"]) as generated:
+            with Image.open(run_dir / row.file_name) as generated:
                 cells.append(_figure(generated.convert("RGB"), details))
-        label = by_source[source][0].get("label_text") or by_source[source][0].get("label") or ""
+        label = by_source[source][0].label_text
         sections.append(f"<section><h2>{html.escape(label)}</h2><div class='row'>{''.join(cells)}</div></section>")
     banner = f"<p class='note'>{html.escape(note)}</p>" if note else ""
     return f"""<!doctype html>

@@ -80,6 +80,26 @@ def load_rgb(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int 
     return LoadedImage(image=image, sha256=digest, original_mode=mode, original_size=image.size)
 
 
+def probe_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 8) -> tuple[int, int]:
+    """The (width, height) :func:`load_rgb` would give (EXIF rotation applied), read from the file's header
+    where the format allows; :class:`ImageError` with load_rgb's reason when the file is not usable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size
+                orientation = opened.getexif().get(EXIF_ORIENTATION) if width * height <= max_pixels else None
+    except Exception:  # any failure: let the full reader say why, in its own words
+        load_rgb(path, max_pixels=max_pixels, min_side=min_side)
+        raise ImageError("not an image Pillow can read") from None
+    if width * height > max_pixels or min(width, height) < min_side:
+        load_rgb(path, max_pixels=max_pixels, min_side=min_side)  # raises with the reason
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+EXIF_ORIENTATION = 0x0112  # ImageOps.exif_transpose swaps the sides for orientations 5 to 8
+
+
 def to_rgb8(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB, compositing transparency onto white and rescaling 16-bit data."""
     mode = image.mode

@@ -1,47 +1,76 @@
-"""``sgid augment``: read → caption → score → prompt → generate → write.
+"""``sgid augment``: plan → execute → write.
 
-1. **Read, caption, score.** Every source still needing work is read; when the method uses captions, BLIP
-   captions and CLIP similarities are computed (or taken from the cache) in fixed groups of
-   ``caption_batch_size`` images over the sorted source list, so they never depend on ``--batch-size`` or on
-   what a killed run had finished.
-2. **Prepare and plan.** The method prepares what needs the whole dataset (sentences, caption pools, retrieval
-   assignments), then plans each (source, k): caption, prompt, weights, guidance, generator.
-3. **Score** captions that were chosen from elsewhere (one image and one caption per call, so the result
-   cannot depend on a batch).
-4. **Generate and write.** Samples of equal generator and generation size are batched; each image is committed
-   (atomically, then journaled) as soon as it is made.
+1. **Plan** (:mod:`sgid.plan`). Every source is measured (its header), every (source, k) gets a slot, and
+   slots are cut into batches and shards from the full sorted list, so no batch depends on what an earlier
+   run finished. The sources that work needs are read; when the method uses captions, BLIP captions and CLIP
+   similarities are computed (or taken from the cache) in fixed groups. The method prepares what needs the
+   whole dataset, then plans each (source, k): caption, prompt, weights, guidance, generator. Captions chosen
+   from elsewhere are scored.
+2. **Execute** (:mod:`sgid.execute`, through an engine of :mod:`sgid.engines`). Workers turn shards into
+   image bytes and manifest rows; they never touch OUT.
+3. **Write** (:mod:`sgid.runstore`). The driver's single writer commits each image (atomically, then
+   journaled) as it arrives, ignoring anything already done.
 
 ``text2img+sgid``-style chains run one method after another, each stage a complete run of its own.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from sgid import __version__
 from sgid.cache import Cache, cache_key
 from sgid.config import AugmentConfig
-from sgid.dataset import Listing, Source, read_label_names, scan
+from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
+from sgid.engines import ENGINES, Engine
 from sgid.errors import SgidError
-from sgid.images import ImageError, LoadedImage, generation_size, load_rgb, png_bytes, resize
+from sgid.execute import ItemResult, Worker, WorkerSpec
+from sgid.images import ImageError, LoadedImage, load_rgb, probe_size
+from sgid.manifest import ErrorRow
 from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
-from sgid.models.loading import TINY_WARNING, ModelChoice, default_cache_dir, is_tiny, resolve_models
-from sgid.progress import bar, note
+from sgid.models.loading import (
+    TINY_WARNING,
+    Geometry,
+    ModelChoice,
+    default_cache_dir,
+    is_tiny,
+    model_id,
+    resolve_models,
+    sd_geometry,
+)
+from sgid.outdir import check_out_dir
+from sgid.plan import (
+    Batch,
+    CaptionSource,
+    CaptionTask,
+    Layout,
+    ScoreRequest,
+    ScoreTask,
+    Slot,
+    WorkItem,
+    caption_groups,
+    chunks,
+    lay_out,
+    shards_of,
+    target_size,
+)
+from sgid.progress import bar, note, warn
 from sgid.runstore import RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
-from sgid.stages.bundle import Stages, load_stages
+from sgid.stages.bundle import PARTS, Stages, runs_diffusion
 from sgid.stages.caption import Caption
 from sgid.versions import package_versions
 
 MANIFEST_FLUSH_SECONDS = 30.0
+SCORE_TASK_SIZE = 64  # chosen captions scored per task
 
 
 @dataclass(frozen=True)
@@ -84,6 +113,8 @@ def augment(input_dir: str | Path, out_dir: str | Path, *, preset: str | None = 
 
 
 class Augmenter:
+    """One run of one method. ``stages`` replaces the models the driver would load (tests hand in stand-ins)."""
+
     def __init__(self, config: AugmentConfig, stages: Stages | None = None) -> None:
         self.config = config
         self.method: Method = METHODS.get(config.method)(config)
@@ -96,44 +127,37 @@ class Augmenter:
         started = time.monotonic()
         # 1. Check inputs (no model is loaded before this passes)
         listing = self._scan()
+        if listing.empty:  # listed in errors.jsonl with the other skipped inputs
+            warn(empty_classes_note(c.input_dir, listing.empty))
         _check_out_dir(c)
-        choice = resolve_models(
-            c.models,
-            cache_dir=self.cache_dir,
-            captioner=c.captioner,
-            scorer=c.scorer,
-            generator=c.sd_model,
-            instruct=c.instruct_model,
-            text=c.text_model,
-            sd_config=c.sd_config,
-        )
+        choice = self._resolve_models()
         store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
         store.check()
-        # 2. Load models, failing before any work when weights are missing
-        stages = self._stages or load_stages(c, choice, self.method)
-        if is_tiny(choice):
-            note(TINY_WARNING, c.quiet)
+        engine = ENGINES.get(c.engine)(c)
+        if self._stages is not None and not engine.needs_local_models:
+            raise SgidError(f"--engine {c.engine} loads its own models; stages cannot be handed in")
+        # 2. Load the driver's models, failing before any work when weights are missing
+        driver = self._driver(choice, engine)
         cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
         with store.session():
-            done_before = len(store.rows)
-            store.input_errors = [{"source": rel, "k": None, "reason": why} for rel, why in listing.skipped]
-            # 3. Read, caption and score
-            infos, read_errors = self._read_and_caption(listing, store, stages, cache)
-            store.input_errors += read_errors
-            # 4. Prepare, plan, score chosen captions
-            context = MethodContext(
-                config=c,
-                sources=listing.sources,
-                infos=infos,
-                labels=listing.labels,
-                prompt_labels={**listing.labels, **(stages.concept_tokens or {})},
-            )
-            context = replace(context, prepared=self.method.prepare(context, self._services(stages)))
-            store.input_errors += context.prepared.get("notes", [])
-            pending = self._plan(listing, context, store)
-            pending = self._score_chosen_captions(pending, stages, cache)
-            # 5. Generate and write
-            generated = self._generate(listing, pending, store, stages)
+            engine.start(WorkerSpec(c, choice), driver)
+            try:
+                done_before = len(store.rows)
+                store.input_errors = [ErrorRow(rel, None, why) for rel, why in listing.skipped]
+                # 3. Plan: lay out every item, read and caption what the work needs, plan it
+                layout, sizes_errors = self._lay_out(listing, driver, engine.workers)
+                store.input_errors += sizes_errors
+                needed = self._sources_needed(layout, store)
+                infos, read_errors = self._read_and_caption(listing, layout, needed, engine, driver, cache)
+                store.input_errors += read_errors
+                context = self._context(listing, infos, driver)
+                store.input_errors += context.prepared.get("notes", [])
+                work = self._plan_work(layout, context, store)
+                work = self._score_chosen_captions(work, engine, driver, cache)
+                # 4. Execute and write: the engine runs the shards, the writer commits what comes back
+                generated = self._generate(layout, work, engine, store)
+            finally:
+                engine.close()
             if c.include_originals:
                 self._write_originals(listing, infos, store)
             store.write_manifests()
@@ -149,6 +173,30 @@ class Augmenter:
         names = read_label_names(c.label_names) if c.label_names else None
         return scan(c.input_dir, names)
 
+    def _resolve_models(self) -> ModelChoice:
+        c = self.config
+        return resolve_models(
+            c.models,
+            cache_dir=self.cache_dir,
+            captioner=c.captioner,
+            scorer=c.scorer,
+            generator=c.sd_model,
+            instruct=c.instruct_model,
+            text=c.text_model,
+            sd_config=c.sd_config,
+        )
+
+    def _driver(self, choice: ModelChoice, engine: Engine) -> Worker:
+        """The driver's worker: every model for the local engine; only what ``prepare`` uses otherwise."""
+        driver = Worker(WorkerSpec(self.config, choice), self._stages)
+        if engine.needs_local_models:
+            driver.stages(*PARTS)
+        else:
+            driver.stages(*(["text"] + (["scorer"] if self.method.needs_scorer() else [])))
+        if is_tiny(choice):
+            note(TINY_WARNING, self.config.quiet)
+        return driver
+
     def _run_info(self, choice: ModelChoice) -> dict[str, Any]:
         return {
             "sgid_version": __version__,
@@ -158,246 +206,231 @@ class Augmenter:
             "command": " ".join(["sgid", *sys.argv[1:]]) if sys.argv and "sgid" in sys.argv[0] else None,
         }
 
-    def _services(self, stages: Stages) -> Services:
-        return Services(text=stages.text, scorer=stages.scorer, scorer_id=stages.scorer_id, cache_dir=self.cache_dir)
+    # -- 3. plan -------------------------------------------------------------------------------------------
+    def _geometry(self, kind: str, driver: Worker) -> Geometry:
+        """Generation sizes: from the driver's loaded generators, else from the checkpoint's configs."""
+        stages = driver.loaded_stages
+        if stages is not None and kind in stages.generators:
+            return Geometry(stages.resolution(kind), stages.size_multiple(kind))
+        if not runs_diffusion(kind):  # retrieved or perturbed: the images' own sizes, no checkpoint to read
+            return Geometry(None)
+        choice = driver.spec.choice
+        return sd_geometry(choice.instruct if kind == "instruct" else choice.generator)
 
-    # -- 1. read, caption, score ---------------------------------------------------------------------------
-    def _sources_to_read(self, listing: Listing, store: RunStore) -> set[str]:
+    def _lay_out(self, listing: Listing, driver: Worker, workers: int) -> tuple[Layout, list[ErrorRow]]:
+        """Every (source, k) as a slot with its generation size (from the image's header), in batches/shards."""
+        c = self.config
+        names = output_names(listing.sources, self.method.name)
+        slots: list[Slot] = []
+        errors: list[ErrorRow] = []
+        geometries: dict[str, Geometry] = {}
+        for source in listing.sources:
+            try:
+                size = probe_size(source.path, max_pixels=c.max_pixels, min_side=c.min_side)
+            except ImageError as exc:
+                errors.append(ErrorRow(source.relpath, None, str(exc)))
+                continue
+            kind = self.method.generator_kind(source)
+            if kind not in geometries:
+                geometries[kind] = self._geometry(kind, driver)
+            for k in range(c.multiplier):
+                slots.append(
+                    Slot(
+                        source=source,
+                        k=k,
+                        key=item_key(source.relpath, k, self.method.name),
+                        file_name=f"{source.class_name}/{names[source.relpath]}_{k}.png",
+                        kind=kind,
+                        size=target_size(geometries[kind], size),
+                    )
+                )
+        return lay_out(slots, c.batch_size, c.shard_size, workers=workers), errors
+
+    def _sources_needed(self, layout: Layout, store: RunStore) -> set[str]:
+        """Sources the work reads: those of every batch with an item left to do (batch-mates included, so the
+        batch is planned whole), or all of them when planning one item looks at the others."""
+        measured = {slot.source.relpath for slot in layout.slots}
         if self.method.needs_all_sources():
-            return {s.relpath for s in listing.sources}
-        k_range = range(self.config.multiplier)
-        return {
-            s.relpath
-            for s in listing.sources
-            if not all(store.is_done(item_key(s.relpath, k, self.method.name)) for k in k_range)
+            return measured
+        needed = {
+            slot.source.relpath
+            for batch in layout.batches
+            if not all(store.is_done(slot.key) for slot in batch)
+            for slot in batch
         }
+        if self.config.include_originals:
+            needed |= {rel for rel in measured if not store.is_done(item_key(rel, None, "original"))}
+        return needed
 
     def _read_and_caption(
-        self, listing: Listing, store: RunStore, stages: Stages, cache: Cache
-    ) -> tuple[dict[str, SourceInfo], list[dict[str, Any]]]:
+        self, listing: Listing, layout: Layout, needed: set[str], engine: Engine, driver: Worker, cache: Cache
+    ) -> tuple[dict[str, SourceInfo], list[ErrorRow]]:
+        """Read the needed sources (in fixed caption groups); caption every group not wholly in the cache."""
         c = self.config
-        wanted = self._sources_to_read(listing, store)
-        infos: dict[str, SourceInfo] = {}
-        errors: list[dict[str, Any]] = []
         captioning = self.method.needs_captions()
-        progress = bar(len(wanted), "reading and captioning" if captioning else "reading", "img", c.quiet)
-        # Fixed groups over the full, sorted source list: their composition never depends on what is done.
-        for group in _chunks(list(listing.sources), c.caption_batch_size):
-            members = [s for s in group if s.relpath in wanted]
-            if not members:
-                continue
+        infos: dict[str, SourceInfo] = {}
+        errors: list[ErrorRow] = []
+        tasks: list[CaptionTask] = []
+        captions: dict[str, tuple[Caption, ...]] = {}
+        keys: dict[str, str] = {}
+        ids = self._model_ids(driver)
+        measured = {slot.source.relpath for slot in layout.slots}
+        progress = bar(len(needed), "reading", "img", c.quiet)
+        for number, group in enumerate(
+            caption_groups(listing.sources, c.caption_batch_size, lambda s: s.relpath in needed)
+        ):
+            # a caption group is captioned whole, so its members never depend on what is done
+            members = [s for s in group if s.relpath in (measured if captioning else needed)]
             loaded: list[tuple[Source, LoadedImage]] = []
             for source in members:
                 try:
                     loaded.append((source, load_rgb(source.path, max_pixels=c.max_pixels, min_side=c.min_side)))
                 except ImageError as exc:
-                    errors.append({"source": source.relpath, "k": None, "reason": str(exc)})
-            captions = self._captions(loaded, stages, cache) if captioning and loaded else {}
+                    errors.append(ErrorRow(source.relpath, None, str(exc)))
             for source, image in loaded:
-                infos[source.relpath] = SourceInfo(
-                    sha256=image.sha256, size=image.image.size, captions=captions.get(source.relpath, ())
-                )
-            progress.update(len(members))
+                infos[source.relpath] = SourceInfo(sha256=image.sha256, size=image.image.size)
+            if captioning and loaded:
+                seeds = {s.relpath: derive_seed(c.seed, s.relpath, "captions") for s, _ in loaded}
+                group_keys = {s.relpath: self._caption_key(img.sha256, seeds[s.relpath], ids) for s, img in loaded}
+                keys.update(group_keys)
+                cached = cache.get_many("captions", group_keys.values())
+                if all(key in cached for key in group_keys.values()):
+                    captions.update({rel: _captions(cached[key]) for rel, key in group_keys.items()})
+                else:
+                    sources = (CaptionSource(s.relpath, s.path, img.sha256, seeds[s.relpath]) for s, img in loaded)
+                    tasks.append(CaptionTask(number, tuple(sources)))
+            progress.update(sum(s.relpath in needed for s in group))
         progress.close()
+        if tasks:
+            progress = bar(sum(t.items for t in tasks), "captioning", "img", c.quiet)
+
+            def receive(result: tuple[str, list[list[Any]]]) -> None:
+                relpath, found = result
+                if relpath not in captions:
+                    cache.put_many("captions", {keys[relpath]: found})
+                    captions[relpath] = _captions(found)
+                    progress.update(1)
+
+            engine.run(tasks, receive)
+            progress.close()
+        for relpath, found in captions.items():
+            infos[relpath] = replace(infos[relpath], captions=found)
         return infos, errors
 
-    def _captions(
-        self, loaded: list[tuple[Source, LoadedImage]], stages: Stages, cache: Cache
-    ) -> dict[str, tuple[Caption, ...]]:
-        """Captions with similarities for one group: from the cache, or computed for the group at once."""
+    def _model_ids(self, driver: Worker) -> tuple[str | None, str | None]:
+        """(captioner, scorer) as recorded in caches and manifests."""
+        stages, choice = driver.loaded_stages, driver.spec.choice
+        captioner = stages.captioner_id if stages and stages.captioner_id else model_id(choice.captioner)
+        scorer = stages.scorer_id if stages and stages.scorer_id else model_id(choice.scorer)
+        return captioner, scorer
+
+    def _caption_key(self, sha256: str, seed: int, ids: tuple[str | None, str | None]) -> str:
         c = self.config
-        assert stages.captioner is not None and stages.scorer is not None
-        seeds = {s.relpath: derive_seed(c.seed, s.relpath, "captions") for s, _ in loaded}
-        keys = {
-            s.relpath: cache_key(
-                image=img.sha256,
-                model=stages.captioner_id,
-                settings=vars(c.captions),
-                seed=seeds[s.relpath],
-                scorer=stages.scorer_id,
-                similarity=c.similarity,
-            )
-            for s, img in loaded
-        }
-        cached = cache.get_many("captions", keys.values())
-        missing = [(s, img) for s, img in loaded if keys[s.relpath] not in cached]
-        if missing:
-            texts = stages.captioner([img.image for _, img in missing], [seeds[s.relpath] for s, _ in missing])
-            sims = stages.scorer.caption_similarities(
-                [img.image for _, img in missing], [[t.text for t in group] for group in texts], c.similarity
-            )
-            fresh = {
-                keys[s.relpath]: [[t.text, t.strategy, sim] for t, sim in zip(group, scores, strict=True)]
-                for (s, _), group, scores in zip(missing, texts, sims, strict=True)
-            }
-            cache.put_many("captions", fresh)
-            cached.update(fresh)
-        return {
-            s.relpath: tuple(Caption(text, strategy, sim) for text, strategy, sim in cached[keys[s.relpath]])
-            for s, _ in loaded
-        }
+        return cache_key(
+            image=sha256, model=ids[0], settings=vars(c.captions), seed=seed, scorer=ids[1], similarity=c.similarity
+        )
 
-    # -- 2. plan, 3. score chosen captions -----------------------------------------------------------------
-    def _plan(self, listing: Listing, context: MethodContext, store: RunStore) -> list[Sample]:
-        c = self.config
-        samples = []
-        for source in listing.sources:
-            info = context.infos.get(source.relpath)
-            if info is None:
-                continue  # unreadable: already in errors.jsonl
-            for k in range(c.multiplier):
-                key = item_key(source.relpath, k, self.method.name)
-                if store.is_done(key):
-                    continue
-                seed = derive_seed(c.seed, source.relpath, k, self.method.name, "generate")
-                try:
-                    samples.append(self.method.plan(Sample(source=source, k=k, seed=seed, info=info), context))
-                except SkipItem as exc:
-                    store.commit_output_error(key, self._error_row(source, k, str(exc)))
-        return samples
+    def _context(self, listing: Listing, infos: dict[str, SourceInfo], driver: Worker) -> MethodContext:
+        """What the method plans with, including what it prepares over the whole dataset."""
+        context = MethodContext(
+            config=self.config,
+            sources=listing.sources,
+            infos=infos,
+            labels=listing.labels,
+            prompt_labels={**listing.labels, **(self._concept_labels(driver) or {})},
+        )
+        return replace(context, prepared=self.method.prepare(context, self._services(driver)))
 
-    def _error_row(self, source: Source, k: int, reason: str) -> dict[str, Any]:
-        return {"source": source.relpath, "k": k, "method": self.method.name, "reason": reason}
-
-    def _score_chosen_captions(self, samples: list[Sample], stages: Stages, cache: Cache) -> list[Sample]:
-        """CLIP cosine similarity of captions chosen from elsewhere (e.g. another image's), then ``finalize``."""
-        unscored = [i for i, s in enumerate(samples) if s.caption is not None and s.caption.similarity is None]
-        if not unscored:
-            return samples
-        assert stages.scorer is not None
-        keys = {
-            i: cache_key(image=samples[i].info.sha256, scorer=stages.scorer_id, text=samples[i].caption.text)  # type: ignore[union-attr]
-            for i in unscored
-        }
-        known = cache.get_many("similarities", keys.values())
-        progress = bar(len(unscored), "scoring chosen captions", "img", self.config.quiet)
-        for i in unscored:
-            if keys[i] not in known:
-                image = load_rgb(samples[i].source.path, max_pixels=self.config.max_pixels).image
-                # one image and one caption per call: the value cannot depend on what shares a batch
-                (similarity,) = stages.scorer.caption_similarities([image], [[samples[i].caption.text]])[0]  # type: ignore[union-attr]
-                known[keys[i]] = similarity
-                cache.put_many("similarities", {keys[i]: similarity})
-            samples[i] = self.method.finalize(samples[i], float(known[keys[i]]))
-            progress.update(1)
-        progress.close()
-        return samples
-
-    # -- 4. generate and write -----------------------------------------------------------------------------
-    def _generate(self, listing: Listing, pending: list[Sample], store: RunStore, stages: Stages) -> int:
-        c = self.config
-        names = output_names(listing.sources, self.method.name)
-        progress = bar(len(pending), "generating", "img", c.quiet)
-        last_flush = time.monotonic()
-        made = 0
-        for batch in self._batches(pending, stages):
-            size = self._target_size(batch[0], stages)
-            outputs = stages.generate(batch, self._pixels(batch, size), size)
-            for sample, (image, flagged) in zip(batch, outputs, strict=True):
-                key = item_key(sample.source.relpath, sample.k, self.method.name)
-                if flagged:
-                    reason = "the safety checker flagged the generated image (blacked out); not kept"
-                    store.commit_output_error(key, self._error_row(sample.source, sample.k, reason))
-                    continue
-                produced_size = image.size
-                if self.method.resize_to_source and sample.info is not None and not c.keep_generation_size:
-                    image = resize(image, sample.info.size)
-                file_name = f"{sample.source.class_name}/{names[sample.source.relpath]}_{sample.k}.png"
-                row = self.manifest_row(sample, stages, file_name, image.size, produced_size)
-                store.commit_image(key, row, png_bytes(image))
-                made += 1
-            progress.update(len(batch))
-            if time.monotonic() - last_flush > MANIFEST_FLUSH_SECONDS:
-                store.write_manifests()
-                last_flush = time.monotonic()
-        progress.close()
-        return made
-
-    def _target_size(self, sample: Sample, stages: Stages) -> tuple[int, int]:
-        resolution = stages.resolution(sample.kind)
-        if resolution is None:  # not generated (retrieval): sizes are the images' own
-            return (0, 0)
-        assert sample.info is not None
-        return generation_size(sample.info.size, resolution, stages.size_multiple(sample.kind))
-
-    def _batches(self, samples: Sequence[Sample], stages: Stages) -> Iterator[list[Sample]]:
-        """Batches of up to ``batch_size`` samples sharing generator kind and generation size."""
-        groups: dict[tuple[str, tuple[int, int]], list[Sample]] = {}
-        for sample in samples:
-            groups.setdefault((sample.kind, self._target_size(sample, stages)), []).append(sample)
-        for key in sorted(groups):
-            yield from _chunks(groups[key], self.config.batch_size)
-
-    def _pixels(self, batch: list[Sample], size: tuple[int, int]) -> list[Image.Image] | None:
-        if not self.method.uses_source_pixels:
+    def _concept_labels(self, driver: Worker) -> dict[str, str] | None:
+        """Class folder -> what SD prompts say instead of the label (a token, or a LoRA's "<token> label")."""
+        stages = driver.loaded_stages
+        if stages is not None and stages.generators:
+            return stages.concept_labels or stages.concept_tokens
+        if self.config.concepts is None:
             return None
-        images = []
-        for sample in batch:
-            loaded = load_rgb(sample.source.path, max_pixels=self.config.max_pixels, min_side=self.config.min_side)
-            assert sample.info is not None
-            if loaded.sha256 != sample.info.sha256:
-                raise SgidError(f"{sample.source.relpath} changed while the run was going; rerun to pick it up")
-            images.append(resize(loaded.image, size))
-        return images
+        from sgid.concepts.apply import concept_labels
 
-    def manifest_row(
-        self, sample: Sample, stages: Stages, file_name: str, size: tuple[int, int], produced: tuple[int, int]
-    ) -> dict[str, Any]:
+        return concept_labels(self.config.concepts)
+
+    def _services(self, driver: Worker) -> Services:
+        stages = driver.loaded_stages or Stages()
+        return Services(text=stages.text, scorer=stages.scorer, scorer_id=stages.scorer_id, cache_dir=self.cache_dir)
+
+    def _plan_work(self, layout: Layout, context: MethodContext, store: RunStore) -> dict[int, Batch]:
+        """The batches with something left to do, planned whole (batch index -> batch)."""
         c = self.config
-        info, source = sample.info, sample.source
-        captions = info.captions if info else ()
-        row: dict[str, Any] = {
-            "file_name": file_name,
-            "label": source.class_name,
-            "label_text": source.label,
-            # provenance: the real image this one descends from, also through chained methods
-            "source": source.origin or source.relpath,
-            "source_sha256": source.origin_sha256 if source.origin else (info.sha256 if info else None),
-            "k": sample.k,
-            "method": self.method.name,
-            "seed": sample.seed,
-            "run_seed": c.seed,
-            "captions": [{"text": t.text, "strategy": t.strategy, "similarity": t.similarity} for t in captions],
-            "caption": sample.caption.text if sample.caption else None,
-            "caption_strategy": sample.caption.strategy if sample.caption else None,
-            "similarity": sample.similarity,
-            "similarity_mode": (c.similarity if sample.caption.origin is None else "cosine")
-            if sample.caption
-            else None,
-            "prompt": sample.prompt.text if sample.prompt else None,
-            "prompt_mode": c.prompt if self.method.uses_prompt_mode else None,
-            "negative_prompt": sample.negative_prompt if sample.prompt else None,
-            "prompt_weighting": c.prompt_weighting,
-            "label_weight": sample.label_weight,
-            "caption_weight": sample.caption_weight,
-            "guidance_scale": sample.guidance_scale,
-            "guidance_map": c.guidance_map.describe() if sample.guidance_scale is not None else None,
-            "diffusers_guidance": c.diffusers_guidance,
-            "noise_rate": sample.strength,
-            "steps": c.steps if sample.kind != "retrieval" else None,
-            "denoising_steps": _denoising_steps(sample, c.steps),
-            "width": size[0],
-            "height": size[1],
-            "generation_width": produced[0],
-            "generation_height": produced[1],
-            "captioner_model": stages.captioner_id if captions else None,
-            "scorer_model": stages.scorer_id if captions or sample.caption else None,
-            "generator_model": stages.generator_id(sample.kind),
-            "safety_checker": c.safety_checker,
-        }
-        if source.origin is not None or source.chain:  # chained onto an earlier run
-            row.update(
-                parent=source.relpath,
-                parent_run=str(Path(c.input_dir).resolve()),
-                parent_sha256=info.sha256 if info else None,
-            )
-            row["chain"] = [*source.chain, self.method.name]
-        if c.concepts is not None:
-            row["concept_token"] = (stages.concept_tokens or {}).get(source.class_name)
-        if c.lora is not None:
-            row.update(lora=c.lora, lora_scale=c.lora_scale)
-        row.update(self.method.manifest_fields(sample))
-        return row
+        work: dict[int, Batch] = {}
+        for number, batch in enumerate(layout.batches):
+            if all(store.is_done(s.key) or s.source.relpath not in context.infos for s in batch):
+                continue
+            items: list[WorkItem] = []
+            for slot in batch:
+                info = context.infos.get(slot.source.relpath)
+                if info is None:
+                    continue  # unreadable: already in errors.jsonl
+                seed = derive_seed(c.seed, slot.source.relpath, slot.k, self.method.name, "generate")
+                try:
+                    sample = self.method.plan(Sample(source=slot.source, k=slot.k, seed=seed, info=info), context)
+                except SkipItem as exc:
+                    if not store.is_done(slot.key):
+                        error = ErrorRow(slot.source.relpath, slot.k, str(exc), self.method.name)
+                        store.commit_output_error(slot.key, error)
+                    continue
+                if sample.kind != slot.kind:
+                    raise RuntimeError(f"{self.method.name} planned {sample.kind}, not {slot.kind}: see generator_kind")
+                items.append(WorkItem(slot.key, slot.file_name, sample, wanted=not store.is_done(slot.key)))
+            if any(item.wanted for item in items):
+                work[number] = Batch(batch[0].size, tuple(items))
+        return work
+
+    def _score_chosen_captions(
+        self, work: dict[int, Batch], engine: Engine, driver: Worker, cache: Cache
+    ) -> dict[int, Batch]:
+        """CLIP cosine similarity of captions chosen from elsewhere (e.g. another image's), then ``finalize``."""
+        items = [(number, i, item) for number, batch in work.items() for i, item in enumerate(batch.items)]
+        unscored = [
+            (n, i, item)
+            for n, i, item in items
+            if item.sample.caption is not None and item.sample.caption.similarity is None
+        ]
+        if not unscored:
+            return work
+        scorer_id = self._model_ids(driver)[1]
+        keys = [
+            cache_key(image=item.sample.info.sha256, scorer=scorer_id, text=item.sample.caption.text)  # type: ignore[union-attr]
+            for _, _, item in unscored
+        ]
+        known = cache.get_many("similarities", keys)
+        requests = [
+            ScoreRequest(index, item.sample.source.path, item.sample.info.sha256, item.sample.caption.text)  # type: ignore[union-attr]
+            for index, ((_, _, item), key) in enumerate(zip(unscored, keys, strict=True))
+            if key not in known
+        ]
+        if requests:
+            progress = bar(len(requests), "scoring chosen captions", "img", self.config.quiet)
+
+            def receive(result: tuple[int, float]) -> None:
+                index, similarity = result
+                known[keys[index]] = similarity
+                cache.put_many("similarities", {keys[index]: similarity})
+                progress.update(1)
+
+            tasks = [ScoreTask(n, tuple(chunk)) for n, chunk in enumerate(chunks(requests, SCORE_TASK_SIZE))]
+            engine.run(tasks, receive)
+            progress.close()
+        batches = {number: list(batch.items) for number, batch in work.items()}
+        for (number, i, item), key in zip(unscored, keys, strict=True):
+            batches[number][i] = replace(item, sample=self.method.finalize(item.sample, float(known[key])))
+        return {number: Batch(work[number].size, tuple(found)) for number, found in batches.items()}
+
+    # -- 4. execute and write ------------------------------------------------------------------------------
+    def _generate(self, layout: Layout, work: dict[int, Batch], engine: Engine, store: RunStore) -> int:
+        shards = shards_of(layout, work)
+        progress = bar(sum(s.items for s in shards), "generating", "img", self.config.quiet)
+        with Committer(store, progress) as commit:
+            engine.run(shards, commit)
+        progress.close()
+        return commit.made
 
     def _write_originals(self, listing: Listing, infos: dict[str, SourceInfo], store: RunStore) -> None:
         names = output_names(listing.sources, "original")
@@ -424,10 +457,63 @@ class Augmenter:
             )
 
 
-def _denoising_steps(sample: Sample, steps: int) -> int | None:
-    if sample.kind == "retrieval":
-        return None
-    return int(steps * sample.strength) if sample.strength is not None else steps
+class Committer:
+    """The single writer of a run's results: on a thread of its own, each result that is not done yet is
+    committed (the image atomically, then its journal line), so the accelerator never waits for the disk.
+    A result that comes twice (a retried task) is committed once."""
+
+    def __init__(self, store: RunStore, progress: Any, flush_seconds: float = MANIFEST_FLUSH_SECONDS) -> None:
+        self.store = store
+        self.progress = progress
+        self.flush_seconds = flush_seconds
+        self.made = 0
+        self._queue: queue.Queue[ItemResult | None] = queue.Queue(maxsize=64)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="sgid-writer", daemon=True)
+
+    def __enter__(self) -> Committer:
+        self._thread.start()
+        return self
+
+    def __call__(self, result: ItemResult) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._queue.put(result)
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._failure is not None and exc[0] is None:
+            raise self._failure
+
+    def _work(self) -> None:
+        last_flush = time.monotonic()
+        while (result := self._queue.get()) is not None:
+            if self._failure is not None:
+                continue  # drain, so the producer never blocks
+            try:
+                self._commit(result)
+                if time.monotonic() - last_flush > self.flush_seconds:
+                    self.store.write_manifests()
+                    last_flush = time.monotonic()
+            except BaseException as exc:  # handed to the producing thread
+                self._failure = exc
+
+    def _commit(self, result: ItemResult) -> None:
+        store = self.store
+        if store.is_done(result.key):
+            return
+        if result.error is not None:
+            store.commit_output_error(result.key, result.error)
+        else:
+            assert result.row is not None and result.png is not None
+            store.commit_image(result.key, result.row, result.png)
+            self.made += 1
+        self.progress.update(1)
+
+
+def _captions(cached: list[list[Any]]) -> tuple[Caption, ...]:
+    return tuple(Caption(text, strategy, similarity) for text, strategy, similarity in cached)
 
 
 def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
@@ -448,13 +534,8 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
 
 
 def _check_out_dir(config: AugmentConfig) -> None:
-    inp, out = Path(config.input_dir).resolve(), Path(config.out_dir).resolve()
-    if out == inp or inp in out.parents:
-        raise SgidError(f"--out {config.out_dir} is inside the input folder; its images would become inputs")
-    if out in inp.parents:
-        raise SgidError(f"--out {config.out_dir} contains the input folder; choose a separate folder")
+    reads = [("the input folder", config.input_dir), ("the --pool folder", config.pool)]
+    check_out_dir(config.out_dir, reads, command="augment")  # a foreign non-empty OUT: RunStore.check
 
 
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+__all__ = ["Augmenter", "RunSummary", "augment", "output_names"]

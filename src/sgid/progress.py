@@ -23,3 +23,8 @@ def bar(total: int, desc: str, unit: str, quiet: bool) -> Any:
 def note(message: str, quiet: bool = False) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """Something the user should know before trusting the result: one line on stderr, even with --quiet."""
+    print(f"sgid: warning: {message}", file=sys.stderr, flush=True)

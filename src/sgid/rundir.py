@@ -12,39 +12,61 @@ Everything here is checked before any model is loaded, and every problem is a on
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from sgid.dataset import default_label
 from sgid.errors import SgidError
 from sgid.images import sha256_bytes
-from sgid.runstore import ERRORS, MANIFEST, RUN_FILE
+from sgid.manifest import MANIFEST, ORIGINAL, RUN_FILE, ManifestRow, read_run
 
-ORIGINAL = "original"  # the method name of rows that are copies of real images
+__all__ = ["ORIGINAL", "Entry", "RunDir", "check_sources", "read_run_dir"]
 
 
 @dataclass(frozen=True)
 class Entry:
     """One row of ``metadata.jsonl`` with its paths resolved."""
 
-    file_name: str  # "<class>/<name>.png", relative to RUN_DIR
+    row: ManifestRow = field(repr=False)  # the manifest row as written by sgid augment
     path: Path  # RUN_DIR / file_name
-    label: str  # class folder name
-    label_text: str  # the label as text (used in prompts)
-    method: str
-    source: str | None  # source image relative to the input folder; None for methods without a source
-    source_path: Path | None  # where that source is now (input folder or --source-dir)
-    source_sha256: str | None
-    k: int | None
-    prompt: str | None
-    row: Mapping[str, Any] = field(repr=False)  # the manifest row as written by sgid augment
+    source_path: Path | None  # where the source is now (input folder or --source-dir)
+
+    @property
+    def file_name(self) -> str:  # "<class>/<name>.png", relative to RUN_DIR
+        return self.row.file_name
+
+    @property
+    def label(self) -> str:  # class folder name
+        return self.row.label
+
+    @property
+    def label_text(self) -> str:  # the label as text (used in prompts)
+        return self.row.label_text
+
+    @property
+    def method(self) -> str:
+        return self.row.method
+
+    @property
+    def source(self) -> str | None:  # source image relative to the input folder; None for methods without one
+        return self.row.source
+
+    @property
+    def source_sha256(self) -> str | None:
+        return self.row.source_sha256 or None
+
+    @property
+    def k(self) -> int | None:
+        return self.row.k
+
+    @property
+    def prompt(self) -> str | None:
+        return self.row.prompt
 
     @property
     def is_original(self) -> bool:
-        return self.method == ORIGINAL
+        return self.row.is_original
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,12 @@ class RunDir:
     info: Mapping[str, Any]  # run.json ({} when the run has none)
     source_dir: Path | None  # the real input folder (run.json's config.input_dir or --source-dir)
     unusable_sources: frozenset[str] = frozenset()  # input images the run could not read (its errors.jsonl)
+
+    @property
+    def identity(self) -> str:
+        """What names this run wherever its folder moves: run.json's ``identity_sha256``, else the folder path."""
+        identity = self.info.get("identity_sha256")
+        return identity if isinstance(identity, str) and identity else str(self.path.resolve())
 
     @property
     def generated(self) -> list[Entry]:
@@ -97,30 +125,29 @@ class RunDir:
 
 def read_run_dir(path: str | Path, *, source_dir: str | Path | None = None) -> RunDir:
     """Read and check RUN_DIR: its manifest parses, every listed image exists inside it."""
-    root = Path(path)
-    if not root.exists():
-        raise SgidError(f"run folder not found: {root}")
-    if not root.is_dir():
-        raise SgidError(f"not a folder: {root}")
-    manifest = root / MANIFEST
-    if not manifest.is_file():
-        raise SgidError(f"{root} is not an sgid augment run: it has no {MANIFEST}")
-    info = _read_run_info(root / RUN_FILE)
+    record = read_run(path)
+    root, manifest = record.path, record.path / MANIFEST
     resolved_source: Path | None
     if source_dir is not None:
         resolved_source = Path(source_dir).expanduser()
         if not resolved_source.is_dir():
             raise SgidError(f"--source-dir {source_dir} is not a folder")
     else:
-        configured = (info.get("config") or {}).get("input_dir")
-        resolved_source = Path(configured) if isinstance(configured, str) and configured else None
-    entries = tuple(_entries(manifest, root, resolved_source))
+        resolved_source = record.input_dir
+    entries = tuple(
+        Entry(
+            row=row,
+            path=root / row.file_name,
+            source_path=resolved_source / row.source if row.source is not None and resolved_source else None,
+        )
+        for row in record.rows
+    )
     if not entries:
         raise SgidError(f"{manifest} lists no images")
     missing = [e.file_name for e in entries if not e.path.is_file()]
     if missing:
         raise SgidError(f"{len(missing)} image(s) listed in {manifest} do not exist, e.g. {missing[0]}")
-    return RunDir(root, entries, info, resolved_source, _unusable_sources(root / ERRORS))
+    return RunDir(root, entries, record.info, resolved_source, record.unusable_sources)
 
 
 def check_sources(entries: Iterable[Entry]) -> None:
@@ -141,85 +168,3 @@ def check_sources(entries: Iterable[Entry]) -> None:
                 f"source image {source_path} differs from the one the run augmented (sha256); "
                 f"pass --source-dir with the original data"
             )
-
-
-def _unusable_sources(path: Path) -> frozenset[str]:
-    """Input images the run reported as unreadable (rows of errors.jsonl about a source, not an output)."""
-    if not path.is_file():
-        return frozenset()
-    found = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("k") is None and isinstance(row.get("source"), str):
-            found.add(row["source"])
-    return frozenset(found)
-
-
-def _read_run_info(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SgidError(f"{path} is unreadable ({exc})") from None
-    if not isinstance(info, dict):
-        raise SgidError(f"{path} is not an sgid run file")
-    return info
-
-
-def _entries(manifest: Path, root: Path, source_dir: Path | None) -> Iterable[Entry]:
-    seen: set[str] = set()
-    with open(manifest, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{manifest}, line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SgidError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise SgidError(f"{where}: expected a JSON object")
-            entry = _entry(row, root, source_dir, where)
-            if entry.file_name in seen:
-                raise SgidError(f"{where}: {entry.file_name} is listed twice")
-            seen.add(entry.file_name)
-            yield entry
-
-
-def _entry(row: dict[str, Any], root: Path, source_dir: Path | None, where: str) -> Entry:
-    file_name = _relative(row.get("file_name"), "file_name", where)
-    label = row.get("label")
-    if not isinstance(label, str) or not label:
-        raise SgidError(f"{where}: missing 'label'")
-    source = row.get("source")
-    if source is not None:
-        source = _relative(source, "source", where)
-    k = row.get("k")
-    prompt = row.get("prompt")
-    return Entry(
-        file_name=file_name,
-        path=root / file_name,
-        label=label,
-        label_text=str(row.get("label_text") or default_label(label)),
-        method=str(row.get("method") or "unknown"),
-        source=source,
-        source_path=source_dir / source if source is not None and source_dir is not None else None,
-        source_sha256=row.get("source_sha256") or None,
-        k=int(k) if isinstance(k, int) else None,
-        prompt=prompt if isinstance(prompt, str) and prompt.strip() else None,
-        row=row,
-    )
-
-
-def _relative(value: Any, name: str, where: str) -> str:
-    """A forward-slash path that stays inside its folder (no absolute paths, no ``..``)."""
-    if not isinstance(value, str) or not value:
-        raise SgidError(f"{where}: missing '{name}'")
-    posix = PurePosixPath(value)
-    if posix.is_absolute() or ".." in posix.parts or "\\" in value:
-        raise SgidError(f"{where}: {name} {value!r} must be a relative path inside the folder")
-    return posix.as_posix()

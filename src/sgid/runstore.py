@@ -26,24 +26,20 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from sgid.errors import RunDirError
+from sgid.manifest import ERRORS, MANIFEST, RUN_FILE, dumps
 
-RUN_FILE = "run.json"
-MANIFEST = "metadata.jsonl"
-ERRORS = "errors.jsonl"
+__all__ = ["ERRORS", "JOURNAL", "MANIFEST", "RUN_FILE", "RunStore", "atomic_write", "copy_or_link", "dumps"]
+
 JOURNAL = ".sgid-journal.jsonl"
 LOCK = ".sgid-lock"
 KILL_AFTER_ROWS = "SGID_TEST_KILL_AFTER_ROWS"  # test-only, see the module docstring
 _journaled_in_process = 0  # entries this process has journaled, for the test-only kill hook
-
-
-def dumps(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False, allow_nan=False)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -99,9 +95,9 @@ class RunStore:
         self.run_info = run_info
         self.identity = identity
         self.overwrite = overwrite
-        self.rows: dict[str, dict[str, Any]] = {}  # item key -> manifest row (or output-error row)
-        self.output_errors: dict[str, dict[str, Any]] = {}
-        self.input_errors: list[dict[str, Any]] = []  # inputs that could not be used, found afresh each run
+        self.rows: dict[str, dict[str, Any]] = {}  # item key -> manifest row, as JSON
+        self.output_errors: dict[str, dict[str, Any]] = {}  # item key -> why it ended without an image
+        self.input_errors: list[Mapping[str, Any]] = []  # inputs that could not be used, found afresh each run
         self._journal: IO[str] | None = None
         self._lock = FolderLock(self.out)
         self._kill_after: int | None = None  # test-only (SGID_TEST_KILL_AFTER_ROWS)
@@ -121,6 +117,13 @@ class RunStore:
         self._load_journal()
         self._journal = open(self.out / JOURNAL, "a", encoding="utf-8")
         self._kill_after = int(os.environ[KILL_AFTER_ROWS]) if os.environ.get(KILL_AFTER_ROWS) else None
+        return self
+
+    def peek(self) -> RunStore:
+        """Read what an earlier run finished without taking the lock or changing anything (``--dry-run``)."""
+        self.check()
+        if (self.out / RUN_FILE).exists() and not self.overwrite:
+            self._load_journal(repair=False)
         return self
 
     def check(self) -> None:
@@ -170,7 +173,7 @@ class RunStore:
         for path in self.out.rglob(".*.tmp-*"):
             path.unlink(missing_ok=True)
 
-    def _load_journal(self) -> None:
+    def _load_journal(self, repair: bool = True) -> None:
         path = self.out / JOURNAL
         if not path.exists():
             return
@@ -188,7 +191,7 @@ class RunStore:
                 self.rows[entry["key"]] = entry["row"]
             elif entry["kind"] == "output_error":
                 self.output_errors[entry["key"]] = entry["row"]
-        if good_length != len(raw):
+        if good_length != len(raw) and repair:
             with open(path, "r+b") as handle:
                 handle.truncate(good_length)
         # An image deleted by hand since is not done: forget its row so it is regenerated.
@@ -199,21 +202,24 @@ class RunStore:
     def is_done(self, key: str) -> bool:
         return key in self.rows or key in self.output_errors
 
-    def commit_image(self, key: str, row: dict[str, Any], png: bytes) -> None:
-        """Write the image atomically, then journal its row."""
+    def commit_image(self, key: str, row: Mapping[str, Any], png: bytes) -> None:
+        """Write the image atomically, then journal its row (a ``ManifestRow`` or its JSON object)."""
+        row = dict(row)
         path = self.out / row["file_name"]
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, png)
         self._append({"kind": "row", "key": key, "row": row})
         self.rows[key] = row
 
-    def commit_row(self, key: str, row: dict[str, Any]) -> None:
+    def commit_row(self, key: str, row: Mapping[str, Any]) -> None:
         """Journal a row whose file is already in place (e.g. a linked original)."""
+        row = dict(row)
         self._append({"kind": "row", "key": key, "row": row})
         self.rows[key] = row
 
-    def commit_output_error(self, key: str, row: dict[str, Any]) -> None:
+    def commit_output_error(self, key: str, row: Mapping[str, Any]) -> None:
         """Record an item that finished without a usable image (e.g. blacked out by the safety checker)."""
+        row = dict(row)
         self._append({"kind": "output_error", "key": key, "row": row})
         self.output_errors[key] = row
 
@@ -231,7 +237,7 @@ class RunStore:
         rows = sorted(self.rows.values(), key=_row_order)
         manifest = "".join(dumps(r) + "\n" for r in rows)
         atomic_write(self.out / MANIFEST, manifest.encode("utf-8"))
-        errors = sorted([*self.input_errors, *self.output_errors.values()], key=_row_order)
+        errors = sorted([*map(dict, self.input_errors), *self.output_errors.values()], key=_row_order)
         atomic_write(self.out / ERRORS, "".join(dumps(e) + "\n" for e in errors).encode("utf-8"))
 
     def close(self) -> None:

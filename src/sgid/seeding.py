@@ -7,6 +7,9 @@ item's result does not depend on the batch it lands in, on the batch size, or on
 from __future__ import annotations
 
 import hashlib
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -32,3 +35,26 @@ def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """
     del device
     return torch.Generator("cpu").manual_seed(int(seed))
+
+
+@contextmanager
+def global_rngs(seed: int) -> Iterator[None]:
+    """Within the block, python's and torch's global (CPU) generators start from ``seed``; both are restored
+    afterwards. For library code that draws only from them (torchvision's RandAugment and CutMix, timm's
+    RandomErasing), so one item's random choices depend on its own seed alone.
+
+    >>> with global_rngs(7):
+    ...     a = (random.random(), float(torch.rand(())))
+    >>> with global_rngs(7):
+    ...     b = (random.random(), float(torch.rand(())))
+    >>> a == b
+    True
+    """
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(int(seed))
+        torch.manual_seed(int(seed))
+        try:
+            yield
+        finally:
+            random.setstate(state)

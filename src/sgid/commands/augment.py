@@ -120,7 +120,19 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--seed", type=int, default=None, help="run seed; every item's seeds derive from it [default: 0]")
     gen.add_argument("--batch-size", type=int, default=None, help="images per UNet call [default: 4]")
 
-    other = p.add_argument_group("other methods (text2img, diverse_caption, instruct_pix2pix, boomerang, retrieval)")
+    scale = p.add_argument_group("engines (docs/scaling.md): who does the work, never what it makes")
+    scale.add_argument("--engine", default=None, help="local (this process) [default: local]")
+    scale.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="items per unit of work handed to a worker; does not change any output [default: 64]",
+    )
+
+    other = p.add_argument_group(
+        "other methods (text2img, diverse_caption, instruct_pix2pix, boomerang, retrieval, randaugment, "
+        "random_erasing, cutmix)"
+    )
     other.add_argument(
         "--template",
         dest="templates",
@@ -179,6 +191,13 @@ def register(subparsers: Any) -> None:
     )
     other.add_argument("--lora", default=None, help="LoRA weights (folder or .safetensors) for Stable Diffusion")
     other.add_argument("--lora-scale", type=float, default=None, help="LoRA strength [default: 1.0]")
+    other.add_argument(
+        "--perturb-probability",
+        type=float,
+        default=None,
+        help="randaugment, random_erasing, cutmix: chance each image is perturbed; the paper trains Random Erasing "
+        "and CutMix at 0.5, unperturbed images are plain copies [default: 1.0]",
+    )
 
     io = p.add_argument_group("input and output")
     io.add_argument("--label-names", help="CSV or JSON mapping class folder names to label text")

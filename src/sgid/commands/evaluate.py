@@ -42,8 +42,10 @@ def register(subparsers: Any) -> None:
         action="extend",
         nargs="+",
         default=[],
-        metavar="DIR",
-        help="output folder(s) of sgid augment; each image follows its source into subsets",
+        metavar="[NAME=]DIR",
+        help="output folder(s) of sgid augment (or sgid filter), each a method of its own: "
+        "--generated sgid=runs/sgid text2img=runs/t2i gives the methods sgid and text2img (combine them: "
+        "sgid+randaugment); a bare DIR is the method 'generated'; each image follows its source into subsets",
     )
     data.add_argument(
         "--name",
@@ -75,9 +77,9 @@ def register(subparsers: Any) -> None:
     method.add_argument(
         "--methods",
         metavar="LIST",
-        help="comma-separated: baseline, generated, random_erasing, "
-        "cutmix, randaugment, moex and '+' combinations such as generated+randaugment; baseline is "
-        f"always included [default: baseline,{PERTURBATION_METHODS}, plus generated with --generated]",
+        help="comma-separated: baseline, random_erasing, cutmix, randaugment, moex, the names of the "
+        "--generated sets (generated for a bare DIR), and '+' combinations such as sgid+randaugment; baseline "
+        f"is always included [default: baseline,{PERTURBATION_METHODS} and every --generated set]",
     )
     method.add_argument(
         "--mix",
@@ -153,10 +155,17 @@ def _check_sources(args: argparse.Namespace) -> None:
         raise SgidError("--out DIR is required")
 
 
+def _generated_names(args: argparse.Namespace) -> list[str]:
+    from sgid.evaluate.generated import names_of
+    from sgid.evaluate.perturb import PERTURBATIONS
+
+    return names_of(args.generated, PERTURBATIONS.names())
+
+
 def _config(args: argparse.Namespace) -> Any:
     from sgid.evaluate import EvalConfig
 
-    default_methods = f"baseline,{PERTURBATION_METHODS}" + (",generated" if args.generated else "")
+    default_methods = ",".join(["baseline", PERTURBATION_METHODS, *_generated_names(args)])
     return EvalConfig(
         methods=tuple((args.methods or default_methods).split(",")),
         backbone=args.backbone,
@@ -189,8 +198,13 @@ def _load_data(args: argparse.Namespace) -> list[Any]:
     from sgid.evaluate.datasets import load_dataset
 
     if args.dataset:
-        datasets = [load_dataset(name.strip(), Path(args.data_root)) for name in args.dataset.split(",")]
-        return [attach_generated(d, args.generated) for d in datasets]
+        from dataclasses import replace
+
+        root = Path(args.data_root)
+        datasets = [load_dataset(name.strip(), root) for name in args.dataset.split(",")]
+        return [
+            attach_generated(replace(d, folders=(("the --data-root folder", root),)), args.generated) for d in datasets
+        ]
     return [load_folder_dataset(args.train, args.test, val=args.val, generated=args.generated, name=args.name)]
 
 
@@ -208,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {count} training images of {data.name} to {args.export_train}")
         return 0
     config = _config(args)
-    config.check()  # options first: a typo fails before any data is read
+    config.check(["generated", *_generated_names(args)])  # options first: a typo fails before any data is read
     from sgid.evaluate import evaluate
 
     result = evaluate(_load_data(args), config, args.out)

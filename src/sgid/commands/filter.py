@@ -10,8 +10,8 @@ from typing import Any
 
 from sgid.commands.augment import add_model_options
 
-HELP = "filter the generated images of an augment run (CLIP label/prompt/original, threshold, best-of-k, ...)"
-FILTER_NAMES = "label, prompt, original, threshold, best_of_k, realfake, confidence"
+HELP = "filter the generated images of an augment run (CLIP label/prompt/original, threshold, best-of-k, human, ...)"
+FILTER_NAMES = "label, prompt, original, threshold, best_of_k, realfake, confidence, human"
 
 
 def register(subparsers: Any) -> None:
@@ -70,6 +70,11 @@ def register(subparsers: Any) -> None:
         "classifier's top class is another one with at least this probability [default: 0.5]",
     )
     rules.add_argument("--seed", type=int, default=0, help="realfake: seed of the fold assignment [default: 0]")
+    rules.add_argument(
+        "--review-db",
+        type=Path,
+        help="human: the database sgid review wrote (its accept/reject and best-of-K selections)",
+    )
     add_model_options(p)
     p.add_argument(
         "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         confidence_threshold=args.confidence_threshold,
         label_template=args.label_template,
         seed=args.seed,
+        review_db=args.review_db,
     )
     filter_run(
         args.run_dir,

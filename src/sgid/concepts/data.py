@@ -1,4 +1,4 @@
-"""Training batches for one concept: the class's images, randomly cropped and flipped, with template prompts.
+"""Training batches: a concept's images, randomly cropped and flipped, with template prompts.
 
 Every random choice of step ``s`` (which images, crop offsets, flips, templates) comes from a generator seeded
 with ``derive_seed(seed, key, s, ...)``: a batch is a pure function of the step number. That is what makes a
@@ -7,6 +7,10 @@ whose position would have to be saved.
 
 Images are visited in epochs: each epoch is a seeded permutation of the class's images, and step ``s`` takes
 positions ``s*B .. s*B+B-1`` of the concatenated epochs, so every image is seen equally often.
+
+Textual inversion draws from one class's images (the prompt names its token); LoRA fine-tuning draws from every
+class's images at once (each image's prompt names its own class: ``"a photo of a <sgid-cat> cat"``) and, with
+prior preservation, pairs each image with a stored class image of the same class (:class:`JointImages`).
 """
 
 from __future__ import annotations
@@ -44,20 +48,37 @@ class Batch:
     pixel_values: torch.Tensor  # (B, 3, R, R) in [-1, 1]
     input_ids: torch.Tensor  # (B, model_max_length)
     prompts: tuple[str, ...]
+    indices: tuple[int, ...] = ()  # which images of the set, in batch order
 
 
 class ConceptImages:
-    """The images of one class, resized once so the shorter side is ``resolution``; batches drawn per step."""
+    """Images resized once so the shorter side is ``resolution``; batches drawn per step.
+
+    ``subject`` is what the templates' ``{}`` becomes: one string for all images (a class's token), or one per
+    image (several classes at once).
+    """
 
     def __init__(
-        self, images: Sequence[Image.Image], resolution: int, tokenizer: Any, token: str, *, seed: int, key: str
+        self,
+        images: Sequence[Image.Image],
+        resolution: int,
+        tokenizer: Any,
+        subject: str | Sequence[str],
+        *,
+        seed: int,
+        key: str,
+        templates: Sequence[str] = TEMPLATES,
     ) -> None:
         if not images:
             raise ValueError("a concept needs at least one image")
+        subjects = [subject] * len(images) if isinstance(subject, str) else list(subject)
+        if len(subjects) != len(images):
+            raise ValueError(f"{len(images)} images but {len(subjects)} subjects")
         self.images = [_fit_shorter_side(image, resolution) for image in images]
         self.resolution = resolution
         self.tokenizer = tokenizer
-        self.token = token
+        self.subjects = subjects
+        self.templates = tuple(templates)
         self.seed = seed
         self.key = key
 
@@ -76,12 +97,16 @@ class ConceptImages:
 
     def batch(self, step: int, batch_size: int) -> Batch:
         rng = generator(derive_seed(self.seed, self.key, step, "batch"))
+        return self.make_batch(self.indices(step, batch_size), rng)
+
+    def make_batch(self, indices: Sequence[int], rng: torch.Generator) -> Batch:
+        """The images at ``indices``, each cropped, flipped and given a template drawn from ``rng``."""
         pixels: list[torch.Tensor] = []
         prompts: list[str] = []
-        for index in self.indices(step, batch_size):
+        for index in indices:
             pixels.append(self._augment(self.images[index], rng))
-            template = TEMPLATES[int(torch.randint(len(TEMPLATES), (1,), generator=rng))]
-            prompts.append(template.format(self.token))
+            template = self.templates[int(torch.randint(len(self.templates), (1,), generator=rng))]
+            prompts.append(template.format(self.subjects[index]))
         input_ids = self.tokenizer(
             prompts,
             padding="max_length",
@@ -89,7 +114,7 @@ class ConceptImages:
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        return Batch(torch.stack(pixels), input_ids, tuple(prompts))
+        return Batch(torch.stack(pixels), input_ids, tuple(prompts), tuple(indices))
 
     def _augment(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         """Random ``resolution``-square crop and horizontal flip (p = 0.5); uint8 -> [-1, 1]."""
@@ -101,6 +126,50 @@ class ConceptImages:
         if bool(torch.rand(1, generator=rng) < 0.5):
             crop = crop.flip(-1)
         return crop.float() / 127.5 - 1.0
+
+
+class JointImages:
+    """Every class's images in one set (``instances``), optionally with prior-preservation class images.
+
+    Step ``s`` takes ``B`` instance images (epoch-wise over all classes) and, with priors, one stored class
+    image of the same class for each of them, drawn with ``derive_seed(seed, key, s, "prior")``. The prior
+    images come last in the batch: ``pixel_values[:B]`` are the instances, ``pixel_values[B:]`` their priors.
+    """
+
+    def __init__(
+        self,
+        instances: ConceptImages,
+        instance_classes: Sequence[str],
+        priors: ConceptImages | None = None,
+        prior_classes: Sequence[str] = (),
+    ) -> None:
+        if len(instance_classes) != len(instances):
+            raise ValueError("one class per instance image")
+        self.instances = instances
+        self.instance_classes = list(instance_classes)
+        self.priors = priors
+        self.prior_of: dict[str, list[int]] = {}
+        for index, class_name in enumerate(prior_classes):
+            self.prior_of.setdefault(class_name, []).append(index)
+        if priors is not None and set(self.prior_of) != set(self.instance_classes):
+            raise ValueError("prior preservation needs class images for every class")
+
+    def batch(self, step: int, batch_size: int) -> Batch:
+        instances = self.instances.batch(step, batch_size)
+        if self.priors is None:
+            return instances
+        rng = generator(derive_seed(self.instances.seed, self.instances.key, step, "prior"))
+        chosen = []
+        for index in instances.indices:
+            pool = self.prior_of[self.instance_classes[index]]
+            chosen.append(pool[int(torch.randint(len(pool), (1,), generator=rng))])
+        priors = self.priors.make_batch(chosen, rng)
+        return Batch(
+            torch.cat([instances.pixel_values, priors.pixel_values]),
+            torch.cat([instances.input_ids, priors.input_ids]),
+            instances.prompts + priors.prompts,
+            instances.indices,
+        )
 
 
 def _fit_shorter_side(image: Image.Image, size: int) -> torch.Tensor:

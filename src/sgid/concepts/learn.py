@@ -1,8 +1,9 @@
-"""``sgid learn-concepts``: one textual-inversion token per class folder (DA-Fusion's use of textual inversion).
+"""``sgid learn-concepts``: learned concepts per class folder, by textual inversion (the default) or LoRA.
 
-Run it once per dataset and model; ``sgid augment --concepts DIR`` then writes each class's token where the
-label text was ("A picture of a <sgid-cat>, ..."). Classes run one after the other, each from a fresh copy of the
-tokenizer and text encoder, so a class's embedding does not depend on which classes ran before it.
+``--method textual_inversion`` (DA-Fusion's use of textual inversion): one token per class, classes one after the
+other, each from a fresh copy of the tokenizer and text encoder, so a class's embedding does not depend on which
+classes ran before it. ``--method lora`` (:mod:`sgid.concepts.joint`): one LoRA for the whole dataset plus one
+token per class, trained jointly. ``sgid augment --concepts DIR`` then uses what the folder holds.
 
 >>> learn_concepts("data/train", "data/concepts", TrainSettings(steps=1000), models="default")  # doctest: +SKIP
 """
@@ -10,7 +11,6 @@ tokenizer and text encoder, so a class's embedding does not depend on which clas
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -19,12 +19,12 @@ from typing import Any
 
 from sgid import __version__
 from sgid.concepts.data import ConceptImages
+from sgid.concepts.method import CONCEPT_METHODS, ConceptMethod, Counts, Job, read_class_images, run_steps
 from sgid.concepts.store import ConceptsDir
 from sgid.concepts.tokens import choose_init_token, concept_tokens
-from sgid.concepts.trainer import ConceptTrainer, DiffusionParts, TrainSettings
-from sgid.dataset import Listing, read_label_names, scan
+from sgid.concepts.trainer import ConceptTrainer, DiffusionParts, TrainSettings, TrainState
+from sgid.dataset import Listing, empty_classes_note, read_label_names, scan
 from sgid.errors import SgidError
-from sgid.images import ImageError, LoadedImage, load_rgb
 from sgid.models.loading import (
     TINY_WARNING,
     default_cache_dir,
@@ -34,7 +34,9 @@ from sgid.models.loading import (
     resolve_dtype,
     resolve_models,
 )
-from sgid.progress import bar, note
+from sgid.outdir import check_out_dir
+from sgid.progress import note, warn
+from sgid.versions import CORE, package_versions
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class LearnSummary:
     already_done: int  # classes found finished by an earlier invocation
     failed: int  # classes without a usable image
     seconds: float
-    tokens: dict[str, str]  # every finished class in OUT -> its token
+    tokens: dict[str, str]  # every finished class in OUT that has a token -> its token
 
     def line(self) -> str:
         return (
@@ -53,25 +55,12 @@ class LearnSummary:
         )
 
 
-@dataclass(frozen=True)
-class ClassImages:
-    images: list[LoadedImage]
-    relpaths: list[str]
-    skipped: list[dict[str, str]]  # {"file", "reason"} for files of the class that could not be used
-
-    def fingerprint(self) -> str:
-        """SHA-256 over the used files' paths and contents: a checkpoint resumes only on the same images."""
-        digest = hashlib.sha256()
-        for relpath, loaded in zip(self.relpaths, self.images, strict=True):
-            digest.update(f"{relpath}\x1f{loaded.sha256}\n".encode())
-        return digest.hexdigest()
-
-
 def learn_concepts(
     input_dir: str | Path,
     out_dir: str | Path,
-    settings: TrainSettings | None = None,
+    settings: Any = None,
     *,
+    method: str | None = None,
     models: str = "default",
     sd_model: str | None = None,
     device: str = "auto",
@@ -82,49 +71,57 @@ def learn_concepts(
     quiet: bool = False,
     overwrite: bool = False,
 ) -> LearnSummary:
-    """Python API of ``sgid learn-concepts`` (the same options as the command line)."""
+    """Python API of ``sgid learn-concepts`` (the same options as the command line).
+
+    ``settings`` is a :class:`TrainSettings` (textual inversion) or a :class:`~sgid.concepts.lora.LoraSettings`
+    (LoRA); ``method`` defaults to the one that takes it (textual inversion without settings).
+    """
     started = time.monotonic()
-    settings = settings or TrainSettings()
     # 1. Check inputs (no model is loaded before this passes)
-    settings.validate()
+    if method is None:
+        method = next((n for n in CONCEPT_METHODS if isinstance(settings, CONCEPT_METHODS.get(n).settings_type)), None)
+    kind = CONCEPT_METHODS.get(method or "textual_inversion")
+    learner = kind(settings if settings is not None else kind.settings_type())
     listing = scan(Path(input_dir), read_label_names(Path(label_names)) if label_names else None)
+    if listing.empty:
+        warn(empty_classes_note(Path(input_dir), listing.empty))
     chosen = select_classes(listing, classes)
+    learner.check_inputs(listing, chosen, classes)
     tokens = concept_tokens(listing.classes)  # over all folders, so a token never depends on --classes
+    check_out_dir(out_dir, [("the input folder", input_dir)], command="learn-concepts")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     choice = resolve_models(models, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), generator=sd_model)
-    store = ConceptsDir(out_dir, {"model": choice.generator.name, **settings.identity()}, overwrite=overwrite)
+    store = ConceptsDir(out_dir, {"model": choice.generator.name, **learner.identity(chosen)}, overwrite=overwrite)
     store.check()
-    # 2. Load a private copy of the model: training adds tokens to its tokenizer and text encoder
+    # 2. Load a private copy of the model: training adds tokens (and adapters) to it
     pipe = load_sd_pipeline(choice.generator, "img2img", torch_device, torch_dtype, False, private=True)
     parts = DiffusionParts.from_pipeline(pipe)
-    resolution = settings.resolution or parts.native_resolution
+    resolution = learner.settings.resolution or parts.native_resolution
     if is_tiny(choice):
         note(TINY_WARNING, quiet)
     info = {
         "sgid_version": __version__,
+        "method": kind.name,
         "model": choice.generator.name,
         "text_encoder_width": parts.embedding_width,
         "resolution": resolution,
-        "settings": asdict(settings),
+        "settings": asdict(learner.settings),
         "input": str(Path(input_dir).resolve()),
         "device": str(torch_device),
-        "dtype": str(torch_dtype).removeprefix("torch."),  # of the UNet and VAE; the embedding trains in fp32
+        "dtype": str(torch_dtype).removeprefix("torch."),  # of the UNet and VAE; what is learned trains in fp32
+        "versions": package_versions((*CORE, "peft")),
     }
-    # 3. Learn each class, skipping finished ones and resuming from checkpoints
-    trained = already_done = failed = 0
+    # 3. Learn, skipping what is finished and resuming from checkpoints
     with store.session(info):
-        for class_name in chosen:
-            if store.is_done(class_name):
-                already_done += 1
-                continue
-            learned = learn_class(
-                store, parts, class_name, listing, tokens[class_name], settings, resolution, quiet=quiet
-            )
-            trained += learned
-            failed += not learned
-        done = {name: entry["token"] for name, entry in store.index["classes"].items() if store.is_done(name)}
-    summary = LearnSummary(store.path, trained, already_done, failed, time.monotonic() - started, done)
+        counts = learner.learn(Job(store, parts, listing, chosen, tokens, resolution, quiet))
+        done = {
+            name: entry["token"]
+            for name, entry in store.index["classes"].items()
+            if store.is_done(name) and entry.get("token") and entry.get("file")
+        }
+    seconds = time.monotonic() - started
+    summary = LearnSummary(store.path, counts.trained, counts.already_done, counts.failed, seconds, done)
     note(summary.line(), quiet)
     return summary
 
@@ -140,19 +137,42 @@ def select_classes(listing: Listing, classes: Sequence[str] | None) -> list[str]
     return sorted(set(classes))
 
 
-def read_class_images(listing: Listing, class_name: str) -> ClassImages:
-    """The class's readable images (in path order) and, with reasons, its files that cannot be used."""
-    prefix = f"{class_name}/"
-    skipped = [{"file": rel, "reason": why} for rel, why in listing.skipped if rel.startswith(prefix)]
-    images: list[LoadedImage] = []
-    relpaths: list[str] = []
-    for source in (s for s in listing.sources if s.class_name == class_name):
-        try:
-            images.append(load_rgb(source.path))
-            relpaths.append(source.relpath)
-        except ImageError as exc:
-            skipped.append({"file": source.relpath, "reason": str(exc)})
-    return ClassImages(images, relpaths, skipped)
+# -- textual inversion -------------------------------------------------------------------------------------
+@CONCEPT_METHODS.register("textual_inversion")
+class TextualInversion(ConceptMethod):
+    """One token per class, each learned alone (:class:`ConceptTrainer`); a class without images is recorded as
+    failed and the others go on, unless it was named in ``--classes``."""
+
+    name = "textual_inversion"
+    settings_type = TrainSettings
+    settings: TrainSettings
+
+    def check_inputs(self, listing: Listing, chosen: list[str], explicit: Sequence[str] | None) -> None:
+        if explicit:
+            self.require_images(listing, chosen, "add images or leave the class out of --classes")
+
+    def identity(self, chosen: list[str]) -> dict[str, Any]:
+        return self.settings.identity()
+
+    def learn(self, job: Job) -> Counts:
+        trained = already_done = failed = 0
+        for class_name in job.chosen:
+            if job.store.is_done(class_name):
+                already_done += 1
+                continue
+            learned = learn_class(
+                job.store,
+                job.parts,
+                class_name,
+                job.listing,
+                job.tokens[class_name],
+                self.settings,
+                job.resolution,
+                quiet=job.quiet,
+            )
+            trained += learned
+            failed += not learned
+        return Counts(trained, already_done, failed)
 
 
 def learn_class(
@@ -168,8 +188,7 @@ def learn_class(
 ) -> bool:
     """Train (or resume) one class's token and write it to the store; False when the class has no usable image."""
     found = read_class_images(listing, class_name)
-    for skip in found.skipped:
-        note(f"skipping {skip['file']}: {skip['reason']}", quiet)
+    found.report(quiet)
     entry: dict[str, Any] = {
         "token": token,
         "label": listing.labels[class_name],
@@ -195,35 +214,24 @@ def learn_class(
         "images_sha256": found.fingerprint(),
         "identity_sha256": store.index["identity_sha256"],
     }
-    state = store.load_checkpoint(class_name, key)
+    state = store.load_checkpoint(class_name, key, TrainState.from_tensors)
     if state is not None:
         trainer.load_state(state)
         note(f"{class_name}: resuming from the checkpoint at step {state.step}", quiet)
-    run_steps(trainer, store, class_name, key, settings, quiet=quiet)
+    run_steps(
+        trainer,
+        settings.steps,
+        settings.checkpoint_every,
+        lambda: store.save_checkpoint(class_name, trainer.state(), key),
+        quiet=quiet,
+    )
     trainer.finish()
     entry.update(init_token=init_token, steps_done=trainer.step_done, last_loss=trainer.last_loss)
     store.finish(class_name, entry, trainer.embedding())
     return True
 
 
-def run_steps(
-    trainer: ConceptTrainer,
-    store: ConceptsDir,
-    class_name: str,
-    key: dict[str, str],
-    settings: TrainSettings,
-    *,
-    quiet: bool = False,
-) -> None:
-    """Step until ``settings.steps``, with a progress bar showing the loss and a checkpoint every N steps."""
-    progress = bar(settings.steps, f"{class_name} {trainer.token}", "step", quiet)
-    progress.update(trainer.step_done)
-    try:
-        while trainer.step_done < settings.steps:
-            loss = trainer.step()
-            progress.set_description_str(f"{class_name} {trainer.token} loss {loss:.4f}", refresh=False)
-            progress.update(1)
-            if trainer.step_done % settings.checkpoint_every == 0 and trainer.step_done < settings.steps:
-                store.save_checkpoint(class_name, trainer.state(), key)
-    finally:
-        progress.close()
+# --method lora registers itself after textual inversion, the default, which CONCEPT_METHODS lists first
+from sgid.concepts import joint as _joint  # noqa: E402, F401
+
+__all__ = ["LearnSummary", "learn_class", "learn_concepts", "select_classes"]

@@ -5,9 +5,13 @@ Layout of DIR::
     concepts.json               index: model, settings, and per class folder its token, init token, steps done
     <class>.safetensors         one learned embedding per finished class: {token: (1, D) tensor}, the
                                 diffusers learned-embeds format (pipe.load_textual_inversion(path, token=token))
-    checkpoints/<class>.safetensors
-                                training state of an unfinished class: the row, AdamW's state, the step
+    checkpoints/<name>.safetensors
+                                training state of unfinished work (a class's row, or the joint LoRA run's
+                                weights), AdamW's state, the step
     .sgid-lock                  held while a run writes (a second run is refused)
+
+``--method lora`` adds ``pytorch_lora_weights.safetensors``, ``prior/`` (class images for prior preservation),
+``samples/`` (images at checkpoints), ``loss.csv`` and ``loss.png`` (see :mod:`sgid.concepts.joint`).
 
 Every file is written to a temporary name and renamed into place. A class is finished when its embedding file
 is in place and the index says ``done``; its checkpoint is then removed. A run killed at any moment loses at
@@ -18,16 +22,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from sgid.concepts.trainer import TrainState
 from sgid.errors import RunDirError, SgidError
 from sgid.runstore import FolderLock, atomic_write, identity_hash
 
@@ -36,6 +39,26 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK = ".sgid-lock"
 FORMAT = "sgid-concepts"
 FORMAT_VERSION = 1
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes and loads
+#: Other files and folders a learn-concepts run writes (``--overwrite`` removes them, and nothing else).
+RESULTS = ("lora",)  # index entries a finished run adds beside "classes" (kept when a rerun opens DIR)
+JOINT_CHECKPOINT = "joint"  # the checkpoint name of a run that trains every class at once
+OWNED = (LORA_WEIGHT_NAME, "prior", "samples", "loss.csv", "loss.png")
+
+
+class Checkpoint(Protocol):
+    """A trainer's state: the step reached, the last loss, and tensors that restore it exactly."""
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def loss(self) -> float | None: ...
+
+    def to_tensors(self) -> dict[str, torch.Tensor]: ...
+
+
+State = TypeVar("State", bound=Checkpoint)
 
 
 def read_index(directory: str | Path) -> dict[str, Any]:
@@ -61,6 +84,25 @@ def read_index(directory: str | Path) -> dict[str, Any]:
 def embedding_file_bytes(token: str, embedding: torch.Tensor) -> bytes:
     """diffusers' learned-embeds file: one tensor named by the token (the example's ``{"format": "pt"}``)."""
     return safetensors_bytes({token: embedding.detach().cpu().contiguous()}, metadata={"format": "pt"})
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its metadata keys sorted, so equal content gives equal bytes.
+
+    safetensors writes the metadata map in a random order (a Rust HashMap), so a file with more than one
+    metadata key differs from run to run; the tensors' part does not.
+
+    >>> one = safetensors_bytes({"x": torch.zeros(2)}, metadata={"b": "1", "a": "2", "format": "pt"})
+    >>> canonical_safetensors(one)[8:48]
+    b'{"__metadata__":{"a":"2","b":"1","format'
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data that follows to 8 bytes
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 class ConceptsDir:
@@ -100,14 +142,15 @@ class ConceptsDir:
         self.check()
         if (self.path / CONCEPTS_FILE).exists() and self.overwrite:
             self._clear()
-        classes = self._read_own_index()["classes"] if (self.path / CONCEPTS_FILE).exists() else {}
+        previous = self._read_own_index() if (self.path / CONCEPTS_FILE).exists() else {"classes": {}}
         self.index = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             **info,
             "identity": self.identity,
             "identity_sha256": identity_hash(self.identity),
-            "classes": classes,
+            "classes": previous["classes"],
+            **{key: previous[key] for key in RESULTS if key in previous},
         }
         self._write_index()
         for stale in self.path.rglob(".*.tmp-*"):
@@ -136,8 +179,20 @@ class ConceptsDir:
         for entry in self._read_own_index()["classes"].values():
             if isinstance(entry, dict) and entry.get("file"):
                 (self.path / entry["file"]).unlink(missing_ok=True)
-        shutil.rmtree(self.path / CHECKPOINT_DIR, ignore_errors=True)
+        for name in (CHECKPOINT_DIR, *OWNED):
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
         (self.path / CONCEPTS_FILE).unlink()
+
+    def write(self, relpath: str, data: bytes) -> Path:
+        """Write ``data`` atomically to ``DIR/relpath`` (folders created)."""
+        path = self.path / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)
+        return path
 
     def _write_index(self) -> None:
         text = json.dumps(self.index, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
@@ -145,47 +200,72 @@ class ConceptsDir:
 
     # -- progress ----------------------------------------------------------------------------------------
     def is_done(self, class_name: str) -> bool:
+        """Finished, with its embedding file in place (a LoRA run without tokens has no file per class)."""
         entry = self.index["classes"].get(class_name)
-        return bool(entry and entry.get("status") == "done" and (self.path / entry["file"]).is_file())
+        if not (entry and entry.get("status") == "done"):
+            return False
+        return entry.get("file") is None or (self.path / entry["file"]).is_file()
 
     def _checkpoint_path(self, class_name: str) -> Path:
         return self.path / CHECKPOINT_DIR / f"{class_name}.safetensors"
 
-    def save_checkpoint(self, class_name: str, state: TrainState, key: dict[str, str]) -> None:
-        """Write ``state`` atomically; ``key`` (token, init token, images) must match for a resume to use it."""
-        tensors = {"embedding": state.embedding.contiguous()}
-        tensors.update({f"optimizer.{name}": value.contiguous() for name, value in state.optimizer.items()})
+    def save_checkpoint(self, name: str, state: Checkpoint, key: dict[str, str]) -> None:
+        """Write ``state`` atomically; ``key`` (token, images, identity) must match for a resume to use it."""
         metadata = dict(key, step=str(state.step), loss="" if state.loss is None else repr(state.loss))
-        path = self._checkpoint_path(class_name)
-        path.parent.mkdir(exist_ok=True)
-        atomic_write(path, safetensors_bytes(tensors, metadata=metadata))
+        data = safetensors_bytes(state.to_tensors(), metadata=metadata)
+        self.write(f"{CHECKPOINT_DIR}/{name}.safetensors", canonical_safetensors(data))
 
-    def load_checkpoint(self, class_name: str, key: dict[str, str]) -> TrainState | None:
-        """The saved state of ``class_name`` if there is one made under the same ``key``, else None."""
-        path = self._checkpoint_path(class_name)
+    def load_checkpoint(
+        self, name: str, key: dict[str, str], rebuild: Callable[[int, dict[str, torch.Tensor], float | None], State]
+    ) -> State | None:
+        """The saved state of ``name`` if there is one made under the same ``key``, else None.
+
+        ``rebuild(step, tensors, loss)`` makes the state (e.g. ``TrainState.from_tensors``; a KeyError when a
+        tensor is missing). A foreign, damaged or incomplete file is not a usable checkpoint.
+        """
+        path = self._checkpoint_path(name)
         if not path.is_file():
             return None
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+                tensors = {tensor: handle.get_tensor(tensor) for tensor in handle.keys()}
             step = int(metadata["step"])
             loss = float(metadata["loss"]) if metadata.get("loss") else None
+            if any(metadata.get(field) != value for field, value in key.items()):
+                return None
+            return rebuild(step, tensors, loss)
         except (OSError, SafetensorError, KeyError, ValueError):
-            return None  # a foreign or damaged file is not a usable checkpoint
-        if any(metadata.get(name) != value for name, value in key.items()) or "embedding" not in tensors:
             return None
-        optimizer = {name.split(".", 1)[1]: value for name, value in tensors.items() if name.startswith("optimizer.")}
-        return TrainState(step, tensors["embedding"], optimizer, loss)
+
+    def drop_checkpoint(self, name: str) -> None:
+        self._checkpoint_path(name).unlink(missing_ok=True)
+        if (self.path / CHECKPOINT_DIR).is_dir() and not any((self.path / CHECKPOINT_DIR).iterdir()):
+            (self.path / CHECKPOINT_DIR).rmdir()
 
     def finish(self, class_name: str, entry: dict[str, Any], embedding: torch.Tensor) -> None:
         """Write the class's embedding file, then mark it done in the index, then drop its checkpoint."""
         atomic_write(self.path / entry["file"], embedding_file_bytes(entry["token"], embedding))
         self.index["classes"][class_name] = dict(entry, status="done")
         self._write_index()
-        self._checkpoint_path(class_name).unlink(missing_ok=True)
-        if (self.path / CHECKPOINT_DIR).is_dir() and not any((self.path / CHECKPOINT_DIR).iterdir()):
-            (self.path / CHECKPOINT_DIR).rmdir()
+        self.drop_checkpoint(class_name)
+
+    def finish_joint(
+        self, entries: dict[str, dict[str, Any]], embeddings: dict[str, torch.Tensor], extra: dict[str, Any]
+    ) -> None:
+        """Finish a joint (LoRA) run: every class's embedding file (classes with a ``file``), then the index
+        (every class done, ``extra`` merged in), then drop the run's checkpoint. The caller writes the weights
+        file first, so an index that says done never points at a missing file."""
+        for entry in entries.values():
+            if entry.get("file"):
+                atomic_write(
+                    self.path / entry["file"], embedding_file_bytes(entry["token"], embeddings[entry["token"]])
+                )
+        for class_name, entry in entries.items():
+            self.index["classes"][class_name] = dict(entry, status="done")
+        self.index.update(extra)
+        self._write_index()
+        self.drop_checkpoint(JOINT_CHECKPOINT)
 
     def fail(self, class_name: str, entry: dict[str, Any]) -> None:
         """Record a class that could not be trained (e.g. no readable image); a rerun tries it again."""

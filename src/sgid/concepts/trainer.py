@@ -24,6 +24,7 @@ added) and switches ``requires_grad`` off on all three models: hand it private c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -81,13 +82,15 @@ class TrainSettings:
 
 @dataclass
 class DiffusionParts:
-    """The Stable Diffusion components textual inversion needs (``noise_scheduler`` is a training scheduler)."""
+    """The Stable Diffusion components training needs (``noise_scheduler`` is a training scheduler;
+    ``scheduler``, the pipeline's own, renders prior and sample images)."""
 
     tokenizer: Any
     text_encoder: Any
     vae: Any
     unet: Any
     noise_scheduler: Any
+    scheduler: Any = None
 
     @classmethod
     def from_pipeline(cls, pipe: Any) -> DiffusionParts:
@@ -101,6 +104,7 @@ class DiffusionParts:
             vae=pipe.vae,
             unet=pipe.unet,
             noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+            scheduler=pipe.scheduler,
         )
 
     @property
@@ -126,7 +130,145 @@ class TrainState:
     optimizer: dict[str, torch.Tensor]  # AdamW's per-parameter state (step, exp_avg, exp_avg_sq), CPU
     loss: float | None = None  # of the last step taken
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of a checkpoint file (the step and loss travel as its metadata)."""
+        tensors = {"embedding": self.embedding.contiguous()}
+        tensors.update({f"optimizer.{name}": value.contiguous() for name, value in self.optimizer.items()})
+        return tensors
 
+    @classmethod
+    def from_tensors(cls, step: int, tensors: dict[str, torch.Tensor], loss: float | None) -> TrainState:
+        optimizer = {name.split(".", 1)[1]: value for name, value in tensors.items() if name.startswith("optimizer.")}
+        return cls(step, tensors["embedding"], optimizer, loss)
+
+
+# -- pieces shared by every trainer --------------------------------------------------------------------------
+def adamw(groups: list[dict[str, Any]]) -> torch.optim.AdamW:
+    """AdamW with the diffusers examples' constants; each group gives its ``params`` and ``lr``."""
+    return torch.optim.AdamW(groups, betas=ADAMW_BETAS, weight_decay=ADAMW_WEIGHT_DECAY, eps=ADAMW_EPSILON)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, torch.Tensor]]:
+    """AdamW's per-parameter tensors (step, exp_avg, exp_avg_sq) by parameter index, copied to the CPU."""
+    return {
+        index: {name: value.detach().cpu().clone() for name, value in state.items() if torch.is_tensor(value)}
+        for index, state in optimizer.state_dict()["state"].items()
+    }
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[int, dict[str, torch.Tensor]]) -> None:
+    """Restore what :func:`optimizer_state` took (from an optimizer over the same parameters)."""
+    if not state:
+        return
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    restored = {
+        index: {name: value if name == "step" else value.to(parameters[index].device) for name, value in saved.items()}
+        for index, saved in state.items()
+    }
+    optimizer.load_state_dict({"state": restored, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def freeze(*models: Any) -> None:
+    """No gradients, no dropout: a step then depends on nothing but its seeds."""
+    for model in models:
+        model.requires_grad_(False)
+        model.eval()
+
+
+class TokenRows:
+    """New tokens' rows of the text encoder's input embeddings, trained as one (K, D) fp32 parameter.
+
+    The tokens are added to the tokenizer, the embedding matrix grows by K rows, and each new row starts as a
+    copy of its init token's row. Gradients reach the whole matrix; :meth:`take_grad` keeps only the new rows'
+    (as diffusers' textual inversion example does by restoring the others), and :meth:`write_back` puts the
+    optimised rows into the matrix, so no other row can move.
+    """
+
+    def __init__(self, tokenizer: Any, text_encoder: Any, tokens: Sequence[str], init_tokens: Sequence[str]) -> None:
+        self.text_encoder = text_encoder
+        init_ids = []
+        for init_token in init_tokens:
+            ids = tokenizer.encode(init_token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise SgidError(f"the init token {init_token!r} must be a single token for this tokenizer")
+            init_ids.append(int(ids[0]))
+        for token in tokens:
+            if token in tokenizer.get_vocab():
+                raise SgidError(f"the tokenizer already has the token {token}; give the trainer a fresh tokenizer")
+        if tokenizer.add_tokens(list(tokens)) != len(tokens):
+            raise SgidError("the new tokens must be distinct")
+        self.ids = [int(tokenizer.convert_tokens_to_ids(token)) for token in tokens]
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            weights = self.embeddings.weight
+            for token_id, init_id in zip(self.ids, init_ids, strict=True):
+                weights[token_id] = weights[init_id]
+        self.vector = torch.nn.Parameter(weights[self.ids].detach().clone().float())
+
+    @property
+    def embeddings(self) -> torch.nn.Embedding:
+        return self.text_encoder.get_input_embeddings()
+
+    def track(self, enabled: bool = True) -> None:
+        """Let gradients reach the embedding matrix (or stop them, and drop any left)."""
+        self.embeddings.weight.requires_grad_(enabled)
+        if not enabled:
+            self.embeddings.weight.grad = None
+
+    def take_grad(self) -> None:
+        """Move the new rows' gradient to :attr:`vector` and drop the matrix's."""
+        weights = self.embeddings.weight
+        assert weights.grad is not None
+        self.vector.grad = weights.grad[self.ids].detach().float()
+        weights.grad = None
+
+    def write_back(self) -> None:
+        with torch.no_grad():
+            weights = self.embeddings.weight
+            weights[self.ids] = self.vector.to(weights.dtype)
+
+    def load(self, values: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.vector.copy_(values.to(self.vector.device, self.vector.dtype))
+        self.write_back()
+
+    def values(self) -> torch.Tensor:
+        """The learned rows, (K, D) float32 on the CPU."""
+        return self.vector.detach().cpu().clone()
+
+
+def noise_prediction(
+    parts: DiffusionParts, pixel_values: torch.Tensor, input_ids: torch.Tensor, rng: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The denoising objective of Stable Diffusion training, as the diffusers examples compute it.
+
+    VAE-encode the images (a sample of the latent distribution times the scaling factor), add noise at a
+    uniformly drawn timestep per image, predict with the UNet conditioned on the prompts. Returns the fp32
+    prediction and target (the noise for ``epsilon`` models, the velocity for ``v_prediction`` models). Every
+    random draw comes from ``rng`` (on the CPU), so the result is a function of the seed.
+    """
+    vae, unet, scheduler = parts.vae, parts.unet, parts.noise_scheduler
+    device = unet.device
+    with torch.no_grad():
+        pixels = pixel_values.to(vae.device, vae.dtype)
+        latents = vae.encode(pixels).latent_dist.sample(generator=rng) * vae.config.scaling_factor
+    latents = latents.to(device)
+    noise = torch.randn(latents.shape, generator=rng, dtype=torch.float32).to(device, latents.dtype)
+    timesteps = torch.randint(scheduler.config.num_train_timesteps, (latents.shape[0],), generator=rng).to(device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    hidden = parts.text_encoder(input_ids.to(parts.text_encoder.device))[0]
+    prediction = unet(noisy, timesteps, hidden.to(unet.dtype)).sample
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise SgidError(f"sgid learn-concepts supports epsilon and v_prediction models, not {kind!r}")
+    return prediction.float(), target.float()
+
+
+# -- textual inversion ---------------------------------------------------------------------------------------
 class ConceptTrainer:
     """Learns the embedding of one new token from one class's images."""
 
@@ -147,114 +289,47 @@ class ConceptTrainer:
         self.key = key  # identifies the concept in derived seeds (the class folder name)
         self.step_done = 0
         self.last_loss: float | None = None
-        self.token_id = self._add_token(token, init_token)
-        self._freeze()
-        weights = self._embeddings.weight
-        self.vector = torch.nn.Parameter(weights[self.token_id].detach().clone().float().unsqueeze(0))
-        self.optimizer = torch.optim.AdamW(
-            [self.vector],
-            lr=settings.learning_rate,
-            betas=ADAMW_BETAS,
-            weight_decay=ADAMW_WEIGHT_DECAY,
-            eps=ADAMW_EPSILON,
-        )
+        self.rows = TokenRows(parts.tokenizer, parts.text_encoder, [token], [init_token])
+        self.token_id = self.rows.ids[0]
+        freeze(parts.vae, parts.unet, parts.text_encoder)
+        self.rows.track()
+        self.vector = self.rows.vector
+        self.optimizer = adamw([{"params": [self.vector], "lr": settings.learning_rate}])
 
-    # -- set-up ------------------------------------------------------------------------------------------
     @property
-    def _embeddings(self) -> torch.nn.Embedding:
-        return self.parts.text_encoder.get_input_embeddings()
-
-    def _add_token(self, token: str, init_token: str) -> int:
-        tokenizer, text_encoder = self.parts.tokenizer, self.parts.text_encoder
-        init_ids = tokenizer.encode(init_token, add_special_tokens=False)
-        if len(init_ids) != 1:
-            raise SgidError(f"the init token {init_token!r} must be a single token for this tokenizer")
-        if tokenizer.add_tokens(token) != 1:
-            raise SgidError(f"the tokenizer already has the token {token}; give the trainer a fresh tokenizer")
-        token_id = int(tokenizer.convert_tokens_to_ids(token))
-        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            weights = text_encoder.get_input_embeddings().weight
-            weights[token_id] = weights[init_ids[0]]
-        return token_id
-
-    def _freeze(self) -> None:
-        for model in (self.parts.vae, self.parts.unet, self.parts.text_encoder):
-            model.requires_grad_(False)
-            model.eval()  # no dropout: a step depends on nothing but its seeds
-        self._embeddings.weight.requires_grad_(True)
-
-    # -- training ----------------------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self._embeddings.weight.device
+    def description(self) -> str:
+        return f"{self.key} {self.token}"
 
     def step(self) -> float:
         """One optimisation step; returns its loss."""
-        loss = self._loss(self.step_done)
+        batch = self.data.batch(self.step_done, self.settings.batch_size)
+        rng = generator(derive_seed(self.settings.seed, self.key, self.step_done, "noise"))
+        prediction, target = noise_prediction(self.parts, batch.pixel_values, batch.input_ids, rng)
+        loss = F.mse_loss(prediction, target)
         loss.backward()
-        weights = self._embeddings.weight
-        assert weights.grad is not None
-        self.vector.grad = weights.grad[self.token_id].detach().float().unsqueeze(0)
-        weights.grad = None
+        self.rows.take_grad()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            weights[self.token_id] = self.vector[0].to(weights.dtype)
+        self.rows.write_back()
         self.step_done += 1
         self.last_loss = float(loss.detach())
         return self.last_loss
 
-    def _loss(self, step: int) -> torch.Tensor:
-        p = self.parts
-        batch = self.data.batch(step, self.settings.batch_size)
-        rng = generator(derive_seed(self.settings.seed, self.key, step, "noise"))
-        with torch.no_grad():
-            pixels = batch.pixel_values.to(self.device, p.vae.dtype)
-            latents = p.vae.encode(pixels).latent_dist.sample(generator=rng) * p.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=rng, dtype=torch.float32).to(latents.device, latents.dtype)
-        size = (latents.shape[0],)
-        timesteps = torch.randint(p.noise_scheduler.config.num_train_timesteps, size, generator=rng).to(self.device)
-        noisy = p.noise_scheduler.add_noise(latents, noise, timesteps)
-        hidden = p.text_encoder(batch.input_ids.to(self.device))[0]
-        prediction = p.unet(noisy, timesteps, hidden.to(p.unet.dtype)).sample
-        return F.mse_loss(prediction.float(), self._target(latents, noise, timesteps).float())
-
-    def _target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        kind = self.parts.noise_scheduler.config.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "v_prediction":
-            return self.parts.noise_scheduler.get_velocity(latents, noise, timesteps)
-        raise SgidError(f"textual inversion supports epsilon and v_prediction models, not {kind!r}")
-
     # -- state -------------------------------------------------------------------------------------------
     def embedding(self) -> torch.Tensor:
         """The learned row, (1, D) float32 on the CPU (diffusers' learned-embeds layout)."""
-        return self.vector.detach().cpu().clone()
+        return self.rows.values()
 
     def state(self) -> TrainState:
-        saved = self.optimizer.state_dict()["state"].get(0, {})
-        tensors = {name: value.detach().cpu().clone() for name, value in saved.items() if torch.is_tensor(value)}
-        return TrainState(self.step_done, self.embedding(), tensors, self.last_loss)
+        return TrainState(self.step_done, self.embedding(), optimizer_state(self.optimizer).get(0, {}), self.last_loss)
 
     def load_state(self, state: TrainState) -> None:
         """Continue from ``state`` (taken from a trainer with the same models, data and settings)."""
-        with torch.no_grad():
-            self.vector.copy_(state.embedding.to(self.vector.device, self.vector.dtype))
-            weights = self._embeddings.weight
-            weights[self.token_id] = self.vector[0].to(weights.dtype)
-        if state.optimizer:
-            optimizer_state = {
-                name: value.to(self.vector.device) if name != "step" else value
-                for name, value in state.optimizer.items()
-            }
-            groups = self.optimizer.state_dict()["param_groups"]
-            self.optimizer.load_state_dict({"state": {0: optimizer_state}, "param_groups": groups})
+        self.rows.load(state.embedding)
+        load_optimizer_state(self.optimizer, {0: state.optimizer} if state.optimizer else {})
         self.step_done = state.step
         self.last_loss = state.loss
 
     def finish(self) -> None:
         """Stop tracking gradients on the embedding matrix (the models stay frozen)."""
-        self._embeddings.weight.requires_grad_(False)
-        self._embeddings.weight.grad = None
+        self.rows.track(False)

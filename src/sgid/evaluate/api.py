@@ -3,8 +3,8 @@ several seeds and say whether the difference is real.
 
     from sgid.evaluate import EvalConfig, evaluate, load_folder_dataset
 
-    data = load_folder_dataset("pets/train", "pets/test", generated=["pets-sgid"])
-    result = evaluate(data, EvalConfig(methods=("baseline", "randaugment", "generated+randaugment"),
+    data = load_folder_dataset("pets/train", "pets/test", generated={"sgid": "pets-sgid", "text2img": "pets-t2i"})
+    result = evaluate(data, EvalConfig(methods=("baseline", "randaugment", "sgid", "text2img", "sgid+randaugment"),
                                        backbone="resnet50", seeds=5), out="eval-pets")
     for row in result.summary: print(row.dataset, row.label, row.mean, row.p_value)
 
@@ -29,7 +29,8 @@ from sgid.errors import SgidError
 from sgid.evaluate.backbones import BACKBONES, SMALL_IMAGE, BackboneSpec
 from sgid.evaluate.checkpoint import save_classifier
 from sgid.evaluate.data import EvalData, Example, fraction_subset, k_shot, linked_generated, stratified_split
-from sgid.evaluate.methods import BASELINE, Variant, parse_methods, variants
+from sgid.evaluate.generated import tiny_warning
+from sgid.evaluate.methods import BASELINE, GENERATED, Variant, parse_methods, variants
 from sgid.evaluate.mixing import MIX_MODES, NEEDS_PROPORTION, NO_PROPORTION, Plan, make_plan
 from sgid.evaluate.perturb import PERTURBATIONS
 from sgid.evaluate.report import results_json, results_markdown, write_plots
@@ -38,7 +39,8 @@ from sgid.evaluate.store import EvaluationStore
 from sgid.evaluate.train import TrainSettings, fit, test_accuracy
 from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
 from sgid.evaluate.zeroshot import zero_shot_accuracy
-from sgid.progress import bar, note
+from sgid.outdir import check_out_dir
+from sgid.progress import bar, note, warn
 from sgid.seeding import derive_seed
 
 FORMAT_VERSION = 1
@@ -75,10 +77,12 @@ class EvalConfig:
     quiet: bool = False
     overwrite: bool = False
 
-    def check(self) -> tuple[BackboneSpec, tuple[Variant, ...]]:
-        """Validate every option (before any data is read or model trained); return the backbone and variants."""
+    def check(self, generated: Sequence[str] = (GENERATED,)) -> tuple[BackboneSpec, tuple[Variant, ...]]:
+        """Validate every option (before any data is read or model trained); return the backbone and variants.
+
+        ``generated``: the names of the generated sets (``--generated NAME=DIR``), valid method components."""
         spec = BACKBONES.get(self.backbone)
-        methods = parse_methods(self.methods, PERTURBATIONS.names())
+        methods = parse_methods(self.methods, PERTURBATIONS.names(), generated)
         for name, value, low in (
             ("--seeds", self.seeds, 1),
             ("--epochs", self.epochs, 1),
@@ -182,12 +186,12 @@ def training_subset(data: EvalData, seed: int, config: EvalConfig) -> tuple[Exam
 
 def training_plan(data: EvalData, variant: Variant, real: Sequence[Example], seed: int) -> Plan:
     """Real images, mixed with the generated images linked to them when the variant uses generated images."""
-    if not variant.method.generated:
+    if variant.method.source is None:
         return make_plan(None, real, (), None, seed)
     return make_plan(
         variant.mix,
         real,
-        linked_generated(data.generated, real),
+        linked_generated(data.generated_of(variant.method.source), real),
         variant.proportion,
         derive_seed(seed, data.name, "mix"),
     )
@@ -224,8 +228,14 @@ def check_data(data: EvalData, variant_list: Sequence[Variant], config: EvalConf
         raise SgidError(f"dataset name {data.name!r} must be letters, digits, '_', '-' or '.' (it names folders)")
     if not data.train or not data.test:
         raise SgidError(f"dataset {data.name}: the {'training' if not data.train else 'test'} set is empty")
-    if any(v.method.generated for v in variant_list) and not data.generated:
-        raise SgidError(f"dataset {data.name}: methods with 'generated' need --generated DIR (sgid augment output)")
+    for source in dict.fromkeys(v.method.source for v in variant_list if v.method.source is not None):
+        if not data.generated_of(source):
+            how = "--generated DIR" if source == GENERATED else f"--generated {source}=DIR"
+            have = data.generated_sets()
+            known = f" (this dataset's generated sets: {', '.join(have)})" if have else ""
+            raise SgidError(
+                f"dataset {data.name}: methods with {source!r} need {how} (an sgid augment output with images){known}"
+            )
     for seed in range(config.seeds):
         real = training_subset(data, seed, config)
         for variant in variant_list:
@@ -312,7 +322,10 @@ def run_one(
         )
     in_plan = sum(ex.generated for ex in plan.examples())
     details = {
-        "data_fingerprint": data.fingerprint(variant.method.generated),
+        "data_fingerprint": data.fingerprint(variant.method.source or False),
+        "generated_runs": [run.to_json() for run in data.runs_of(variant.method.source)]
+        if variant.method.source
+        else [],
         "lr": lr,
         "lr_search": lr_search,
         "epochs": settings.recipe.epochs,
@@ -398,7 +411,7 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
     if len({d.name for d in datasets}) != len(datasets):
         raise SgidError("two datasets have the same name; give each its own (--name)")
     # 1. Check the options and the data: everything that can fail does so before any training.
-    spec, variant_list = config.check()
+    spec, variant_list = config.check([GENERATED, *(name for d in datasets for name in d.generated_sets())])
     device = resolve_device(config.device)
     trained_backbone = spec.recipe is not None
     settings: dict[str, TrainSettings] = {}
@@ -406,6 +419,16 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
         check_data(d, variant_list if trained_backbone else [], config)
         if trained_backbone:
             settings[d.name] = train_settings(d, spec, config, device)
+    reads = [(what, folder) for d in datasets for what, folder in d.folders]
+    reads += [(f"the --generated {run.name} folder", Path(run.folder)) for d in datasets for run in d.runs]
+    check_out_dir(out, reads, command="evaluate")
+    for d in datasets:
+        for line in d.notes:
+            warn(line)
+    used = {v.method.source for v in variant_list}
+    warning = tiny_warning(run for d in datasets for run in d.runs if run.name in used)
+    if warning:
+        warn(warning)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads or default_threads())
     try:
@@ -441,7 +464,7 @@ def _run_all(
                     config.save_models
                     and not (store.model_dir(d.name, variant.slug, seed) / "classifier.safetensors").exists()
                 )
-                done = store.finished(d.name, variant.slug, seed, d.fingerprint(variant.method.generated))
+                done = store.finished(d.name, variant.slug, seed, d.fingerprint(variant.method.source or False))
                 if done is not None and not model_missing:
                     reused += 1
                 else:
@@ -471,6 +494,7 @@ def _run_all(
         if not spec.pretrained:
             del protocol["pretrained"]
         protocol.update({f"training ({name})": s.describe() for name, s in settings.items()})
+        protocol.update({f"left out ({d.name})": "; ".join(d.notes) for d in datasets if d.notes})
         files = [
             store.write("results.json", results_json(protocol, records, summary)),
             store.write(

@@ -13,23 +13,22 @@ least one — 001's 10% protocol).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from sgid.dataset import scan
+from sgid.dataset import empty_classes_note, scan
 from sgid.errors import SgidError
+from sgid.evaluate.generated import GeneratedRun, GeneratedSpecs, parse_generated, read_provenance
+from sgid.evaluate.methods import GENERATED
 from sgid.images import ImageError, load_rgb
-from sgid.runstore import MANIFEST, RUN_FILE
-
-ORIGINAL_METHOD = "original"  # rows of metadata.jsonl that are copies of real images
+from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info, recorded_input_dir
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,7 @@ class Example:
     load: Callable[[], Image.Image] = field(compare=False, repr=False)
     source: str | None = None  # generated: key of the real image it was made from (None: no source)
     generated: bool = False
+    group: str = GENERATED  # generated: the --generated set it belongs to, a method name ("sgid", "generated")
 
 
 @dataclass(frozen=True)
@@ -85,19 +85,43 @@ class EvalData:
     train: tuple[Example, ...]
     test: tuple[Example, ...]
     val: tuple[Example, ...] = ()
-    generated: tuple[Example, ...] = ()
+    generated: tuple[Example, ...] = ()  # every generated set's examples (Example.group says which)
+    runs: tuple[GeneratedRun, ...] = ()  # where each generated folder came from
+    folders: tuple[tuple[str, Path], ...] = ()  # the folders it was read from ("the --train folder", path)
+    notes: tuple[str, ...] = ()  # what reading left out and why (class folders without images)
 
-    def fingerprint(self, with_generated: bool = True) -> str:
-        """A hash of the name, classes and example keys: identifies the data a finished run used (runs without
-        generated images do not depend on the generated folders, so adding one later keeps them valid)."""
+    def generated_of(self, group: str) -> tuple[Example, ...]:
+        """The examples of one generated set (``--generated group=DIR``)."""
+        return tuple(ex for ex in self.generated if ex.group == group)
+
+    def generated_sets(self) -> list[str]:
+        """The names of the generated sets, in the order given."""
+        return list(dict.fromkeys(ex.group for ex in self.generated))
+
+    def runs_of(self, group: str) -> tuple[GeneratedRun, ...]:
+        return tuple(run for run in self.runs if run.name == group)
+
+    def fingerprint(self, with_generated: bool | str = True) -> str:
+        """A hash of the name, classes and example keys: identifies the data a finished run used. ``True``:
+        every generated image; a set's name: that set only, with its runs' identities (so a method does not
+        depend on the other sets, and a run regenerated with other settings is new data); ``False``: none
+        (runs without generated images stay valid when a generated folder is added later)."""
         digest = hashlib.sha256()
         for part in (self.name, *self.classes):
             digest.update(part.encode() + b"\x1f")
         splits = [("train", self.train), ("test", self.test), ("val", self.val)]
-        for split, examples in [*splits, *([("generated", self.generated)] if with_generated else [])]:
+        if with_generated is True:
+            splits.append(("generated", self.generated))
+        elif with_generated:
+            splits.append(("generated", self.generated_of(with_generated)))
+        for split, examples in splits:
             digest.update(split.encode() + b"\x1e")
             for ex in examples:
                 digest.update(f"{ex.key}\x1f{ex.label}\x1f{ex.source}\x1e".encode())
+        if isinstance(with_generated, str):
+            for run in self.runs_of(with_generated):
+                if run.identity is not None:
+                    digest.update(f"run\x1f{run.identity}\x1e".encode())
         return digest.hexdigest()
 
     def native_size(self, sample: int = 16) -> tuple[int, int] | None:
@@ -110,24 +134,32 @@ class EvalData:
 
 
 def read_image_folder(
-    root: Path, classes: Sequence[str] | None = None, *, what: str = "--train"
+    root: Path, classes: Sequence[str] | None = None, *, what: str = "--train", notes: list[str] | None = None
 ) -> tuple[tuple[str, ...], tuple[Example, ...]]:
     """``root/<class>/<image>`` as examples. With ``classes`` (from the training folder), every class folder
-    in ``root`` must be one of them; labels index into that list."""
+    in ``root`` with images must be one of them; labels index into that list. Class folders without images are
+    left out (not a class), with a line appended to ``notes``."""
     root = Path(root)
     if not root.is_dir():
         raise SgidError(f"{what} folder not found: {root}")
     listing = scan(root)
+    if listing.empty and notes is not None:
+        notes.append(f"{what} {empty_classes_note(root, listing.empty)}")
     names = tuple(classes) if classes is not None else listing.classes
     unknown = sorted(set(listing.classes) - set(names))
     if unknown:
-        raise SgidError(f"{what} {root} has classes that are not in the training set: {', '.join(unknown[:10])}")
+        raise SgidError(
+            f"{what} {root} has classes that are not in the training set (a class needs training images): "
+            f"{', '.join(unknown[:10])}"
+        )
     index = {name: i for i, name in enumerate(names)}
     examples = tuple(Example(key=s.relpath, label=index[s.class_name], load=FileImage(s.path)) for s in listing.sources)
     return names, examples
 
 
-def read_generated(directory: Path, classes: Sequence[str], *, tag: str | None = None) -> tuple[Example, ...]:
+def read_generated(
+    directory: Path, classes: Sequence[str], *, tag: str | None = None, group: str = GENERATED
+) -> tuple[Example, ...]:
     """The generated images of an ``sgid augment`` output folder, from its metadata.jsonl.
 
     Rows with method ``original`` are copies of real images and are skipped (the real training set has them).
@@ -139,28 +171,22 @@ def read_generated(directory: Path, classes: Sequence[str], *, tag: str | None =
     index = {name: i for i, name in enumerate(classes)}
     tag = tag or directory.name
     examples: list[Example] = []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for number, row in enumerate(read_run(directory).rows, start=1):
+        if row.is_original:
             continue
-        try:
-            row = json.loads(line)
-            file_name, label = row["file_name"], row["label"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise SgidError(f"{manifest}, line {number}: not a metadata row with file_name and label") from None
-        if row.get("method") == ORIGINAL_METHOD:
-            continue
-        if label not in index:
-            raise SgidError(f"{manifest}, line {number}: class {label!r} is not in the training set")
-        path = directory / file_name
+        if row.label not in index:
+            raise SgidError(f"{manifest}, row {number}: class {row.label!r} is not in the training set")
+        path = directory / row.file_name
         if not path.is_file():
-            raise SgidError(f"{manifest}, line {number}: image {file_name} is missing")
+            raise SgidError(f"{manifest}, row {number}: image {row.file_name} is missing")
         examples.append(
             Example(
-                key=f"{tag}:{file_name}",
-                label=index[label],
+                key=f"{tag}:{row.file_name}",
+                label=index[row.label],
                 load=FileImage(path),
-                source=row.get("source"),
+                source=row.source,
                 generated=True,
+                group=group,
             )
         )
     return tuple(examples)
@@ -169,11 +195,10 @@ def read_generated(directory: Path, classes: Sequence[str], *, tag: str | None =
 def generated_input_dir(directory: Path) -> str | None:
     """The input folder an ``sgid augment`` run was made from (run.json's config.input_dir), if recorded."""
     try:
-        run = json.loads((Path(directory) / RUN_FILE).read_text(encoding="utf-8"))
-        value = run.get("config", {}).get("input_dir")
-    except (OSError, ValueError, AttributeError):
+        input_dir = recorded_input_dir(read_run_info(Path(directory) / RUN_FILE))
+    except SgidError:
         return None
-    return str(value) if value else None
+    return str(input_dir) if input_dir else None
 
 
 def check_links(generated: Sequence[Example], train: Sequence[Example], directory: Path) -> None:
@@ -275,28 +300,38 @@ def load_folder_dataset(
     test: str | Path,
     *,
     val: str | Path | None = None,
-    generated: Sequence[str | Path] = (),
+    generated: GeneratedSpecs = (),
     name: str | None = None,
 ) -> EvalData:
-    """An evaluation dataset from image folders and ``sgid augment`` output folders."""
-    classes, train_examples = read_image_folder(Path(train), what="--train")
-    _, test_examples = read_image_folder(Path(test), classes, what="--test")
-    val_examples = read_image_folder(Path(val), classes, what="--val")[1] if val is not None else ()
-    return attach_generated(
-        EvalData(name or dataset_name(Path(train)), classes, train_examples, test_examples, val_examples), generated
-    )
+    """An evaluation dataset from image folders and ``sgid augment`` output folders (``["sgid=runs/sgid",
+    "runs/other"]`` or ``{"sgid": "runs/sgid"}``; a bare folder is the set ``generated``)."""
+    notes: list[str] = []
+    classes, train_examples = read_image_folder(Path(train), what="--train", notes=notes)
+    _, test_examples = read_image_folder(Path(test), classes, what="--test", notes=notes)
+    val_examples = read_image_folder(Path(val), classes, what="--val", notes=notes)[1] if val is not None else ()
+    folders = [("the --train folder", Path(train)), ("the --test folder", Path(test))]
+    if val is not None:
+        folders.append(("the --val folder", Path(val)))
+    data = EvalData(name or dataset_name(Path(train)), classes, train_examples, test_examples, val_examples)
+    return attach_generated(replace(data, folders=tuple(folders), notes=tuple(notes)), generated)
 
 
-def attach_generated(data: EvalData, directories: Sequence[str | Path]) -> EvalData:
-    """``data`` with the generated images of ``directories`` (each must link to the training images)."""
+def attach_generated(data: EvalData, directories: GeneratedSpecs) -> EvalData:
+    """``data`` with the generated images of ``directories`` (each must link to the training images), each
+    folder in its named set (``NAME=DIR``; a bare folder is the set ``generated``)."""
     if not directories:
         return data
-    tags = [Path(d).name for d in directories]
+    from sgid.evaluate.perturb import PERTURBATIONS
+
+    pairs = parse_generated(directories, PERTURBATIONS.names())
+    tags = [folder.name for _, folder in pairs]
     if len(set(tags)) != len(tags):
         tags = [f"{i}-{tag}" for i, tag in enumerate(tags)]
     found: list[Example] = []
-    for directory, tag in zip(directories, tags, strict=True):
-        examples = read_generated(Path(directory), data.classes, tag=tag)
-        check_links(examples, data.train, Path(directory))
+    runs: list[GeneratedRun] = []
+    for (group, directory), tag in zip(pairs, tags, strict=True):
+        examples = read_generated(directory, data.classes, tag=tag, group=group)
+        check_links(examples, data.train, directory)
         found.extend(examples)
-    return EvalData(data.name, data.classes, data.train, data.test, data.val, tuple(found))
+        runs.append(read_provenance(group, directory, len(examples)))
+    return replace(data, generated=tuple(found), runs=tuple(runs))

@@ -73,12 +73,12 @@ PERTURBATIONS.add(
 )
 
 
-def random_erasing() -> Any:
-    """timm's RandomErasing with the paper's settings, on the CPU."""
+def random_erasing(probability: float | None = None) -> Any:
+    """timm's RandomErasing with the paper's settings, on the CPU (``probability`` overrides p=0.5)."""
     random_erasing_module = require("timm.data.random_erasing", "eval")
     p = PERTURBATIONS.get("random_erasing").params
     return random_erasing_module.RandomErasing(
-        probability=p["probability"],
+        probability=p["probability"] if probability is None else probability,
         min_area=p["min_area"],
         max_area=p["max_area"],
         min_aspect=p["min_aspect"],
@@ -90,6 +90,11 @@ def random_erasing() -> Any:
 def randaugment() -> v2.RandAugment:
     p = PERTURBATIONS.get("randaugment").params
     return v2.RandAugment(num_ops=p["num_ops"], magnitude=p["magnitude"])
+
+
+def cutmix() -> v2.CutMix:
+    """torchvision's batch-level CutMix with the paper's alpha (the 0.5 probability is drawn by the caller)."""
+    return v2.CutMix(alpha=PERTURBATIONS.get("cutmix").params["alpha"])
 
 
 _IMAGE_OPS = {"randaugment": randaugment}
@@ -144,7 +149,7 @@ class BatchAugment:
         self.num_classes = num_classes
         self.cutmix = PERTURBATIONS.get("cutmix").params if "cutmix" in names else None
         self.moex = PERTURBATIONS.get("moex").params if "moex" in names else None
-        self._cutmix = v2.CutMix(alpha=self.cutmix["alpha"]) if self.cutmix else None
+        self._cutmix = cutmix() if self.cutmix else None
         self.moex_module = moex_module
         self.moex_channel_dim = moex_channel_dim
         if self.moex and moex_module is None:

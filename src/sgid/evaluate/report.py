@@ -12,14 +12,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sgid.evaluate.generated import tiny_warning
 from sgid.evaluate.stats import ALPHA, AVG, RunRecord, Summary
 
 MAX_CLASSES_IN_MARKDOWN = 20
 
 
+def generated_provenance(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Every generated folder behind the rows, once per (dataset, name, folder), from the runs' records (the
+    table is rebuilt from every run in OUT, so its provenance is too)."""
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for record in records:
+        for run in record.details.get("generated_runs") or []:
+            found.setdefault((record.dataset, run["name"], run["folder"]), {"dataset": record.dataset, **run})
+    return list(found.values())
+
+
 def results_json(protocol: dict[str, Any], records: Sequence[RunRecord], summary: Sequence[Summary]) -> dict[str, Any]:
     return {
         "protocol": protocol,
+        "generated": generated_provenance(records),
         "runs": [r.to_json() for r in records],
         "summary": [s.to_json() for s in summary],
     }
@@ -64,7 +76,11 @@ def results_markdown(
     datasets, variants, cells = _rows(summary)
     labels = {s.variant: s.label + (" (reference)" if s.reference else "") for s in summary}
     seeds = sorted({r.seed for r in records if not r.reference})
+    generated = generated_provenance(records)
     lines = [f"# {title}", ""]
+    warning = tiny_warning(generated)
+    if warning:
+        lines += [f"> **Warning: {warning}**", ""]
     lines.append(
         f"Test accuracy (%), mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
         f"({', '.join(map(str, seeds))}); every method uses the same seeds, so runs pair up. "
@@ -103,12 +119,31 @@ def results_markdown(
         lines += _table(
             ["Method", *classes], [[labels[s.variant], *(_pct(s.per_class.get(c), 1) for c in classes)] for s in rows]
         )
+    lines += _generated_section(generated)
     lines += ["", "## Settings", ""]
     lines += [
         f"- {key}: {value}" for key, value in protocol.items() if key != "format" and value not in (None, {}, [], "")
     ]
     lines.append("")
     return "\n".join(lines)
+
+
+def _generated_section(generated: Sequence[dict[str, Any]]) -> list[str]:
+    """Where each generated method's images came from."""
+    if not generated:
+        return []
+    lines = ["", "## Generated data", ""]
+    rows = []
+    for run in generated:
+        models = ", ".join(f"{role}: {name}" for role, name in sorted((run.get("models") or {}).items())) or "–"
+        if run.get("tiny"):
+            models += " (**tiny random weights**)"
+        identity = (run.get("identity") or "–")[:12]
+        folder = run["folder"] + (f" (filtered from {run['filtered_from']})" if run.get("filtered_from") else "")
+        cells = [run["dataset"], f"`{run['name']}`", folder, run.get("method") or "–", identity, models]
+        rows.append([cell.replace("|", "\\|") for cell in cells] + [str(run["images"])])
+    lines += _table(["Dataset", "Method", "Folder", "Augment method", "Run identity", "Models", "Images"], rows)
+    return lines
 
 
 # -- plots ---------------------------------------------------------------------------------------------------

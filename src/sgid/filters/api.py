@@ -153,7 +153,7 @@ def _filter_input(run: RunDir, readers: dict[str, frozenset[str]]) -> FilterInpu
     real: list[Source] = []
     if "real" in needs:
         real = [s for s in scan(run.require_source_dir("realfake")).sources if s.relpath not in run.unusable_sources]
-    return FilterInput(generated, run.classes, real)
+    return FilterInput(generated, run.classes, real, run.identity)
 
 
 def _feature_counts(models: Any) -> tuple[int, int]:

@@ -46,6 +46,7 @@ class FilterOptions:
     confidence_threshold: float = 0.5  # confidence: reject when another class gets at least this probability
     label_template: str = LABEL_TEMPLATE  # label: zero-shot prompt
     seed: int = 0  # realfake: fold assignment
+    review_db: Path | None = None  # human: the database sgid review wrote
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class FilterInput:
     generated: Sequence[Entry]  # the images to judge, in manifest order
     classes: Mapping[str, str]  # every class of the dataset: folder name -> label text
     real: Sequence[Source] = ()  # the real training images (read by realfake)
+    run_identity: str | None = None  # the run's identity (RunDir.identity), for decisions stored per run
 
     def __len__(self) -> int:
         return len(self.generated)

@@ -24,9 +24,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sgid.errors import SgidError
+from sgid.manifest import MANIFEST, RUN_FILE, dumps
+from sgid.outdir import check_out_dir as check_out
 from sgid.rundir import RunDir
-from sgid.runstore import MANIFEST, RUN_FILE, atomic_write, copy_or_link, dumps
+from sgid.runstore import atomic_write, copy_or_link
 
 DECISIONS = "decisions.jsonl"
 REPORT_JSON = "report.json"
@@ -39,20 +40,8 @@ def is_filter_output(folder: Path) -> bool:
 
 def check_out_dir(out: Path, run: RunDir) -> None:
     """Refuse an OUT that would mix with, or replace, data that is not a previous filter output."""
-    target = out.resolve()
-    protected = [("the run folder", run.path.resolve())]
-    if run.source_dir is not None:
-        protected.append(("the real input folder", run.source_dir.resolve()))
-    for what, folder in protected:
-        if target == folder or folder in target.parents:
-            raise SgidError(f"--out {out} is inside {what} {folder}; it would become part of that dataset")
-        if target in folder.parents:
-            raise SgidError(f"--out {out} contains {what} {folder}; choose a separate folder")
-    if out.exists():
-        if not out.is_dir():
-            raise SgidError(f"--out {out} exists and is not a folder")
-        if any(out.iterdir()) and not is_filter_output(out):
-            raise SgidError(f"--out {out} is not empty and holds no sgid filter output; choose a new folder")
+    reads = [("the run folder", run.path), ("the real input folder", run.source_dir)]
+    check_out(out, reads, command="filter", owned=is_filter_output)
 
 
 def write_output(
@@ -71,7 +60,7 @@ def write_output(
         rows = []
         for entry in kept:
             copy_or_link(entry.path, staging / entry.file_name)
-            rows.append(dict(entry.row))
+            rows.append(entry.row.to_json())
         _write_lines(staging / MANIFEST, rows)
         _write_lines(staging / DECISIONS, decisions)
         atomic_write(staging / REPORT_JSON, (json.dumps(report, indent=2) + "\n").encode("utf-8"))

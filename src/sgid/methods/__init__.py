@@ -6,6 +6,7 @@
 from sgid.methods import boomerang as _boomerang  # noqa: F401  (each import registers its method)
 from sgid.methods import diverse_caption as _diverse_caption  # noqa: F401
 from sgid.methods import instruct as _instruct  # noqa: F401
+from sgid.methods import perturb as _perturb  # noqa: F401
 from sgid.methods import retrieval as _retrieval  # noqa: F401
 from sgid.methods import sgid as _sgid  # noqa: F401
 from sgid.methods import text2img as _text2img  # noqa: F401

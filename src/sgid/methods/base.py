@@ -76,6 +76,11 @@ class Method:
                 f"cannot apply; give a constant --guidance"
             )
 
+    def generator_kind(self, source: Source) -> str:
+        """The generator kind ``plan`` will choose for ``source``'s items; known before planning, because
+        batches (one kind and size each) are laid out before captions exist. Override along with ``plan``."""
+        return self.generator_kinds[0]
+
     def needs_captions(self) -> bool:
         return False
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from sgid.features import (
 from sgid.metrics.compute import DEFINITIONS, MetricsInput, compute_metrics
 from sgid.metrics.quality import clip_scores
 from sgid.metrics.report import metrics_markdown, write_plots
-from sgid.progress import note
+from sgid.outdir import check_out_dir, has_file
+from sgid.progress import note, warn
 from sgid.rundir import RunDir, check_sources, read_run_dir
 from sgid.runstore import atomic_write, dumps
 
@@ -97,7 +99,9 @@ def metrics_run(
         if reference is not None
         else run.require_source_dir("as the reference of FID and KID; or pass --reference")
     )
-    references = scan(reference_dir).sources  # one-line error for a missing or empty folder
+    listing = scan(reference_dir)  # one-line error for a missing or empty folder
+    references = listing.sources
+    _check_shared_classes(run, reference_dir, listing.classes)
     _check_out_dir(out, run, reference_dir)
     inception = Path(inception_weights) if inception_weights else None
     FEATURES.get(features).check(ExtractorOptions(inception_weights=inception))
@@ -213,12 +217,32 @@ def _image_rows(run: RunDir, data: MetricsInput) -> list[dict[str, Any]]:
     ]
 
 
+def _check_shared_classes(run: RunDir, reference: Path, classes: Sequence[str]) -> None:
+    """FID and KID against a reference that shares no class with the run would measure nothing about it."""
+    generated = sorted({e.label for e in run.generated})
+    shared = set(generated) & set(classes)
+    if not shared:
+        raise SgidError(
+            f"--reference {reference} shares no class with the run (run: {_few(generated)}; reference: "
+            f"{_few(classes)}); pass the real images of the same classes"
+        )
+    missing = [c for c in generated if c not in shared]
+    if missing:
+        warn(
+            f"--reference {reference} has no images of {len(missing)} of the run's classes ({_few(missing)}): "
+            f"no per-class FID/KID for them"
+        )
+
+
+def _few(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _check_out_dir(out: Path, run: RunDir, reference: Path) -> None:
     """OUT must not sit inside a dataset folder: its plots would become a class of that dataset."""
-    target = out.resolve()
-    for what, folder in (("the run folder", run.path), ("the reference folder", reference)):
-        folder = folder.resolve()
-        if target == folder or folder in target.parents:
-            raise SgidError(f"--out {out} is inside {what} {folder}; its plots would become a class there")
-    if out.exists() and not out.is_dir():
-        raise SgidError(f"--out {out} exists and is not a folder")
+    reads = [
+        ("the run folder", run.path),
+        ("the reference folder", reference),
+        ("the real input folder", run.source_dir),
+    ]
+    check_out_dir(out, reads, command="metrics", owned=has_file(METRICS_JSON))

@@ -302,3 +302,44 @@ def load_text_model(ref: ModelRef, device: torch.device, dtype: torch.dtype):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def model_id(ref: ModelRef) -> str:
+    """The name a manifest and the caches record for a transformers model: its name plus its hub revision when
+    known (read from its config, no weights loaded), so caches never mix two versions of a model."""
+    from transformers import AutoConfig
+
+    quiet_hub_logging()
+    try:
+        revision = getattr(AutoConfig.from_pretrained(ref.path, trust_remote_code=False), "_commit_hash", None)
+    except (OSError, ValueError):
+        revision = None  # the loader reports a missing model when it loads it
+    return f"{ref.name}@{revision}" if revision else ref.name
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What batching needs to know of a generator: its native image size and the multiple sizes round to."""
+
+    resolution: int | None  # None: not generated (retrieval); sizes are the images' own
+    size_multiple: int = 8
+
+
+@functools.lru_cache(maxsize=8)
+def sd_geometry(ref: ModelRef) -> Geometry:
+    """A Stable Diffusion checkpoint's geometry from its UNet and VAE configs, without loading weights
+    (a single-file checkpoint without --sd-config is loaded on the CPU to find out)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    quiet_hub_logging()
+    folder = ref.config if ref.path.endswith(".safetensors") else ref.path
+    if folder is None:
+        pipe = load_sd_pipeline(ref, "img2img", torch.device("cpu"), torch.float32, False)
+        return Geometry(int(pipe.unet.config.sample_size * pipe.vae_scale_factor), int(pipe.vae_scale_factor))
+    try:
+        unet: Any = UNet2DConditionModel.load_config(folder, subfolder="unet")
+        vae: Any = AutoencoderKL.load_config(folder, subfolder="vae")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the configs of the Stable Diffusion model {ref.name!r}: {exc}") from None
+    multiple = 2 ** (len(vae["block_out_channels"]) - 1)
+    return Geometry(int(unet["sample_size"]) * multiple, multiple)

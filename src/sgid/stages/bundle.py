@@ -1,7 +1,8 @@
 """The stages of a run, with their models, loaded once and handed to the pipeline.
 
 Only what the method needs is loaded: no BLIP/CLIP when no captions are used, no img2img pipeline for
-text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``, ``retrieval``).
+text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``, ``retrieval``, and
+the perturbations ``randaugment``, ``random_erasing``, ``cutmix``, which load no model).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sgid.concepts import Prepared, prepare_pipeline
+from sgid.concepts.apply import concepts_lora
+from sgid.errors import SgidError
 from sgid.images import load_rgb
 from sgid.models.loading import (
     ModelChoice,
@@ -21,11 +24,13 @@ from sgid.models.loading import (
     load_scorer,
     load_sd_pipeline,
     load_text_model,
+    model_id,
     resolve_device,
     resolve_dtype,
 )
 from sgid.stages.caption import Captioner
 from sgid.stages.generate import GENERATORS, GenerationOutput
+from sgid.stages.perturb import IMAGE_PERTURBATIONS, ImagePerturbation
 from sgid.stages.prompt import PromptEncoder
 from sgid.stages.score import ClipScorer
 from sgid.stages.text import TextGenerator
@@ -85,6 +90,50 @@ class RetrievalStage:
         return [(load_rgb(Path(s.extra["pool_file"])).image, False) for s in batch]
 
 
+def runs_diffusion(kind: str) -> bool:
+    """Whether generator ``kind`` runs Stable Diffusion (has a resolution and denoising steps); False for
+    ``retrieval`` (reads pool images) and the perturbations (transform the source)."""
+    return kind != "retrieval" and kind not in IMAGE_PERTURBATIONS
+
+
+@dataclass
+class PerturbStage:
+    """Applies a materialised perturbation (``sgid.stages.perturb``) to each sample's source at its own size;
+    CutMix also reads the partner the plan chose. No model: the same bytes on any device."""
+
+    perturbation: ImagePerturbation
+    max_pixels: int
+    min_side: int
+    resolution = None
+    size_multiple = 1
+
+    @property
+    def model_id(self) -> str:
+        return self.perturbation.implementation
+
+    def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
+        return [(self.one(sample), False) for sample in batch]
+
+    def one(self, sample: Sample) -> Image.Image:
+        assert sample.info is not None
+        image = self.read(sample.source.path, sample.info.sha256, sample.source.relpath)
+        params = sample.extra["perturbation_params"]
+        if params is None:  # the probability coin said no: the image as it is
+            return image
+        partner = None
+        if self.perturbation.needs_partner:
+            partner = self.read(
+                Path(sample.extra["partner_file"]), sample.extra["partner_sha256"], sample.extra["partner"]
+            )
+        return self.perturbation.apply(image, params, partner)
+
+    def read(self, path: Path, sha256: str, relpath: str) -> Image.Image:
+        loaded = load_rgb(path, max_pixels=self.max_pixels, min_side=self.min_side)
+        if loaded.sha256 != sha256:
+            raise SgidError(f"{relpath} changed while the run was going; rerun to pick it up")
+        return loaded.image
+
+
 @dataclass
 class Stages:
     captioner: Captioner | None = None
@@ -94,6 +143,8 @@ class Stages:
     text: TextGenerator | None = None
     generators: dict[str, Any] = field(default_factory=dict)
     concept_tokens: dict[str, str] | None = None  # class folder -> learned concept token (--concepts)
+    concept_labels: dict[str, str] | None = None  # class folder -> what SD prompts say instead of the label
+    concepts_sha256: str | None = None  # the --concepts folder's fingerprint (recorded in every manifest row)
 
     def generate(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
         return self.generators[batch[0].kind](batch, pixels, size)
@@ -108,32 +159,57 @@ class Stages:
         return str(self.generators[kind].model_id)
 
 
-def model_fingerprint(name: str, model: Any) -> str:
-    """The model's name plus its hub revision when known, so caches never mix two versions of a model."""
-    revision = getattr(getattr(model, "config", None), "_commit_hash", None)
-    return f"{name}@{revision}" if revision else name
+#: What a process may load, each only when the method needs it: ``captioner`` (BLIP), ``scorer`` (CLIP, for
+#: similarities), ``text`` (the language model some methods prepare with), ``generation`` (the generators).
+PARTS = ("captioner", "scorer", "text", "generation")
 
 
-def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> Stages:
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    stages = Stages()
-    if method.needs_captions():
-        blip, blip_processor = load_captioner(choice.captioner, device, dtype)
+def load_stages(
+    config: AugmentConfig,
+    choice: ModelChoice,
+    method: Method,
+    parts: tuple[str, ...] = PARTS,
+    *,
+    device: str | None = None,
+    into: Stages | None = None,
+) -> Stages:
+    """The stages ``method`` needs among ``parts``, on ``device`` (default: the configured one), added to
+    ``into`` when given (a worker loads what each kind of task needs when it first gets one)."""
+    if "instruct" in method.generator_kinds and config.concepts is not None and concepts_lora(config.concepts):
+        raise SgidError(
+            f"--concepts {config.concepts} holds LoRA weights for Stable Diffusion's UNet, and instruct_pix2pix "
+            "generates with InstructPix2Pix's: use a textual-inversion concepts folder with this method"
+        )
+    resolved = resolve_device(device or config.device)
+    dtype = resolve_dtype(config.dtype, resolved)
+    stages = into or Stages()
+    if "captioner" in parts and method.needs_captions() and stages.captioner is None:
+        blip, blip_processor = load_captioner(choice.captioner, resolved, dtype)
         stages.captioner = Captioner(blip, blip_processor, config.captions)
-        stages.captioner_id = model_fingerprint(choice.captioner.name, blip)
-    if method.needs_captions() or method.needs_scorer():
-        clip, clip_processor = load_scorer(choice.scorer, device, dtype)
+        stages.captioner_id = model_id(choice.captioner)
+    if "scorer" in parts and (method.needs_captions() or method.needs_scorer()) and stages.scorer is None:
+        clip, clip_processor = load_scorer(choice.scorer, resolved, dtype)
         stages.scorer = ClipScorer(clip, clip_processor)
-        stages.scorer_id = model_fingerprint(choice.scorer.name, clip)
-    if method.needs_text_model():
+        stages.scorer_id = model_id(choice.scorer)
+    if "text" in parts and method.needs_text_model() and stages.text is None:
         assert choice.text is not None, "--text-model is required"
-        model, tokenizer = load_text_model(choice.text, device, dtype)
+        model, tokenizer = load_text_model(choice.text, resolved, dtype)
         stages.text = TextGenerator(model, tokenizer)
+    if "generation" in parts and not stages.generators:
+        _load_generators(stages, config, choice, method, resolved, dtype)
+    return stages
+
+
+def _load_generators(
+    stages: Stages, config: AugmentConfig, choice: ModelChoice, method: Method, device: Any, dtype: Any
+) -> None:
     prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
     for kind in method.generator_kinds:
         if kind == "retrieval":
-            stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or choice.scorer.name)
+            stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or model_id(choice.scorer))
+            continue
+        if kind in IMAGE_PERTURBATIONS:
+            stages.generators[kind] = PerturbStage(IMAGE_PERTURBATIONS.get(kind)(), config.max_pixels, config.min_side)
             continue
         ref = choice.instruct if kind == "instruct" else choice.generator
         base_kind = "instruct" if kind == "instruct" else "img2img"
@@ -143,8 +219,9 @@ def load_stages(config: AugmentConfig, choice: ModelChoice, method: Method) -> S
             )
         base = prepared[(ref, base_kind)]
         stages.concept_tokens = base.tokens or stages.concept_tokens
+        stages.concept_labels = base.labels or stages.concept_labels
+        stages.concepts_sha256 = base.concepts_sha256 or stages.concepts_sha256
         stages.generators[kind] = generate_stage(kind, base.pipe, ref.name, config)
-    return stages
 
 
 def prepare(pipe: Any, config: AugmentConfig) -> Prepared:
