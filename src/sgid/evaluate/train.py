@@ -10,11 +10,10 @@ the training steps (the HF Trainer default the paper used for ViT and CLIP).
 
 from __future__ import annotations
 
-import contextlib
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +29,7 @@ from sgid.evaluate.data import Example, round_half_up
 from sgid.evaluate.mixing import Plan, draw
 from sgid.evaluate.perturb import BatchAugment, image_ops, soft_cross_entropy, tensor_ops
 from sgid.evaluate.transforms import eval_transform, train_transform
+from sgid.seeding import global_rngs
 
 #: Convolutions run in NHWC ("channels last"): 1.5× faster for the small CNN on a CPU, and the layout cuDNN prefers.
 CHANNELS_LAST = torch.channels_last
@@ -45,20 +45,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@contextlib.contextmanager
-def seeded_randomness(seed: int, epoch: int, index: int) -> Iterator[None]:
-    """Inside the block torch's and python's global generators are seeded from ``(seed, epoch, index)``; after
-    it they are as before. A draw's random transforms then depend on the draw alone, never on which process
-    (the main one or a DataLoader worker) makes it or on what it made before."""
-    draw_seed = int(np.random.default_rng([seed % 2**63, epoch, index, 1]).integers(2**63))
-    python_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(draw_seed)
-        random.seed(draw_seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
+def draw_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one draw's random transforms (crop, flip, RandAugment, Random Erasing): they depend on the
+    draw alone, never on which process (the main one or a DataLoader worker) makes it or on what it made before."""
+    return int(np.random.default_rng([seed % 2**63, epoch, index, 1]).integers(2**63))
 
 
 class ImageCache:
@@ -108,7 +98,7 @@ class TrainingSet(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         example = self.example(index)
-        with seeded_randomness(self.seed, self.epoch, index):
+        with global_rngs(draw_seed(self.seed, self.epoch, index)):
             image = self.transform(self.cache.get(example))
         return image, example.label, int(example.generated)
 
