@@ -141,6 +141,12 @@ INVALID_OPTIONS: dict[str, list[tuple[list[str], str]]] = {
         (["{input}", "--out", "{out}", "--models", "tiny", "--device", "tpu"], "invalid --device 'tpu'"),
         (["{input}", "--out", "{out}", "--models", "huge"], "unknown models preset 'huge'"),
     ],
+    "review": [
+        (["{run}", "--port", "70000"], "--port 70000 must be between 0 and 65535"),
+        (["{run}", "--token", " "], "--token is empty"),
+        (["{run}", "--study", "--labels", "0"], "--labels 0: choose at least 1 label"),
+        (["{run}", "--filters", "{out}"], "is not an sgid filter output"),
+    ],
     "metrics": [
         (["{run}", "--features", "pixels", "--out", "{out}"], "unknown feature extractor 'pixels'"),
         (["{run}", "--kid-subsets", "0", "--out", "{out}"], "--kid-subsets must be >= 1"),
