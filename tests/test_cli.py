@@ -74,8 +74,18 @@ def test_hub_id_offline_names_the_model_and_the_fix(tmp_path: Path, image_folder
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     code, err = run_cli(["augment", str(image_folder), "--out", str(tmp_path / "out")], capsys)
-    assert code == 2 and err.count("\n") == 1
-    assert "'Salesforce/blip-image-captioning-base'" in err and "--captioner /path/to/local/copy" in err
+    # every missing model at once, one short line each, with the flag that points at a local copy
+    lines = err.splitlines()
+    assert code == 2 and lines[0] == "sgid: error: 3 models cannot be loaded:" and len(lines) == 4
+    for line, flag, name in zip(
+        lines[1:],
+        ("--captioner", "--scorer", "--sd-model"),
+        ("Salesforce/blip-image-captioning-base", "openai/clip-vit-base-patch32", "stable-diffusion-v1-5"),
+        strict=True,
+    ):
+        assert line.startswith("  - cannot load the ") and f"'{name}" in line and f"pass {flag} DIR" in line
+        assert "not on this machine and the hub is unreachable" in line and len(line) < 240
+    assert not (tmp_path / "out").exists()
 
 
 def test_console_script_entry_point_and_help() -> None:

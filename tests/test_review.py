@@ -67,6 +67,50 @@ def test_gallery_shows_every_original_beside_its_augmentations(runs: list[Path],
     assert "perturbation_params" in page and "partner" in page  # method-specific provenance is shown
 
 
+def test_gallery_of_a_tiny_model_run_with_a_filter_output(augmented_run: Path, tmp_path: Path) -> None:
+    """An sgid run (tiny models): caption, prompt, s*, g, noise and seed on the card; with --filters DIR, the
+    filter's decision and reason (here from a human filter made from this very review)."""
+    session = open_session([augmented_run], db=tmp_path / "review.sqlite", cache_dir=tmp_path / "cache")
+    c = client(session)
+    csrf = signed_in(c, "ann")
+    rows = [json.loads(line) for line in (augmented_run / "metadata.jsonl").read_text().splitlines()]
+    page = c.get("/gallery?per=200").text
+    for row in rows:
+        card = page.split(f'data-item="{session.catalog.item(session.catalog.runs[0].identity, row["file_name"]).id}"')[
+            1
+        ]
+        card = card.split("</figure>")[0]
+        assert f"<b>seed</b> {row['seed']}" in card and f"<b>s*</b> {row['similarity']:.3f}" in card
+        assert f"<b>g</b> {row['guidance_scale']:.3f}" in card and f"<b>noise</b> {row['noise_rate']:.2f}" in card
+        caption = row["caption"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&#34;")
+        assert caption.replace("'", "&#39;") in card
+    c.post("/api/decision", json={"item": 0, "decision": "reject"}, headers={"X-CSRF-Token": csrf})
+    out = tmp_path / "filtered"
+    assert (
+        main(
+            [
+                "filter",
+                str(augmented_run),
+                "--filters",
+                "human",
+                "--review-db",
+                str(tmp_path / "review.sqlite"),
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    shown = open_session([augmented_run], db=tmp_path / "review.sqlite", cache_dir=tmp_path / "cache", filters=[out])
+    with_filter = client(shown)
+    rejected = with_filter.get("/gallery?decision=filter_reject&per=200").text
+    assert rejected.count('class="card') == 1 and "<b>sgid filter</b> reject: human: rejected by ann" in rejected
+    assert with_filter.get("/gallery?decision=filter_keep&per=200").text.count('class="card') == len(rows) - 1
+    with pytest.raises(SgidError, match="not an sgid filter output"):
+        open_session([augmented_run], db=tmp_path / "r2.sqlite", filters=[tmp_path])
+
+
 def test_gallery_filters_sorts_and_pages(runs: list[Path], tmp_path: Path) -> None:
     session = opened(runs, tmp_path)
     c = client(session)
@@ -171,6 +215,19 @@ def test_thumbnails_are_made_once(runs: list[Path], tmp_path: Path) -> None:
     os.utime(changed.path, ns=(1, 1))  # an image changed on disk gets a new thumbnail
     c2.get("/thumb/0")
     assert fresh.thumbnails.made == 1
+
+
+def test_an_unreadable_image_gets_a_clear_answer(runs: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "broken"
+    shutil.copytree(runs[0], run)
+    first = json.loads((run / "metadata.jsonl").read_text().splitlines()[0])["file_name"]
+    (run / first).write_bytes(b"not an image")
+    c = client(open_session([run], db=tmp_path / "r.sqlite", cache_dir=tmp_path / "cache"))
+    response = c.get("/thumb/0")
+    assert response.status_code == 415 and "unreadable image" in response.text
+    assert c.get("/thumb/1").status_code == 200 and c.get("/gallery").status_code == 200
 
 
 def test_a_10000_image_run_pages_without_touching_the_rest(tmp_path: Path, cache_dir: Path) -> None:
@@ -304,11 +361,31 @@ def test_the_token_is_needed_on_every_request(runs: list[Path], tmp_path: Path) 
     assert access("127.0.0.1", None) == (None, ("127.0.0.1", "localhost", "::1", "127.0.0.1"))
 
 
-def test_two_clients_writing_at_once_lose_nothing(runs: list[Path], tmp_path: Path) -> None:
+def both_at_once(url: str, page: str, work) -> list[str]:  # type: ignore[no-untyped-def]
+    """Two browsers (ann, bob), each with its session and CSRF token, running ``work(client, csrf, offset)`` at
+    the same time against a live server; the failed requests' texts."""
     import httpx
 
+    errors: list[str] = []
+
+    def one(name: str, offset: int) -> None:
+        with httpx.Client(base_url=url) as c:
+            csrf = csrf_of(c.get(page).text)
+            c.post("/api/name", json={"name": name}, headers={"X-CSRF-Token": csrf})
+            for response in work(c, csrf, offset):
+                if response.status_code != 200:
+                    errors.append(response.text)
+
+    threads = [threading.Thread(target=one, args=(name, offset)) for name, offset in (("ann", 0), ("bob", 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_two_annotators_rating_at_once_lose_nothing(runs: list[Path], tmp_path: Path) -> None:
     session = opened(runs, tmp_path, study=StudySettings(labels=3, originals=2, seed=1))
-    app = make_app(session, token=None, allowed_hosts=("127.0.0.1",))
     study = session.study
     assert study is not None
     cells = [
@@ -317,36 +394,54 @@ def test_two_clients_writing_at_once_lose_nothing(runs: list[Path], tmp_path: Pa
         for position in range(3)
         for scale in ("consistency", "diversity")
     ]
-    errors: list[str] = []
-    with live_server(app) as url:
 
-        def annotate(name: str, values: int) -> None:
-            with httpx.Client(base_url=url) as c:
-                csrf = csrf_of(c.get("/gallery").text)
-                c.post("/api/name", json={"name": name}, headers={"X-CSRF-Token": csrf})
-                for n, (item, position, scale) in enumerate(cells):
-                    body = {"item": item, "position": position, "scale": scale, "value": (n + values) % 5 + 1}
-                    response = c.post("/api/rating", json=body, headers={"X-CSRF-Token": csrf})
-                    if response.status_code != 200:
-                        errors.append(response.text)
-                    decision = {"item": n % 40, "decision": "reject" if n % 2 else "accept"}
-                    if c.post("/api/decision", json=decision, headers={"X-CSRF-Token": csrf}).status_code != 200:
-                        errors.append("decision")
+    def rate(c, csrf, offset):  # type: ignore[no-untyped-def]
+        for n, (item, position, scale) in enumerate(cells):
+            body = {"item": item, "position": position, "scale": scale, "value": (n + offset) % 5 + 1}
+            yield c.post("/api/rating", json=body, headers={"X-CSRF-Token": csrf})
 
-        threads = [threading.Thread(target=annotate, args=(name, v)) for name, v in (("ann", 0), ("bob", 2))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert errors == []
+    with live_server(make_app(session, token=None, allowed_hosts=("127.0.0.1",))) as url:
+        assert both_at_once(url, "/study", rate) == []
     ratings = session.db.ratings(study.id)
     assert len(ratings) == 2 * len(cells) == 2 * 6 * 3 * 2
     assert {r.annotator for r in ratings} == {"ann", "bob"}
-    assert session.db.event_count() == 2 * 2 * len(cells) + 1  # every write logged (+ the study's creation)
+    assert session.db.event_count() == 2 * len(cells) + 1  # every write logged (+ the study's creation)
+
+
+def test_two_reviewers_selecting_at_once_lose_nothing(runs: list[Path], tmp_path: Path) -> None:
+    session = opened(runs, tmp_path)
+    count = len(session.catalog.items)
+
+    def select(c, csrf, offset):  # type: ignore[no-untyped-def]
+        for n in range(count):  # every image, by both, at once
+            body = {"item": n, "decision": "reject" if (n + offset) % 3 else "accept"}
+            yield c.post("/api/decision", json=body, headers={"X-CSRF-Token": csrf})
+
+    with live_server(make_app(session, token=None, allowed_hosts=("127.0.0.1",))) as url:
+        assert both_at_once(url, "/gallery", select) == []
+    decisions = session.db.decisions()
+    assert len(decisions) == 2 * count and session.db.event_count() == 2 * count
+
+
+def test_a_study_server_shows_no_gallery(runs: list[Path], tmp_path: Path) -> None:
+    """The gallery names methods: a server running a blinded study does not serve it, nor images by number."""
+    c = client(opened(runs, tmp_path, study=StudySettings(labels=1, originals=1)))
+    for url in ("/gallery", "/thumb/0", "/image/0", "/original/0", "/original-thumb/0"):
+        assert c.get(url).status_code == 404, url
+    assert c.get("/", follow_redirects=False).headers["location"] == "/study"
+    assert 'href="/gallery"' not in c.get("/study").text
+    gallery = client(opened(runs, tmp_path / "g"))
+    assert gallery.get("/study").status_code == 404 and 'href="/study"' not in gallery.get("/gallery").text
 
 
 # -- the human filter ------------------------------------------------------------------------------------------
-def test_filter_human_consumes_the_selections(runs: list[Path], tmp_path: Path) -> None:
+def test_filter_human_consumes_the_selections(
+    runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_clip(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the human filter chose a CLIP model")
+
+    monkeypatch.setattr("sgid.filters.api.open_run_clip", no_clip)
     session = opened(runs, tmp_path)
     c = client(session)
     csrf = signed_in(c, "Alice Z")
@@ -378,7 +473,7 @@ def test_filter_human_consumes_the_selections(runs: list[Path], tmp_path: Path) 
     kept = [json.loads(line)["file_name"] for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert len(kept) == len(ra) - 2 and ra[0].file_name not in kept and (out / ra[3].file_name).is_file()
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["filters"] == ["human"]
+    assert report["settings"]["filters"] == ["human"] and report["settings"]["scorer"] is None
 
 
 def test_filter_human_errors(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

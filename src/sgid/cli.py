@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
 from sgid import __version__
 from sgid.commands import command_modules
 from sgid.errors import SgidError
+from sgid.progress import end_lines
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -17,6 +19,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise SgidError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def format_help(self) -> str:
+        """Help is plain text: the reStructuredText of docstrings used as descriptions is dropped."""
+        return re.sub(r":\w+:`([^`]*)`", r"\1", super().format_help()).replace("``", "")
 
 
 def build_parser() -> ArgumentParser:
@@ -36,9 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.run(args) or 0)
     except SgidError as exc:
-        print(f"sgid: error: {exc}", file=sys.stderr)
+        lines = [f"sgid: error: {exc}", *(f"  - {line}" for line in exc.details)]
+        print("\n".join(lines), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        end_lines()  # close any progress bar first: the line below starts on a line of its own
         print("sgid: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 

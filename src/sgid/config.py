@@ -153,8 +153,8 @@ class AugmentConfig:
             _check(
                 self.gpus_per_worker,
                 "--gpus-per-worker",
-                lambda v: 0 < v <= 1 or float(v).is_integer(),
-                "must be a fraction in (0, 1] or a whole number of GPUs",
+                lambda v: 0 <= v <= 1 or v > 1 and float(v).is_integer(),
+                "must be 0 (workers on CPUs), a fraction of a GPU in (0, 1] or a whole number of GPUs",
             )
         from sgid.engines import ENGINES
 

@@ -7,15 +7,24 @@ Python API lets it propagate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class SgidError(Exception):
-    """A problem with the user's input, options or environment, reported as one line (exit code 2)."""
+    """A problem with the user's input, options or environment, reported as one line (exit code 2).
+
+    ``details``: one short line per item when several problems are reported at once (e.g. every missing model);
+    the CLI prints each on its own line under the message."""
 
     exit_code = 2
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
         # Keep it to one line: the CLI prints exactly this.
         super().__init__(" ".join(str(message).split()))
+        self.details = tuple(" ".join(str(line).split()) for line in details)
 
 
 class ModelLoadError(SgidError):
@@ -28,6 +37,14 @@ class RunDirError(SgidError):
 
 class MissingDependencyError(SgidError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
+
+
+def need(value: T | None, message: str) -> T:
+    """``value``, or a one-line :class:`SgidError`: for options a check already requires (never an ``assert``,
+    which ``python -O`` removes and which would give a traceback instead of a message)."""
+    if value is None:
+        raise SgidError(message)
+    return value
 
 
 def require(module: str, extra: str):

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from PIL import Image
 
-from sgid.errors import MissingDependencyError, SgidError
+from sgid.errors import MissingDependencyError, SgidError, need
 from sgid.images import ImageError, load_rgb, sha256_bytes
 from sgid.progress import bar
 from sgid.registry import Registry
@@ -121,8 +121,8 @@ class InceptionFeatures:
     @classmethod
     def create(cls, options: ExtractorOptions) -> InceptionFeatures:
         cls.check(options)
-        assert options.inception_weights is not None
-        return cls.from_weights(Path(options.inception_weights), options.device)
+        weights = need(options.inception_weights, "--features inception needs --inception-weights FILE")
+        return cls.from_weights(Path(weights), options.device)
 
     @classmethod
     def from_weights(cls, path: Path, device: str = "cpu") -> InceptionFeatures:

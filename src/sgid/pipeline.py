@@ -34,7 +34,16 @@ from sgid.errors import SgidError
 from sgid.execute import ItemResult, Worker, WorkerSpec
 from sgid.images import ImageError, LoadedImage, load_rgb, probe_size
 from sgid.manifest import ErrorRow
-from sgid.methods import METHODS, Method, MethodContext, Services, SkipItem, chain_parts
+from sgid.methods import (
+    METHODS,
+    Method,
+    MethodContext,
+    Services,
+    SkipItem,
+    chain_parts,
+    denoising_warning,
+    option_warnings,
+)
 from sgid.models.loading import (
     TINY_WARNING,
     Geometry,
@@ -42,9 +51,11 @@ from sgid.models.loading import (
     default_cache_dir,
     is_tiny,
     model_id,
+    resolve_device,
     resolve_models,
     sd_geometry,
 )
+from sgid.options import augment_signature, resolve_options
 from sgid.outdir import check_out_dir
 from sgid.plan import (
     Batch,
@@ -62,7 +73,7 @@ from sgid.plan import (
     target_size,
 )
 from sgid.progress import bar, note, warn
-from sgid.runstore import RunStore, copy_or_link, item_key
+from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import PARTS, Stages, runs_diffusion
@@ -70,6 +81,7 @@ from sgid.stages.caption import Caption
 from sgid.versions import package_versions
 
 MANIFEST_FLUSH_SECONDS = 30.0
+CPU_STEPS_HINT = 200  # denoising steps (images x steps) above which a CPU run says how to make it small
 SCORE_TASK_SIZE = 64  # chosen captions scored per task
 
 
@@ -90,14 +102,46 @@ class RunSummary:
         )
 
 
-def augment(input_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, **options: Any) -> RunSummary:
-    """Python API of ``sgid augment``: the same options as the command line, with underscores.
+def augment(
+    input_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    preset: str | None = None,
+    print_summary: bool = False,
+    **options: Any,
+) -> RunSummary:
+    """Augment a labelled image folder (``sgid augment INPUT --out OUT``); returns a :class:`RunSummary`.
+
+    Every option of the command is a keyword argument: its flag with ``_`` for ``-`` (``--multiplier`` →
+    ``multiplier``, ``--no-cache`` → ``no_cache=True``, ``--template`` → ``template=[...]``; the older names
+    ``caption_cache``, ``templates``, ``instructions`` still work). A keyword left out (``None``) takes the
+    method's or the preset's value, else the paper's default. ``preset``: a dataset preset of the paper's table
+    8. ``print_summary=True`` prints the command's one-line summary on stderr (off by default in Python). An
+    unknown keyword is a ``TypeError`` naming the closest ones; bad values raise :class:`~sgid.errors.SgidError`
+    before any model is loaded. ``inspect.signature(augment)`` lists every keyword (generated from the settings,
+    :mod:`sgid.options`).
 
     >>> augment("data/train", "data/sgid", models="tiny", noise=0.5, multiplier=2)  # doctest: +SKIP
     """
-    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **options)
+    settings = resolve_options(options)
+    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **settings)
+    for line in option_warnings(config, [k for k, v in settings.items() if v is not None]):
+        warn(line)
+    summary = _run_stages(config, input_dir, out_dir, preset, settings)
+    if print_summary:
+        note(summary.line(), config.quiet)
+    return summary
+
+
+augment.__signature__ = augment_signature()  # type: ignore[attr-defined]
+
+
+def _run_stages(
+    config: AugmentConfig, input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
+) -> RunSummary:
     parts = chain_parts(config.method)
     if len(parts) == 1:
+        _warn_denoising(config)
         return Augmenter(config).run()
     # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
     # is configured (and checked) before the first one starts.
@@ -108,8 +152,15 @@ def augment(input_dir: str | Path, out_dir: str | Path, *, preset: str | None = 
         target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
         stage = AugmentConfig.build(current, target, preset=preset, **{**options, "method": part})
         stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
+        _warn_denoising(stages[-1])
         current = target
     return [Augmenter(stage).run() for stage in stages][-1]
+
+
+def _warn_denoising(config: AugmentConfig) -> None:
+    line = denoising_warning(config)
+    if line:
+        warn(f"{config.method}: {line}")
 
 
 class Augmenter:
@@ -126,22 +177,20 @@ class Augmenter:
         c = self.config
         started = time.monotonic()
         # 1. Check inputs (no model is loaded before this passes)
-        listing = self._scan()
-        if listing.empty:  # listed in errors.jsonl with the other skipped inputs
-            warn(empty_classes_note(c.input_dir, listing.empty))
-        _check_out_dir(c)
-        choice = self._resolve_models()
-        store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
-        store.check()
-        engine = ENGINES.get(c.engine)(c)
-        if self._stages is not None and not engine.needs_local_models:
-            raise SgidError(f"--engine {c.engine} loads its own models; stages cannot be handed in")
-        # 2. Load the driver's models, failing before any work when weights are missing
-        driver = self._driver(choice, engine)
-        cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
-        with store.session():
-            engine.start(WorkerSpec(c, choice), driver)
-            try:
+        listing, choice, store = self._check()
+        finished = self._finished_run(listing, store, started)
+        if finished is not None:  # a rerun of a finished run: no model is loaded
+            note(f"nothing to do: every image of this run is already in {c.out_dir}", c.quiet)
+            return finished
+        engine = self._engine()
+        driver = Worker(WorkerSpec(c, choice), self._stages)
+        engine.start(driver.spec, driver)  # joins or starts a cluster; options it cannot meet fail here
+        try:
+            # 2. Load the driver's models, failing before any work when weights are missing
+            self._load(driver, engine)
+            self._announce(listing, store, choice)  # the models are there: now the long part, said first
+            cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
+            with store.session():
                 done_before = len(store.rows)
                 store.input_errors = [ErrorRow(rel, None, why) for rel, why in listing.skipped]
                 # 3. Plan: lay out every item, read and caption what the work needs, plan it
@@ -156,17 +205,82 @@ class Augmenter:
                 work = self._score_chosen_captions(work, engine, driver, cache)
                 # 4. Execute and write: the engine runs the shards, the writer commits what comes back
                 generated = self._generate(layout, work, engine, store)
-            finally:
-                engine.close()
+                if c.include_originals:
+                    self._write_originals(listing, infos, store)
+                store.write_manifests()
+                failed = len(store.input_errors) + len(store.output_errors)
+                total = len(store.rows)
+            cache.close()
+        finally:
+            engine.close()
+        return RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
+
+    def _finished_run(self, listing: Listing, store: RunStore, started: float) -> RunSummary | None:
+        """The summary of a run that has nothing left to do (every item finished and listed in metadata.jsonl,
+        every source not finished unreadable), else None. Read-only: nothing is loaded, locked or written."""
+        c = self.config
+        if c.overwrite or not (c.out_dir / RUN_FILE).exists():
+            return None
+        seen = RunStore(c.out_dir, {}, store.identity).peek()  # a read-only look: no lock, no repair
+        if _count_lines(c.out_dir / MANIFEST) != len(seen.rows):
+            return None  # stopped before its manifest was written: the normal path rebuilds it
+        for source in listing.sources:
+            keys = [item_key(source.relpath, k, self.method.name) for k in range(c.multiplier)]
             if c.include_originals:
-                self._write_originals(listing, infos, store)
-            store.write_manifests()
-            failed = len(store.input_errors) + len(store.output_errors)
-            total = len(store.rows)
-        cache.close()
-        summary = RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
-        note(summary.line(), c.quiet)
-        return summary
+                keys.append(item_key(source.relpath, None, "original"))
+            if all(seen.is_done(key) for key in keys):
+                continue
+            try:
+                load_rgb(source.path, max_pixels=c.max_pixels, min_side=c.min_side)
+                return None  # readable and not finished: work to do
+            except ImageError:
+                continue  # listed in errors.jsonl by the run that found it
+        total = len(seen.rows)
+        return RunSummary(c.out_dir, 0, total, _count_lines(c.out_dir / ERRORS), total, time.monotonic() - started)
+
+    def _announce(self, listing: Listing, store: RunStore, choice: ModelChoice) -> None:
+        """The work about to start, and on a CPU with real models the flags that make it small."""
+        c = self.config
+        if c.quiet:
+            return
+        seen = RunStore(c.out_dir, {}, store.identity, overwrite=c.overwrite).peek()
+        keys = (item_key(s.relpath, k, self.method.name) for s in listing.sources for k in range(c.multiplier))
+        items = sum(not seen.is_done(key) for key in keys)
+        if not any(runs_diffusion(kind) for kind in self.method.generator_kinds):
+            note(f"planned: {items} image(s) with {self.method.name} (no diffusion model)")
+            return
+        steps = int(c.steps * c.noise) if "noise" in self.method.options else c.steps
+        model = choice.instruct if "instruct" in self.method.generator_kinds else choice.generator
+        device = resolve_device(c.device).type
+        line = (
+            f"planned: {items} image(s) with {self.method.name}, {steps} denoising steps each ({model.name}, {device})"
+        )
+        if device == "cpu" and not is_tiny(choice) and items * steps > CPU_STEPS_HINT:
+            line += (
+                "; Stable Diffusion takes seconds per step on a CPU: to make it small, --steps 20 --multiplier 1 "
+                "(or --models tiny to try the pipeline)"
+            )
+        note(line)
+
+    def _check(self) -> tuple[Listing, ModelChoice, RunStore]:
+        """The input listing, the models to use and OUT's store, all checked without loading a model."""
+        c = self.config
+        listing = self._scan()
+        if listing.empty:  # listed in errors.jsonl with the other skipped inputs
+            warn(empty_classes_note(c.input_dir, listing.empty))
+        if c.concepts is not None:
+            _check_concepts(c.concepts, listing.classes)
+        _check_out_dir(c)
+        choice = self._resolve_models()
+        store = RunStore(c.out_dir, self._run_info(choice), c.identity(), overwrite=c.overwrite)
+        store.check()
+        return listing, choice, store
+
+    def _engine(self) -> Engine:
+        engine = ENGINES.get(self.config.engine)(self.config)
+        if self._stages is not None and not engine.needs_local_models:
+            raise SgidError(f"--engine {self.config.engine} loads its own models; stages cannot be handed in")
+        return engine
 
     def _scan(self) -> Listing:
         c = self.config
@@ -186,16 +300,14 @@ class Augmenter:
             sd_config=c.sd_config,
         )
 
-    def _driver(self, choice: ModelChoice, engine: Engine) -> Worker:
-        """The driver's worker: every model for the local engine; only what ``prepare`` uses otherwise."""
-        driver = Worker(WorkerSpec(self.config, choice), self._stages)
+    def _load(self, driver: Worker, engine: Engine) -> None:
+        """The driver's models: every one for the local engine; only what ``prepare`` uses otherwise."""
         if engine.needs_local_models:
             driver.stages(*PARTS)
         else:
             driver.stages(*(["text"] + (["scorer"] if self.method.needs_scorer() else [])))
-        if is_tiny(choice):
+        if is_tiny(driver.spec.choice):
             note(TINY_WARNING, self.config.quiet)
-        return driver
 
     def _run_info(self, choice: ModelChoice) -> dict[str, Any]:
         return {
@@ -534,8 +646,26 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
 
 
 def _check_out_dir(config: AugmentConfig) -> None:
-    reads = [("the input folder", config.input_dir), ("the --pool folder", config.pool)]
+    pool = config.pool if "pool" in METHODS.get(config.method).options else None  # else ignored (a warning)
+    reads = [("the input folder", config.input_dir), ("the --pool folder", pool)]
     check_out_dir(config.out_dir, reads, command="augment")  # a foreign non-empty OUT: RunStore.check
+
+
+def _count_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _check_concepts(concepts: Path, classes: Sequence[str]) -> None:
+    """``--concepts`` learned for other classes changes no prompt: say so instead of running as if it did."""
+    from sgid.concepts import load_concepts
+
+    learned = sorted(load_concepts(concepts))
+    if not set(learned) & set(classes):
+        shown = ", ".join(learned[:5]) + (" …" if len(learned) > 5 else "")
+        warn(
+            f"--concepts {concepts} matches no class of the input (it has concepts for {shown}); every prompt "
+            f"keeps its label text"
+        )
 
 
 __all__ = ["Augmenter", "RunSummary", "augment", "output_names"]

@@ -8,32 +8,71 @@ from typing import Any
 HELP = "augment a labelled image folder (one subfolder per class)"
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+METHOD_NAMES = (  # a test pins it to the registry
+    "sgid, text2img, diverse_caption, instruct_pix2pix, boomerang, retrieval, randaugment, random_erasing, cutmix"
+)
+CLIP_ONLY = ("models", "scorer", "device", "dtype", "cache_dir")  # the model flags of commands that use only CLIP
+
+
+MODEL_HELP = {
+    "--captioner": "BLIP captioning model: hub id or local folder [default: the preset's]",
+    "--sd-model": "Stable Diffusion 1.x/2.x: hub id, diffusers folder or single .safetensors file [default: the "
+    "preset's]",
+    "--sd-config": "for a single-file --sd-model: a diffusers folder or hub id with its model's configs",
+}
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, *, models_default: str = "default", clip_only: bool = False
+) -> None:
+    """The model flags; ``clip_only`` for commands that use only CLIP (filter, metrics): their other model flags
+    are accepted (scripts keep working) but hidden from the help, and warned about when given."""
     group = parser.add_argument_group("models")
-    group.add_argument(
-        "--models",
-        default=None,
-        help="model preset: default (the paper's: BLIP base, CLIP ViT-B/32, "
-        "SD v1.5) or tiny (random-weight stand-ins, offline, for testing) [default: default]",
-    )
-    group.add_argument("--captioner", help="BLIP captioning model: hub id or local folder")
-    group.add_argument("--scorer", help="CLIP model for similarities: hub id or local folder")
-    group.add_argument(
-        "--sd-model", help="Stable Diffusion 1.x/2.x: hub id, diffusers folder or single .safetensors file"
-    )
-    group.add_argument(
-        "--sd-config", help="for a single-file --sd-model: a diffusers folder or hub id with its model's configs"
-    )
+    if clip_only:
+        group.add_argument(
+            "--models",
+            default=None,
+            help="model preset for CLIP: default (CLIP ViT-B/32) or tiny (random weights, offline, for testing) "
+            "[default: the run's own CLIP]",
+        )
+        group.add_argument("--scorer", help="CLIP model: hub id or local folder [default: the run's own CLIP]")
+    else:
+        group.add_argument(
+            "--models",
+            default=None,
+            help="model preset: default (the paper's: BLIP base, CLIP ViT-B/32, SD v1.5) or tiny (random-weight "
+            f"stand-ins, offline, for testing) [default: {models_default}]",
+        )
+        group.add_argument("--scorer", help="CLIP model for similarities: hub id or local folder [default: preset's]")
+    for flag, text in MODEL_HELP.items():
+        group.add_argument(flag, help=argparse.SUPPRESS if clip_only else text)
     group.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:N [default: auto]")
-    group.add_argument("--dtype", default=None, help="auto (fp16 on cuda, fp32 otherwise), fp32, fp16, bf16")
+    group.add_argument(
+        "--dtype", default=None, help="auto (fp16 on cuda, fp32 otherwise), fp32, fp16, bf16 [default: auto]"
+    )
     group.add_argument("--cache-dir", help="where tiny models and the caption cache live [default: ~/.cache/sgid]")
+
+
+def warn_unused_model_flags(args: argparse.Namespace, command: str) -> None:
+    """Model flags a CLIP-only command accepts but does not use: one warning line each."""
+    from sgid.progress import warn
+
+    for name in ("captioner", "sd_model", "sd_config"):
+        if getattr(args, name, None) is not None:
+            flag = "--" + name.replace("_", "-")
+            warn(f"{flag} does not apply to sgid {command} (it uses only CLIP: --models, --scorer); it is ignored")
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("augment", help=HELP, description=__doc__)
     p.add_argument("input", help="input folder: INPUT/<class>/<image>")
     p.add_argument("--out", "-o", required=True, help="output folder (imagefolder + metadata.jsonl)")
-    p.add_argument("--method", default=None, help="augmentation method [default: sgid]")
+    p.add_argument(
+        "--method",
+        default=None,
+        help=f"augmentation method: {METHOD_NAMES}; or a chain a+b (b applied to a's outputs, e.g. text2img+sgid) "
+        "[default: sgid]",
+    )
     p.add_argument(
         "--preset",
         default=None,
@@ -71,8 +110,7 @@ def register(subparsers: Any) -> None:
     cap.add_argument("--caption-batch-size", type=int, default=None, help="images per BLIP/CLIP call [default: 8]")
     cap.add_argument(
         "--no-cache",
-        dest="caption_cache",
-        action="store_false",
+        action="store_true",
         default=None,
         help="do not read or write the caption/similarity cache",
     )
@@ -121,7 +159,24 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--batch-size", type=int, default=None, help="images per UNet call [default: 4]")
 
     scale = p.add_argument_group("engines (docs/scaling.md): who does the work, never what it makes")
-    scale.add_argument("--engine", default=None, help="local (this process) [default: local]")
+    scale.add_argument(
+        "--engine", default=None, help="local (this process) or ray (a local Ray, or --ray-address) [default: local]"
+    )
+    scale.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="ray: workers, each loading the models once [default: 1 per GPU, or 1]",
+    )
+    scale.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="ray: GPUs per worker; 0.5 puts two workers on a GPU [default: 1 where there are GPUs, else 0]",
+    )
+    scale.add_argument(
+        "--ray-address", default=None, help="ray: join this cluster (e.g. auto, or HOST:6379) instead of a local Ray"
+    )
     scale.add_argument(
         "--shard-size",
         type=int,
@@ -135,7 +190,6 @@ def register(subparsers: Any) -> None:
     )
     other.add_argument(
         "--template",
-        dest="templates",
         action="append",
         default=None,
         help="text2img sentence template with {label} (repeatable) [default: built-in list]",
@@ -160,7 +214,6 @@ def register(subparsers: Any) -> None:
     )
     other.add_argument(
         "--instruction",
-        dest="instructions",
         action="append",
         default=None,
         help="instruct_pix2pix edit instruction (repeatable) [default: built-in list]",
@@ -240,5 +293,5 @@ def run(args: argparse.Namespace) -> int:
     from sgid.pipeline import augment
 
     options = options_from_args(args)
-    augment(args.input, args.out, **options)
+    augment(args.input, args.out, print_summary=True, **options)
     return 0

@@ -13,7 +13,7 @@ def register(subparsers: Any) -> None:
         "demo", help="run SGID on photos bundled with scikit-image; writes DIR/index.html", description=__doc__
     )
     p.add_argument("--out", "-o", default="demo-out", help="output folder [default: demo-out]")
-    add_model_options(p)
+    add_model_options(p, models_default="tiny")
     p.set_defaults(models="tiny")
     p.add_argument("--multiplier", "-k", type=int, default=2, help="augmented images per original [default: 2]")
     p.add_argument("--noise", type=float, default=None, help="noise rate [default: 0.5]")
@@ -30,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
     from sgid.progress import note
 
     options = options_from_args(args, skip=("out", "run", "command"))
-    index = run_demo(args.out, **options)
+    index = run_demo(args.out, print_summary=True, **options)
     note(f"open {index} in a browser", bool(args.quiet))
     return 0

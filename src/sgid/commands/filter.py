@@ -75,7 +75,7 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="human: the database sgid review wrote (its accept/reject and best-of-K selections)",
     )
-    add_model_options(p)
+    add_model_options(p, clip_only=True)
     p.add_argument(
         "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
     )
@@ -84,7 +84,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sgid.commands.augment import warn_unused_model_flags
     from sgid.filters import FilterOptions, filter_run
+
+    warn_unused_model_flags(args, "filter")
 
     options = FilterOptions(
         threshold=args.threshold,

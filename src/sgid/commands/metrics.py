@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="KID subset sampling seed [default: 0]")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
-    add_model_options(p)
+    add_model_options(p, clip_only=True)
     p.add_argument(
         "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
     )
@@ -50,7 +50,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sgid.commands.augment import warn_unused_model_flags
     from sgid.metrics import metrics_run
+
+    warn_unused_model_flags(args, "metrics")
 
     metrics_run(
         args.run_dir,

@@ -6,6 +6,7 @@ folder is the same whichever ran it.
 """
 
 from sgid.engines import local as _local  # noqa: F401  (each import registers its engine)
+from sgid.engines import ray as _ray  # noqa: F401
 from sgid.engines.base import ENGINES, Engine, Sink
 
 __all__ = ["ENGINES", "Engine", "Sink"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from sgid.evaluate.train import TrainSettings, fit, test_accuracy
 from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
 from sgid.evaluate.zeroshot import zero_shot_accuracy
 from sgid.outdir import check_out_dir
-from sgid.progress import bar, note, warn
+from sgid.progress import bar, duration, note, warn
 from sgid.seeding import derive_seed
 
 FORMAT_VERSION = 1
@@ -246,7 +246,12 @@ def check_data(data: EvalData, variant_list: Sequence[Variant], config: EvalConf
 
 
 def select_lr(
-    data: EvalData, variant: Variant, settings: TrainSettings, config: EvalConfig, store: EvaluationStore
+    data: EvalData,
+    variant: Variant,
+    settings: TrainSettings,
+    config: EvalConfig,
+    store: EvaluationStore,
+    on_epoch: EpochHook | None = None,
 ) -> tuple[float, dict[str, Any] | None]:
     """The recipe's lr, or the best of its grid on validation (first seed; the paper's fixed-seed grid search).
 
@@ -273,6 +278,7 @@ def select_lr(
             derive_seed(0, data.name, "train"),
             lr=lr,
             desc=f"{data.name} {variant.label} lr {lr:g}",
+            on_epoch=on_epoch,
         )
         scores[f"{lr:g}"] = test_accuracy(result.model, val, len(data.classes), settings).accuracy
     chosen = max(recipe.lr_grid, key=lambda lr: scores[f"{lr:g}"])
@@ -295,6 +301,7 @@ def run_one(
     store: EvaluationStore,
     lr: float,
     lr_search: dict[str, Any] | None,
+    on_epoch: EpochHook | None = None,
 ) -> RunRecord:
     """Train and test one (dataset, variant, seed) and save it."""
     real = training_subset(data, seed, config)
@@ -307,6 +314,7 @@ def run_one(
         derive_seed(seed, data.name, "train"),
         lr=lr,
         desc=f"{data.name} {variant.label} seed {seed}",
+        on_epoch=on_epoch,
     )
     acc = test_accuracy(result.model, data.test, len(data.classes), settings)
     if config.save_models:
@@ -398,6 +406,83 @@ def run_zero_shot(data: EvalData, config: EvalConfig, device: str, store: Evalua
     return record
 
 
+def _needs_training(d: EvalData, variant: Variant, seed: int, config: EvalConfig, store: EvaluationStore) -> bool:
+    model_missing = (
+        config.save_models and not (store.model_dir(d.name, variant.slug, seed) / "classifier.safetensors").exists()
+    )
+    return (
+        model_missing
+        or store.finished(d.name, variant.slug, seed, d.fingerprint(variant.method.source or False)) is None
+    )
+
+
+EpochHook = Callable[[int, float, int], None]
+LONG_JOB_SECONDS = 600.0  # an estimate above this says which flags make the evaluation small
+CPU_PASSES_HINT = 1_000_000  # image passes above which a CPU evaluation is called long before it is measured
+
+
+@dataclass
+class WorkPlan:
+    """The training still to do, said before it starts, and an estimate measured on the first epoch."""
+
+    runs: int
+    image_passes: int  # images drawn over every epoch of every run still to train
+    description: str
+    hints: list[str]
+    quiet: bool
+    slow_at_once: bool = False  # known to be long before measuring: a big network or much work on a CPU
+    estimated: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        todo: Sequence[tuple[EvalData, Variant, int]],
+        settings: dict[str, TrainSettings],
+        config: EvalConfig,
+        device: str,
+    ) -> WorkPlan:
+        passes = 0
+        for d, variant, seed in todo:
+            size = len(training_plan(d, variant, training_subset(d, seed, config), seed).slots)
+            passes += size * settings[d.name].recipe.epochs
+        backbones = {s.backbone for s in settings.values()}
+        epochs = sorted({s.recipe.epochs for s in settings.values()})
+        description = (
+            f"{len(todo)} training run(s) of {', '.join(sorted(backbones))}, {'/'.join(map(str, epochs))} epochs "
+            f"each, {passes:,} image passes in all, on {device}"
+        )
+        hints = []
+        if config.backbone != "small_cnn":
+            hints.append("--backbone small_cnn")
+        if max(epochs, default=0) > 10:
+            hints.append("--epochs 5")
+        if config.seeds > 2:
+            hints.append("--seeds 2")
+        if config.shots is None and config.fraction is None:
+            hints.append("--shots 10")
+        big = config.backbone != "small_cnn" or passes > CPU_PASSES_HINT
+        return cls(len(todo), passes, description, hints, config.quiet, slow_at_once=device == "cpu" and big)
+
+    def announce(self) -> None:
+        if not self.runs:
+            return
+        line = f"planned: {self.description}"
+        if self.slow_at_once and self.hints:
+            line += f"; long on a CPU: to make it small, {' '.join(self.hints)}"
+        note(line, self.quiet)
+
+    def epoch_done(self, epoch: int, seconds: float, drawn: int) -> None:
+        """After the first epoch trained by this call: the time all the planned training should take."""
+        if self.estimated or drawn == 0 or seconds <= 0:
+            return
+        self.estimated = True
+        total = seconds / drawn * self.image_passes
+        line = f"estimate: about {duration(total)} for the planned training (measured on its first epoch)"
+        if total > LONG_JOB_SECONDS and self.hints:
+            line += f"; to make it small: {' '.join(self.hints)}"
+        note(line, self.quiet)
+
+
 def _package_info() -> dict[str, Any]:
     from sgid.versions import package_versions
 
@@ -458,19 +543,16 @@ def _run_all(
                     run_zero_shot(d, config, device, store)
         # 4. Every (dataset, variant, seed) not finished yet; the same seeds for every method.
         jobs = [(d, v, s) for d in datasets if trained_backbone for v in variant_list for s in range(config.seeds)]
+        todo = [job for job in jobs if _needs_training(*job, config, store)]
+        reused = len(jobs) - len(todo)
+        work = WorkPlan.of(todo, settings, config, device)
+        work.announce()
         with bar(len(jobs), "runs", "run", config.quiet) as progress:
-            for d, variant, seed in jobs:
-                model_missing = (
-                    config.save_models
-                    and not (store.model_dir(d.name, variant.slug, seed) / "classifier.safetensors").exists()
-                )
-                done = store.finished(d.name, variant.slug, seed, d.fingerprint(variant.method.source or False))
-                if done is not None and not model_missing:
-                    reused += 1
-                else:
-                    lr, search = select_lr(d, variant, settings[d.name], config, store)
-                    run_one(d, variant, seed, settings[d.name], config, store, lr, search)
-                    trained += 1
+            progress.update(reused)
+            for d, variant, seed in todo:
+                lr, search = select_lr(d, variant, settings[d.name], config, store, work.epoch_done)
+                run_one(d, variant, seed, settings[d.name], config, store, lr, search, work.epoch_done)
+                trained += 1
                 progress.update(1)
         if reused:
             note(f"resumed: {reused} finished run(s) reused from {out}, {trained} trained", config.quiet)

@@ -194,9 +194,10 @@ def _build_small_cnn(
 
 
 def _load_error(what: str, source: str, exc: BaseException) -> ModelLoadError:
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    from sgid.models.loading import short_reason
+
     return ModelLoadError(
-        f"cannot load pre-trained weights for {what} from {source} ({type(exc).__name__}: {first_line}); "
+        f"cannot load pre-trained weights for {what} from {source}: {short_reason(exc)}; "
         f"put them in the local cache or pass --weights PATH to a local file"
     )
 

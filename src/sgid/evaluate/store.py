@@ -51,10 +51,13 @@ class EvaluationStore:
         self.overwrite = overwrite
         self.info = info or {}
         self._lock = FolderLock(self.out, LOCK)
+        self._created: list[Path] = []  # what open() created (removed again if nothing finishes)
 
     def open(self) -> EvaluationStore:
         if self.out.exists() and not self.out.is_dir():
             raise RunDirError(f"--out {self.out} exists and is not a folder")
+        if not self.out.exists():
+            self._created.append(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock.acquire(f"another sgid evaluate is writing to {self.out}; wait for it or use another --out")
         protocol_file = self.out / PROTOCOL_FILE
@@ -77,6 +80,7 @@ class EvaluationStore:
                 f"{self.out} is not empty and holds no sgid evaluation ({PROTOCOL_FILE}); choose an empty or new folder"
             )
         if not protocol_file.exists():
+            self._created.insert(0, protocol_file)
             _write_json(
                 protocol_file, {"protocol": self.protocol, "protocol_sha256": identity_hash(self.protocol), **self.info}
             )
@@ -88,8 +92,24 @@ class EvaluationStore:
     def __enter__(self) -> EvaluationStore:
         return self.open()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self._discard_unused()
         self.close()
+
+    def _discard_unused(self) -> None:
+        """A start that failed before any run finished (missing weights, Ctrl-C) leaves nothing behind, so a
+        retry with corrected settings is not refused as "an evaluation with different settings"."""
+        if not self._created or any(p.is_file() for p in (self.out / "runs").rglob("*")):
+            return  # finished runs or learning-rate searches: worth keeping, and they match the protocol
+        shutil.rmtree(self.out / "runs", ignore_errors=True)
+        for path in self._created:
+            if path.is_dir():
+                if all(p.name == LOCK for p in path.iterdir()):
+                    self._lock.release()
+                    shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def clear(self) -> None:
         """Remove what sgid evaluate wrote (never other files)."""

@@ -11,7 +11,6 @@ the training steps (the HF Trainer default the paper used for ViT and CLIP).
 from __future__ import annotations
 
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +21,13 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from sgid.evaluate.backbones import BACKBONES, Recipe, build_backbone, freeze_for_linear_probe
 from sgid.evaluate.data import Example, round_half_up
 from sgid.evaluate.mixing import Plan, draw
 from sgid.evaluate.perturb import BatchAugment, image_ops, soft_cross_entropy, tensor_ops
 from sgid.evaluate.transforms import eval_transform, train_transform
+from sgid.progress import bar
 from sgid.seeding import global_rngs
 
 #: Convolutions run in NHWC ("channels last"): 1.5× faster for the small CNN on a CPU, and the layout cuDNN prefers.
@@ -224,8 +223,10 @@ def fit(
     *,
     lr: float | None = None,
     desc: str = "train",
+    on_epoch: Callable[[int, float, int], None] | None = None,
 ) -> FitResult:
-    """Train a fresh classifier on ``plan`` with ``perturbations``; ``seed`` fixes initialisation and order."""
+    """Train a fresh classifier on ``plan`` with ``perturbations``; ``seed`` fixes initialisation and order.
+    ``on_epoch(epoch, seconds so far, images drawn so far)`` is called after every epoch (work estimates)."""
     spec = BACKBONES.get(settings.backbone)
     recipe = settings.recipe
     lr = recipe.lr if lr is None else lr
@@ -247,15 +248,7 @@ def fit(
     started = time.perf_counter()
     draws = generated = 0
     loss_sum, loss_count = 0.0, 0
-    with tqdm(
-        total=recipe.epochs,
-        desc=desc,
-        unit="epoch",
-        leave=False,
-        disable=settings.quiet,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    ) as progress:
+    with bar(recipe.epochs, desc, "epoch", settings.quiet, leave=False) as progress:
         for epoch in range(recipe.epochs):
             model.train()
             dataset.set_epoch(epoch)
@@ -279,6 +272,8 @@ def fit(
                 scheduler.step()
             progress.set_postfix(loss=f"{loss_sum / max(loss_count, 1):.3f}")
             progress.update(1)
+            if on_epoch is not None:
+                on_epoch(epoch, time.perf_counter() - started, draws)
     return FitResult(model, lr, loss_sum / max(loss_count, 1), draws, generated, time.perf_counter() - started)
 
 

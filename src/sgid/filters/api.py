@@ -49,6 +49,19 @@ class LoadedFilterModels(ClipModels):
         return (lambda images: predict_proba(model, meta, images)), list(meta["classes"])
 
 
+class NoModels:
+    """The models of a chain whose filters use none; asking for one is a bug in a filter's ``uses_models``."""
+
+    def _refuse(self) -> Any:
+        raise RuntimeError("a filter that declared it uses no models asked for one")
+
+    images = property(_refuse)
+    texts = property(_refuse)
+
+    def classifier(self, directory: Path) -> tuple[PredictProba, list[str]]:
+        return self._refuse()
+
+
 def parse_filter_names(names: str | Sequence[str]) -> list[str]:
     """``"label,prompt"`` or ``["label", "prompt"]`` to known, distinct filter names, in order."""
     items = names.split(",") if isinstance(names, str) else list(names)
@@ -94,6 +107,8 @@ def filter_run(
     # 2. Models (loaded on first use) and the filters
     tiny_note = scorer_id = None
     feature_cache = None
+    if loaded is None and not any(cls.uses_models(options) for cls in classes):
+        loaded = NoModels()  # e.g. --filters human: no model is chosen, built or loaded
     if loaded is None:
         clip = open_run_clip(
             run.models,

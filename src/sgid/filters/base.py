@@ -116,6 +116,11 @@ class Filter(ABC):
         return cls.reads
 
     @classmethod
+    def uses_models(cls, options: FilterOptions) -> bool:
+        """Whether the filter needs CLIP or a classifier (False: no model is chosen, built or loaded)."""
+        return True
+
+    @classmethod
     @abstractmethod
     def create(cls, options: FilterOptions, models: FilterModels) -> Filter: ...
 

@@ -38,6 +38,10 @@ class BestOfKFilter(Filter):
         return FILTERS.get(options.rank_by).needs(options)
 
     @classmethod
+    def uses_models(cls, options: FilterOptions) -> bool:
+        return FILTERS.get(options.rank_by).uses_models(options)
+
+    @classmethod
     def create(cls, options: FilterOptions, models: FilterModels) -> BestOfKFilter:
         return cls(FILTERS.get(options.rank_by).create(options, models), options.keep)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgid.errors import SgidError
+from sgid.errors import SgidError, need
 from sgid.features import ImageEmbedder, TextEmbedder, rowwise_cosine
 from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, FilterOptions, Scores, Verdict
 from sgid.filters.rules import below_group_mean, below_threshold, zero_shot_margin
@@ -145,8 +145,7 @@ class ThresholdFilter(Filter):
 
     @classmethod
     def create(cls, options: FilterOptions, models: FilterModels) -> ThresholdFilter:
-        assert options.threshold is not None
-        return cls(models.images, options.threshold)
+        return cls(models.images, need(options.threshold, "the threshold filter needs --threshold T"))
 
     def score(self, data: FilterInput, active: np.ndarray) -> Scores:
         return source_similarity(self.images, data)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgid.errors import SgidError
+from sgid.errors import SgidError, need
 from sgid.filters.base import (
     FILTERS,
     Filter,
@@ -55,8 +55,7 @@ class ConfidenceFilter(Filter):
 
     @classmethod
     def create(cls, options: FilterOptions, models: FilterModels) -> ConfidenceFilter:
-        assert options.classifier is not None
-        predict, classes = models.classifier(options.classifier)
+        predict, classes = models.classifier(need(options.classifier, "the confidence filter needs --classifier DIR"))
         return cls(predict, classes, options.confidence_threshold)
 
     def score(self, data: FilterInput, active: np.ndarray) -> Scores:

@@ -30,6 +30,10 @@ class HumanFilter(Filter):
         ReviewDB(options.review_db, create=False).close()  # exists and is a review database
 
     @classmethod
+    def uses_models(cls, options: FilterOptions) -> bool:
+        return False
+
+    @classmethod
     def create(cls, options: FilterOptions, models: FilterModels) -> HumanFilter:
         from sgid.review.db import ReviewDB
 

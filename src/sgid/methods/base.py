@@ -64,6 +64,9 @@ class Method:
     resize_to_source = True
     #: whether ``--prompt`` (complete / label / caption / none) shapes this method's prompts
     uses_prompt_mode = False
+    #: settings (AugmentConfig fields) that only some methods read, and this one does; a flag setting one that no
+    #: method of the run reads gets a warning (the caption settings follow ``needs_captions`` instead)
+    options: tuple[str, ...] = ()
 
     def __init__(self, config: AugmentConfig) -> None:
         self.config = config

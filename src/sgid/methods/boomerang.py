@@ -17,6 +17,7 @@ from sgid.stages.prompt import build_prompt
 class BoomerangMethod(Method):
     name = "boomerang"
     defaults = {"noise": 0.2, "guidance": "1.0", "prompt_weighting": False}
+    options = ("noise", "boomerang_prompt")
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         c = self.config

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
+from sgid.errors import SgidError
 from sgid.methods.base import METHODS, MethodContext, Services, SkipItem
 from sgid.methods.sgid import SgidMethod
 from sgid.sample import Sample
@@ -25,6 +26,7 @@ SUMMARY_PROMPT = "Photos of a {label}: {captions}. In a few words, the setting o
 @METHODS.register("diverse_caption")
 class DiverseCaptionMethod(SgidMethod):
     name = "diverse_caption"
+    options = (*SgidMethod.options, "summarize", "text_model", "sentences")
 
     def needs_captions(self) -> bool:
         return True
@@ -34,6 +36,11 @@ class DiverseCaptionMethod(SgidMethod):
 
     def needs_text_model(self) -> bool:
         return self.config.summarize
+
+    def check(self) -> None:
+        super().check()
+        if self.config.summarize and self.config.text_model is None:
+            raise SgidError("--summarize needs --text-model (the language model that writes the descriptions)")
 
     def pool_for(self, info_captions: tuple[Caption, ...]) -> list[Caption]:
         """The captions one image lends to others: its c* for ``clip``, else its captions of that strategy."""

@@ -35,6 +35,7 @@ class InstructPix2PixMethod(Method):
     name = "instruct_pix2pix"
     generator_kinds = ("instruct",)
     defaults = {"guidance": "7.5", "prompt_weighting": False}
+    options = ("instructions", "image_guidance", "instruct_model", "text_model", "sentences")
 
     def needs_text_model(self) -> bool:
         return self.config.text_model is not None and not self.config.instructions

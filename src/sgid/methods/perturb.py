@@ -31,6 +31,7 @@ class PerturbationMethod(Method):
     perturbation: ClassVar[str]  # the IMAGE_PERTURBATIONS key, also the generator kind
     uses_source_pixels = False  # the perturbation stage reads the source (and partner) at full size itself
     defaults = {"guidance": "1.0", "prompt_weighting": False}
+    options: tuple[str, ...] = ("perturb_probability",)
 
     def needs_all_sources(self) -> bool:
         # CutMix partners are drawn from every readable source: all are read, so a resumed run plans the same

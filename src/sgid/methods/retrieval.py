@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sgid.errors import SgidError
+from sgid.errors import SgidError, need
 from sgid.images import IMAGE_EXTENSIONS
 from sgid.methods.base import METHODS, Method, MethodContext, Services, SkipItem
 from sgid.retrieval import Query, assign, near_duplicates
@@ -46,6 +46,7 @@ class RetrievalMethod(Method):
     resize_to_source = False
     generator_kinds = ("retrieval",)
     defaults = {"guidance": "1.0", "prompt_weighting": False}
+    options = ("pool", "retrieval_query", "duplicate_threshold")
 
     def needs_scorer(self) -> bool:
         return True
@@ -61,8 +62,8 @@ class RetrievalMethod(Method):
         from sgid.features import ClipImageFeatures, FeatureCache, FeatureStore
 
         c = self.config
-        assert c.pool is not None and services.scorer is not None
-        pool_paths = list_pool(c.pool)
+        assert services.scorer is not None  # needs_scorer(): loaded by the pipeline
+        pool_paths = list_pool(need(c.pool, "--method retrieval needs --pool DIR"))
         cache = FeatureCache(services.cache_dir / "features.sqlite" if services.cache_dir else None)
         store = FeatureStore(
             ClipImageFeatures(services.scorer, services.scorer_id or "clip"),
@@ -113,8 +114,7 @@ class RetrievalMethod(Method):
         return {"plans": plans, "notes": notes}
 
     def pool_name(self, path: Path) -> str:
-        assert self.config.pool is not None
-        return path.relative_to(self.config.pool).as_posix()
+        return path.relative_to(need(self.config.pool, "--method retrieval needs --pool DIR")).as_posix()
 
     def queries(
         self, readable, train, context: MethodContext, services: Services

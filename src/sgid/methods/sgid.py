@@ -27,6 +27,7 @@ def choose_caption(captions: tuple[Caption, ...], strategy: str, seed: int) -> C
 class SgidMethod(Method):
     name = "sgid"
     uses_prompt_mode = True
+    options: tuple[str, ...] = ("noise", "prompt")
 
     def needs_captions(self) -> bool:
         c = self.config

@@ -53,6 +53,7 @@ class Text2ImgMethod(Method):
     uses_source_pixels = False
     generator_kinds = ("text2img",)
     defaults = {"guidance": "7.5", "prompt_weighting": False}
+    options = ("templates", "text_model", "sentences")
 
     def needs_text_model(self) -> bool:
         return self.config.text_model is not None

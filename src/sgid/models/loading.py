@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,46 @@ def quiet_hub_logging() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
+_OFFLINE_SIGNS = (
+    "couldn't connect",
+    "offline mode",
+    "not a valid model identifier",
+    "cannot find the requested files",
+    "not fully cached",
+    "cached snapshot",
+)
+
+
+def short_reason(exc: BaseException, width: int = 160) -> str:
+    """An upstream loading error in a few words: never cut mid-word, the usual hub failure named plainly."""
+    text = " ".join(str(exc).split())
+    if any(sign in text.lower() for sign in _OFFLINE_SIGNS):
+        return "not on this machine and the hub is unreachable"
+    first = text.split(". ")[0].rstrip(".")
+    return textwrap.shorten(first, width=width, placeholder=" …") or type(exc).__name__
+
+
+class ModelLoads:
+    """Tries every model a command needs and reports all that fail together, one short line each, instead of
+    stopping at the first (a user fixing them one run at a time would wait for each load)."""
+
+    def __init__(self) -> None:
+        self.errors: list[ModelLoadError] = []
+
+    def attempt(self, load: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return load(*args, **kwargs)
+        except ModelLoadError as exc:
+            self.errors.append(exc)
+            return None
+
+    def check(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ModelLoadError(f"{len(self.errors)} models cannot be loaded:", [str(e) for e in self.errors])
+
+
 def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:
     quiet_hub_logging()
     local = Path(ref.path)
@@ -182,17 +223,14 @@ def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:
     try:
         return loader()
     except (OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:300]
+        reason = short_reason(exc)
         if ref.path.endswith(".safetensors") and local.is_file():
             hint = (
                 "a single-file checkpoint needs its architecture's configs: pass --sd-config with a diffusers "
                 "folder or hub id of the same model family (e.g. a local copy of stable-diffusion-v1-5)"
             )
         elif not local.exists():
-            hint = (
-                f"download it where the Hugging Face hub is reachable (hf download {ref.name}) and pass "
-                f"{flag} /path/to/local/copy"
-            )
+            hint = f"pass {flag} DIR with a local copy (hf download {ref.name})"
         else:
             hint = f"check that {local} holds a complete checkpoint with .safetensors weights"
         raise ModelLoadError(f"cannot load the {role} {ref.name!r}: {reason}; {hint}") from None

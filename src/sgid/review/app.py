@@ -1,7 +1,8 @@
 """The review web app (Starlette, server-rendered Jinja2 pages, a little plain JavaScript).
 
-Pages: ``/gallery`` (originals beside their augmentations; filter, sort, page; accept / reject / best of K) and,
-with a study, ``/study`` (annotator name, then one blinded item per page, two 1–5 scales per image). Images are
+Pages: ``/gallery`` (originals beside their augmentations; filter, sort, page; accept / reject / best of K) or,
+for a study, ``/study`` (annotator name, then one blinded item per page, two 1–5 scales per image): a server
+serves one or the other, since the gallery names every image's method. Images are
 addressed by number (``/thumb/12``, ``/image/12``, ``/original/3``, ``/study/7/image/2``): no request path ever
 reaches the file system. Writes are JSON POSTs to ``/api/...`` carrying the CSRF token; every one is a single
 database transaction. See :mod:`sgid.review.security` for the guards every request passes.
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from sgid.errors import SgidError, require
+from sgid.images import ImageError
 from sgid.review.catalog import Catalog, Group, Item, servable
 from sgid.review.db import SCALES, ReviewDB, check_name
 from sgid.review.security import SESSION_COOKIE, Csrf, Guard
@@ -171,7 +173,6 @@ def gallery_page(state: ReviewState, q: Query, reviewer: str | None) -> dict[str
         "reviewer": reviewer,
         "prev_url": q.url(page=page - 1) if page > 1 else None,
         "next_url": q.url(page=page + 1) if page < pages else None,
-        "study": state.study is not None,
     }
 
 
@@ -230,6 +231,7 @@ def create_app(
     require("starlette", "review")
     jinja2 = require("jinja2", "review")
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import (
         FileResponse,
@@ -248,7 +250,7 @@ def create_app(
         undefined=jinja2.StrictUndefined,
     )
     env.filters["fmt"] = _fmt
-    env.globals.update(letters=POSITIONS, definitions=DEFINITIONS, scales=SCALES)
+    env.globals.update(letters=POSITIONS, definitions=DEFINITIONS, scales=SCALES, study_mode=state.study is not None)
 
     def session(request: Request) -> tuple[str, bool]:
         found = request.cookies.get(SESSION_COOKIE)
@@ -321,10 +323,19 @@ def create_app(
         return page(request, "gallery.html", **gallery_page(state, q, name_of(request)))
 
     # -- files ---------------------------------------------------------------------------------------------
+    async def thumbnail(path: Any) -> Response:
+        """The cached thumbnail, made on a worker thread (decoding runs beside other requests)."""
+        if path is None:
+            return file_response(None)
+        try:
+            made = await run_in_threadpool(state.thumbnails.get, path)
+        except ImageError as exc:
+            return PlainTextResponse(f"unreadable image: {exc}", status_code=415)
+        return file_response(made, "image/jpeg", cache=True)
+
     async def thumb(request: Request) -> Response:
         item = item_or_none(request.path_params["id"])
-        path = servable(item.path, item.run.path) if item else None
-        return file_response(state.thumbnails.get(path) if path else None, "image/jpeg", cache=True)
+        return await thumbnail(servable(item.path, item.run.path) if item else None)
 
     async def image(request: Request) -> Response:
         item = item_or_none(request.path_params["id"])
@@ -340,8 +351,7 @@ def create_app(
         return file_response(original_path(request.path_params["id"]))
 
     async def original_thumb(request: Request) -> Response:
-        path = original_path(request.path_params["id"])
-        return file_response(state.thumbnails.get(path) if path else None, "image/jpeg", cache=True)
+        return await thumbnail(original_path(request.path_params["id"]))
 
     # -- writes --------------------------------------------------------------------------------------------
     async def set_name(request: Request) -> Response:
@@ -473,21 +483,29 @@ def create_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         return PlainTextResponse("not found", status_code=404)
 
-    routes = [
+    # A server runs the gallery or a blinded study, never both: the gallery names every image's method.
+    routes: list[Any]
+    if state.study is None:
+        routes = [
+            Route("/gallery", gallery),
+            Route("/thumb/{id:int}", thumb),
+            Route("/image/{id:int}", image),
+            Route("/original/{id:int}", original),
+            Route("/original-thumb/{id:int}", original_thumb),
+            Route("/api/decision", guarded(decision), methods=["POST"]),
+            Route("/api/best", guarded(best), methods=["POST"]),
+        ]
+    else:
+        routes = [
+            Route("/study", study_home),
+            Route("/study/{n:int}", study_item),
+            Route("/study/{n:int}/original", study_original),
+            Route("/study/{n:int}/image/{position:int}", study_image),
+            Route("/api/rating", guarded(rating), methods=["POST"]),
+        ]
+    routes += [
         Route("/", home),
-        Route("/gallery", gallery),
-        Route("/thumb/{id:int}", thumb),
-        Route("/image/{id:int}", image),
-        Route("/original/{id:int}", original),
-        Route("/original-thumb/{id:int}", original_thumb),
         Route("/api/name", guarded(set_name), methods=["POST"]),
-        Route("/api/decision", guarded(decision), methods=["POST"]),
-        Route("/api/best", guarded(best), methods=["POST"]),
-        Route("/api/rating", guarded(rating), methods=["POST"]),
-        Route("/study", study_home),
-        Route("/study/{n:int}", study_item),
-        Route("/study/{n:int}/original", study_original),
-        Route("/study/{n:int}/image/{position:int}", study_image),
         Mount("/static", StaticFiles(packages=[("sgid.review", "static")]), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, LookupError: not_found})

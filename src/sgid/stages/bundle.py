@@ -15,10 +15,11 @@ from PIL import Image
 
 from sgid.concepts import Prepared, prepare_pipeline
 from sgid.concepts.apply import concepts_lora
-from sgid.errors import SgidError
+from sgid.errors import SgidError, need
 from sgid.images import load_rgb
 from sgid.models.loading import (
     ModelChoice,
+    ModelLoads,
     ModelRef,
     load_captioner,
     load_scorer,
@@ -174,7 +175,8 @@ def load_stages(
     into: Stages | None = None,
 ) -> Stages:
     """The stages ``method`` needs among ``parts``, on ``device`` (default: the configured one), added to
-    ``into`` when given (a worker loads what each kind of task needs when it first gets one)."""
+    ``into`` when given (a worker loads what each kind of task needs when it first gets one). Every model is
+    tried first: all that cannot be loaded are reported together, before any stage is built."""
     if "instruct" in method.generator_kinds and config.concepts is not None and concepts_lora(config.concepts):
         raise SgidError(
             f"--concepts {config.concepts} holds LoRA weights for Stable Diffusion's UNet, and instruct_pix2pix "
@@ -183,21 +185,41 @@ def load_stages(
     resolved = resolve_device(device or config.device)
     dtype = resolve_dtype(config.dtype, resolved)
     stages = into or Stages()
+    # the names manifests and caches record, known without loading (a worker may never load these models)
+    if method.needs_captions():
+        stages.captioner_id = stages.captioner_id or model_id(choice.captioner)
+    if method.needs_captions() or method.needs_scorer():
+        stages.scorer_id = stages.scorer_id or model_id(choice.scorer)
+    loads = ModelLoads()
+    blip = clip = text = None
     if "captioner" in parts and method.needs_captions() and stages.captioner is None:
-        blip, blip_processor = load_captioner(choice.captioner, resolved, dtype)
-        stages.captioner = Captioner(blip, blip_processor, config.captions)
-        stages.captioner_id = model_id(choice.captioner)
+        blip = loads.attempt(load_captioner, choice.captioner, resolved, dtype)
     if "scorer" in parts and (method.needs_captions() or method.needs_scorer()) and stages.scorer is None:
-        clip, clip_processor = load_scorer(choice.scorer, resolved, dtype)
-        stages.scorer = ClipScorer(clip, clip_processor)
-        stages.scorer_id = model_id(choice.scorer)
+        clip = loads.attempt(load_scorer, choice.scorer, resolved, dtype)
     if "text" in parts and method.needs_text_model() and stages.text is None:
-        assert choice.text is not None, "--text-model is required"
-        model, tokenizer = load_text_model(choice.text, resolved, dtype)
-        stages.text = TextGenerator(model, tokenizer)
-    if "generation" in parts and not stages.generators:
+        text_ref = need(choice.text, f"--method {method.name} needs --text-model with these options")
+        text = loads.attempt(load_text_model, text_ref, resolved, dtype)
+    generation = "generation" in parts and not stages.generators
+    if generation:  # the pipelines are cached per process: building the stages below reuses them
+        for ref, base_kind in _checkpoints(choice, method):
+            loads.attempt(load_sd_pipeline, ref, base_kind, resolved, dtype, config.safety_checker)
+    loads.check()
+    if blip is not None:
+        stages.captioner = Captioner(blip[0], blip[1], config.captions)
+    if clip is not None:
+        stages.scorer = ClipScorer(clip[0], clip[1])
+    if text is not None:
+        stages.text = TextGenerator(text[0], text[1])
+    if generation:
         _load_generators(stages, config, choice, method, resolved, dtype)
     return stages
+
+
+def _checkpoints(choice: ModelChoice, method: Method) -> list[tuple[ModelRef, str]]:
+    """The (checkpoint, pipeline kind) pairs the method's generators are built on."""
+    kinds = [k for k in method.generator_kinds if runs_diffusion(k)]
+    pairs = [(choice.instruct, "instruct") if k == "instruct" else (choice.generator, "img2img") for k in kinds]
+    return list(dict.fromkeys(pairs))
 
 
 def _load_generators(
