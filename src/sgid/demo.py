@@ -60,12 +60,15 @@ def run_demo(out: Path, *, models: str = "tiny", multiplier: int = 2, **options:
     """Build the demo folder under ``out/input``, augment into ``out/augmented``, write ``out/index.html``."""
     from sgid.config import AugmentConfig
     from sgid.gallery import render_gallery
+    from sgid.options import resolve_options
     from sgid.pipeline import augment
     from sgid.runstore import atomic_write
 
     out = Path(out)
     augmented = out / "augmented"
-    AugmentConfig.build(out / "input", augmented, models=models, multiplier=multiplier, **options)  # check first
+    settings = {k: v for k, v in options.items() if k != "print_summary"}
+    settings = resolve_options({"models": models, "multiplier": multiplier, **settings})
+    AugmentConfig.build(out / "input", augmented, **settings)  # every option checked before anything is written
     check_out_dir(out, command="demo", owned=is_demo_output)
     source = build_demo_folder(out / "input")
     augment(source, augmented, models=models, multiplier=multiplier, **options)
