@@ -284,7 +284,7 @@ def solid(colour: tuple[int, int, int]) -> Image.Image:
 
 
 def test_retrieval_returns_planted_images_and_drops_planted_duplicates(tmp_path: Path, cache_dir: Path) -> None:
-    from sgid.stages.bundle import RetrievalStage, Stages
+    from sgid.stages.bundle import Stages
 
     train, pool = tmp_path / "train", tmp_path / "pool"
     for folder, name, colour in [("red", "r0", (250, 0, 0)), ("red", "r1", (240, 10, 0)), ("green", "g0", (0, 250, 0))]:
@@ -300,11 +300,7 @@ def test_retrieval_returns_planted_images_and_drops_planted_duplicates(tmp_path:
     }
     for name, colour in planted.items():
         solid(colour).save(pool / name)
-    stages = Stages(
-        scorer=ColourScorer(),
-        scorer_id="colour",  # type: ignore[arg-type]
-        generators={"retrieval": RetrievalStage(model_id="colour")},
-    )
+    stages = Stages(scorer=ColourScorer(), scorer_id="colour")  # type: ignore[arg-type]
     config = AugmentConfig.build(
         train, tmp_path / "out", method="retrieval", pool=pool, quiet=True, cache_dir=cache_dir, caption_cache=False
     )

@@ -51,6 +51,7 @@ class AugmentConfig:
     scorer: str | None = None
     sd_model: str | None = None
     sd_config: str | None = None  # configs for a single-file --sd-model (diffusers folder or hub id)
+    backend: str | None = None  # the --sd-model's family (sgid.backends); None: found from its configs
     instruct_model: str | None = None
     safety_checker: bool = False
     device: str = "auto"
@@ -133,6 +134,8 @@ class AugmentConfig:
         MODEL_PRESETS.get(self.models)
         parse_device(self.device)  # spelling only: whether the device is there is checked where the run executes
         check_dtype(self.dtype)
+        if self.backend is not None:
+            _check_backend(self.backend, parts)
         parse_guidance(self.guidance)
         if "{label}" not in self.label_template:
             raise SgidError(f"--label-template must contain {{label}}: {self.label_template!r}")
@@ -223,6 +226,20 @@ class AugmentConfig:
 
             data["lora_sha256"] = lora_fingerprint(self.lora)
         return data
+
+
+def _check_backend(name: str, methods: list[str]) -> None:
+    """Refuse a ``--backend`` that cannot make what the methods ask of ``--sd-model``."""
+    from sgid.backends import BACKENDS
+    from sgid.methods import METHODS
+
+    family = BACKENDS.get(name)
+    for method in methods:
+        for kind in METHODS.get(method).generator_kinds:
+            if kind != "instruct" and kind not in family.pipelines:
+                raise SgidError(
+                    f"--backend {name} generates {', '.join(family.pipelines)}; --method {method} needs {kind}"
+                )
 
 
 def _jsonable(value: Any) -> Any:

@@ -29,7 +29,7 @@ from sgid.manifest import ErrorRow, ManifestRow
 from sgid.methods import METHODS, Method
 from sgid.models.loading import ModelChoice
 from sgid.plan import Batch, CaptionTask, ScoreTask, Shard, Task, WorkItem
-from sgid.sample import Sample
+from sgid.sample import COPY, Sample
 from sgid.stages.bundle import PARTS, Stages, load_stages, runs_diffusion
 
 FLAGGED = "the safety checker flagged the generated image (blacked out); not kept"
@@ -135,16 +135,30 @@ class Worker:
                 ready = pixels.result()
                 if number + 1 < len(batches):
                     pixels = reader.submit(self._pixels, batches[number + 1])
-                outputs = stages.generate(batch.samples, ready, batch.size)
+                outputs = (
+                    self._copies(batch) if batch.kind == COPY else stages.generate(batch.samples, ready, batch.size)
+                )
                 finishing.append(encoder.submit(self._finish, batch, outputs, stages))
                 while finishing and finishing[0].done():
                     yield from finishing.popleft().result()
             while finishing:
                 yield from finishing.popleft().result()
 
+    def _copies(self, batch: Batch) -> list[tuple[Image.Image, bool]]:
+        """The images a batch of copy items copies (retrieval: the pool images planned for them)."""
+        c = self.config
+        outputs = []
+        for sample in batch.samples:
+            assert sample.copy_from is not None
+            try:
+                outputs.append((load_rgb(sample.copy_from, max_pixels=c.max_pixels, min_side=c.min_side).image, False))
+            except ImageError as exc:
+                raise SgidError(f"{sample.copy_from} became unreadable while the run was going ({exc})") from None
+        return outputs
+
     def _pixels(self, batch: Batch) -> list[Image.Image] | None:
         """The batch's source images at its generation size (None for methods that use no source pixels)."""
-        if not self.method.uses_source_pixels:
+        if not self.method.uses_source_pixels or batch.kind == COPY:
             return None
         images = []
         for sample in batch.samples:
@@ -217,7 +231,9 @@ def manifest_row(
         "generation_height": produced[1],
         "captioner_model": stages.captioner_id if captions else None,
         "scorer_model": stages.scorer_id if captions or sample.caption else None,
-        "generator_model": stages.generator_id(sample.kind),
+        # a copy's "generator" is the model that chose it (retrieval: the CLIP scorer)
+        "generator_model": stages.scorer_id if sample.kind == COPY else stages.generator_id(sample.kind),
+        "backend": stages.backend(sample.kind) if runs_diffusion(sample.kind) else None,
         "safety_checker": c.safety_checker,
     }
     if source.origin is not None or source.chain:  # chained onto an earlier run

@@ -298,6 +298,7 @@ class Augmenter:
             instruct=c.instruct_model,
             text=c.text_model,
             sd_config=c.sd_config,
+            backend=c.backend,
         )
 
     def _load(self, driver: Worker, engine: Engine) -> None:

@@ -39,7 +39,7 @@ class Slot:
     k: int
     key: str  # the journal's item key
     file_name: str  # relative to OUT
-    kind: str  # generator kind (img2img, text2img, instruct, retrieval)
+    kind: str  # generator kind (img2img, text2img, instruct) or COPY
     size: tuple[int, int]  # generation (width, height); (0, 0) when nothing is generated
 
 
@@ -85,7 +85,7 @@ def lay_out(slots: Sequence[Slot], batch_size: int, shard_size: int = SHARD_SIZE
 
 def target_size(geometry: Geometry, source_size: tuple[int, int]) -> tuple[int, int]:
     """The generation size of a source of ``source_size`` (aspect kept, short side at the model's size)."""
-    if geometry.resolution is None:  # not generated (retrieval): sizes are the images' own
+    if geometry.resolution is None:  # not generated (copies): sizes are the images' own
         return (0, 0)
     return generation_size(source_size, geometry.resolution, geometry.size_multiple)
 
@@ -104,6 +104,11 @@ class WorkItem:
 class Batch:
     size: tuple[int, int]  # generation (width, height) shared by every item
     items: tuple[WorkItem, ...]
+
+    @property
+    def kind(self) -> str:
+        """The generator kind shared by every item (or :data:`sgid.sample.COPY`)."""
+        return self.items[0].sample.kind
 
     @property
     def samples(self) -> list[Sample]:

@@ -8,11 +8,15 @@ fields that earlier stages set. Pixels are not carried: they are read when neede
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sgid.dataset import Source
 from sgid.stages.caption import Caption
 from sgid.stages.prompt import Prompt
+
+#: The kind of an item that copies an existing image (retrieval) instead of generating one.
+COPY = "copy"
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,9 @@ class Sample:
     caption_weight: float = 1.0
     guidance_scale: float | None = None  # None until a borrowed caption is scored (see Method.finalize)
     # generation
-    kind: str = "img2img"  # which generator: img2img, text2img, instruct
+    kind: str = "img2img"  # which generator: img2img, text2img, instruct; or COPY
     strength: float | None = None  # the noise rate n (img2img)
+    copy_from: Path | None = None  # COPY items: the image this item is a copy of
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific manifest fields
 
     @property

@@ -53,6 +53,16 @@ def add_model_options(
     group.add_argument("--cache-dir", help="where tiny models and the caption cache live [default: ~/.cache/sgid]")
 
 
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generator backend (docs/backends.md)")
+    group.add_argument(
+        "--backend",
+        default=None,
+        help="the --sd-model's model family: sd (1.x/2.x), sdxl; without --sd-model, the preset's model of that "
+        "family [default: found from the checkpoint's configs]",
+    )
+
+
 def warn_unused_model_flags(args: argparse.Namespace, command: str) -> None:
     """Model flags a CLIP-only command accepts but does not use: one warning line each."""
     from sgid.progress import warn
@@ -80,6 +90,7 @@ def register(subparsers: Any) -> None:
         "caltech101, stanford_cars, flowers102, oxford_pets, dtd (explicit flags override it)",
     )
     add_model_options(p)
+    add_backend_options(p)
     p.add_argument(
         "--safety-checker",
         action="store_true",

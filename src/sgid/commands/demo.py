@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sgid.commands.augment import add_model_options
+from sgid.commands.augment import add_backend_options, add_model_options
 
 
 def register(subparsers: Any) -> None:
@@ -14,6 +14,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out", "-o", default="demo-out", help="output folder [default: demo-out]")
     add_model_options(p, models_default="tiny")
+    add_backend_options(p)
     p.set_defaults(models="tiny")
     p.add_argument("--multiplier", "-k", type=int, default=2, help="augmented images per original [default: 2]")
     p.add_argument("--noise", type=float, default=None, help="noise rate [default: 0.5]")

@@ -45,9 +45,15 @@ class _Failure:
 class _RayWorker:
     """The actor class: one Worker per actor; each call runs the tasks of one Ray Data batch."""
 
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, threads: int) -> None:
+        import torch
+
         from sgid.execute import Worker
 
+        # Ray gives a 1-CPU actor OMP_NUM_THREADS=1; a CPU reduction split over another number of threads
+        # rounds differently, so CPU actors use the driver's intra-op thread count to make its bytes.
+        if not (spec.device or "").startswith("cuda"):
+            torch.set_num_threads(threads)
         self.worker = Worker(spec)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -117,12 +123,13 @@ class RayEngine(Engine):
         if not tasks:
             return
         import ray.data
+        import torch
 
         assert self._spec is not None, "start() first"
         items = [{"task": pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)} for task in tasks]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _RayWorker,
-            fn_constructor_args=(self._spec,),
+            fn_constructor_args=(self._spec, torch.get_num_threads()),
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=min(self._workers, len(items))),
             num_cpus=1,

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from sgid.dataset import Source
 from sgid.errors import SgidError, need
 from sgid.images import IMAGE_EXTENSIONS
 from sgid.methods.base import METHODS, Method, MethodContext, Services, SkipItem
 from sgid.retrieval import Query, assign, near_duplicates
-from sgid.sample import Sample
+from sgid.sample import COPY, Sample
 
 TEXT_QUERY = "a photo of a {label}"
 
@@ -44,12 +45,15 @@ class RetrievalMethod(Method):
     name = "retrieval"
     uses_source_pixels = False
     resize_to_source = False
-    generator_kinds = ("retrieval",)
+    generator_kinds = ()  # items are copies of pool images: no generator is loaded
     defaults = {"guidance": "1.0", "prompt_weighting": False}
     options = ("pool", "retrieval_query", "duplicate_threshold")
 
     def needs_scorer(self) -> bool:
         return True
+
+    def generator_kind(self, source: Source) -> str:
+        return COPY
 
     def needs_all_sources(self) -> bool:
         return True
@@ -138,7 +142,7 @@ class RetrievalMethod(Method):
         found = context.prepared["plans"].get((sample.source.relpath, sample.k))
         if found is None:
             raise SkipItem("no unused pool image left among the query's nearest neighbours")
-        return replace(sample, kind="retrieval", strength=None, guidance_scale=None, extra=dict(found))
-
-    def manifest_fields(self, sample: Sample) -> dict[str, Any]:
-        return {k: v for k, v in sample.extra.items() if k != "pool_file"}
+        extra = {k: v for k, v in found.items() if k != "pool_file"}
+        return replace(
+            sample, kind=COPY, strength=None, guidance_scale=None, copy_from=Path(found["pool_file"]), extra=extra
+        )

@@ -86,9 +86,18 @@ def resolve_models(
     instruct: str | None = None,
     text: str | None = None,
     sd_config: str | None = None,
+    backend: str | None = None,
 ) -> ModelChoice:
-    """Turn a preset plus per-model overrides into loadable references (building tiny models if asked)."""
+    """Turn a preset plus per-model overrides into loadable references (building tiny models if asked).
+
+    Without ``generator``, ``backend`` (a family of :mod:`sgid.backends`) picks the preset's model of that family.
+    """
     chosen = MODEL_PRESETS.get(preset)
+    if generator is None and backend is not None:
+        from sgid.backends import BACKENDS
+
+        family = BACKENDS.get(backend)
+        generator = family.tiny_model if chosen.tiny else family.default_model
     names = {
         "captioner": captioner or chosen.captioner,
         "scorer": scorer or chosen.scorer,
@@ -265,50 +274,68 @@ def load_scorer(ref: ModelRef, device: torch.device, dtype: torch.dtype):
     return _load_transformers("scorer", ref, "--scorer", CLIPModel, CLIPProcessor, device, dtype)
 
 
-def _pipeline_kwargs(dtype: torch.dtype, safety_checker: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
-    if not safety_checker:
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    return kwargs
-
-
-SD_PIPELINES = {
-    "img2img": "StableDiffusionImg2ImgPipeline",
-    "text2img": "StableDiffusionPipeline",
-    "instruct": "StableDiffusionInstructPix2PixPipeline",
-}
-
-
 def load_sd_pipeline(
-    ref: ModelRef, kind: str, device: torch.device, dtype: torch.dtype, safety_checker: bool, *, private: bool = False
+    ref: ModelRef,
+    kind: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    safety_checker: bool,
+    *,
+    private: bool = False,
+    backend: str | None = None,
 ):
-    """A Stable Diffusion pipeline (``img2img``, ``text2img`` or ``instruct``) from a diffusers folder or hub id,
-    or from a single ``.safetensors`` checkpoint file.
+    """The diffusers pipeline of generation mode ``kind`` (``img2img``, ``text2img``, ``instruct``) for a checkpoint
+    of the ``backend`` family (see :mod:`sgid.backends`; None: found from the checkpoint's configs), from a
+    diffusers folder or hub id, or from a single ``.safetensors`` checkpoint file.
 
-    Pipelines are cached per process, and ``img2img`` and ``text2img`` of one checkpoint share their modules.
-    ``private=True`` returns an uncached copy that may be modified (textual inversion, LoRA) without
-    affecting other users of the cached one.
+    Pipelines are cached per process, and the modes of one checkpoint share their modules (``text2img`` is
+    built from ``img2img``'s). ``private=True`` returns an uncached copy that may be modified (textual
+    inversion, LoRA) without affecting other users of the cached one.
     """
+    family = backend_family(ref, backend, kind)
     if private:
-        return _build_sd_pipeline(ref, kind, device, dtype, safety_checker, private=True)
-    return _cached_sd_pipeline(ref, kind, device, dtype, safety_checker)
+        return _build_sd_pipeline(ref, kind, device, dtype, safety_checker, family, private=True)
+    return _cached_sd_pipeline(ref, kind, device, dtype, safety_checker, family)
+
+
+def backend_family(ref: ModelRef, backend: str | None, kind: str) -> Any:
+    """The backend class for ``ref``: ``backend`` when given, else the one its configs name (SD 1.x/2.x when they
+    say nothing, or InstructPix2Pix for the ``instruct`` mode); refuses a family that lacks mode ``kind``."""
+    from sgid.backends import BACKENDS
+
+    name = backend or detect_backend(ref) or ("instruct_pix2pix" if kind == "instruct" else "sd")
+    family = BACKENDS.get(name)
+    if kind not in family.pipelines:
+        modes = ", ".join(family.pipelines)
+        raise SgidError(
+            f"{ref.name} is a {family.name} checkpoint, which generates {modes}, not {kind}"
+            + ("; pass an InstructPix2Pix model with --instruct-model" if kind == "instruct" else "")
+        )
+    return family
 
 
 def _build_sd_pipeline(
-    ref: ModelRef, kind: str, device: torch.device, dtype: torch.dtype, safety_checker: bool, private: bool = False
+    ref: ModelRef,
+    kind: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    safety_checker: bool,
+    family: Any,
+    private: bool = False,
 ):
     import diffusers
 
-    cls = getattr(diffusers, SD_PIPELINES[kind])
-    if kind == "text2img":  # the same modules as img2img: no second copy in memory
-        base = load_sd_pipeline(ref, "img2img", device, dtype, safety_checker, private=private)
-        pipe = cls(**base.components)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    primary = next(iter(family.pipelines))  # the mode a checkpoint is loaded as; the others share its modules
+    if kind != primary:
+        base = load_sd_pipeline(ref, primary, device, dtype, safety_checker, private=private, backend=family.name)
+        return pipeline_for_mode(base, family.pipelines[kind])
+    if safety_checker and not family.has_safety_checker:
+        raise SgidError(f"--safety-checker: {family.name} checkpoints have no safety checker")
+    cls = getattr(diffusers, family.pipelines[kind])
     flag = "--instruct-model" if kind == "instruct" else "--sd-model"
 
     def load():
-        kwargs = _pipeline_kwargs(dtype, safety_checker)
+        kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, **family.load_kwargs(safety_checker)}
         if ref.path.endswith(".safetensors"):
             if not Path(ref.path).is_file():
                 raise OSError(f"no such file {ref.path}")
@@ -322,10 +349,65 @@ def _build_sd_pipeline(
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 
-    return _load("Stable Diffusion model" if kind != "instruct" else "InstructPix2Pix model", ref, flag, load)
+    return _load(f"{family.title} model", ref, flag, load)
 
 
 _cached_sd_pipeline = functools.lru_cache(maxsize=4)(_build_sd_pipeline)
+
+
+def pipeline_for_mode(base: Any, class_name: str) -> Any:
+    """A pipeline of diffusers class ``class_name`` over ``base``'s modules and settings (no second copy)."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    if type(base) is cls:
+        return base
+    accepted = inspect.signature(cls.__init__).parameters
+    settings = {k: v for k, v in base.config.items() if k in accepted and k not in base.components}
+    pipe = cls(**{k: v for k, v in base.components.items() if k in accepted}, **settings)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@functools.lru_cache(maxsize=16)
+def detect_backend(ref: ModelRef) -> str | None:
+    """The backend a checkpoint's configs name, without loading weights: model_index.json's ``_class_name``,
+    else its UNet config, else (a single file without --sd-config) the names of its weights. None when they
+    cannot be read or name no registered family."""
+    from sgid.backends import BACKENDS
+
+    quiet_hub_logging()
+    families = [BACKENDS.get(name) for name in BACKENDS]
+    if ref.path.endswith(".safetensors") and not ref.config:
+        keys = _safetensors_keys(ref.path)
+        return next((f.name for f in families if keys and f.matches_checkpoint_keys(keys)), None)
+    folder = ref.config if ref.path.endswith(".safetensors") else ref.path
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+    try:
+        class_name = DiffusionPipeline.load_config(folder).get("_class_name")
+    except (OSError, ValueError):
+        class_name = None
+    for family in families:
+        if class_name in family.checkpoint_classes:
+            return family.name
+    try:
+        unet: Any = UNet2DConditionModel.load_config(folder, subfolder="unet")
+    except (OSError, ValueError):
+        return None
+    return next((f.name for f in families if f.matches_unet(unet)), None)
+
+
+def _safetensors_keys(path: str) -> frozenset[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return frozenset(handle.keys())
+    except (OSError, SafetensorError):
+        return frozenset()  # the loader reports an unreadable file
 
 
 @functools.lru_cache(maxsize=2)
@@ -359,7 +441,7 @@ def model_id(ref: ModelRef) -> str:
 class Geometry:
     """What batching needs to know of a generator: its native image size and the multiple sizes round to."""
 
-    resolution: int | None  # None: not generated (retrieval); sizes are the images' own
+    resolution: int | None  # None: not generated (copies); sizes are the images' own
     size_multiple: int = 8
 
 

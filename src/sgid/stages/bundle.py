@@ -1,8 +1,9 @@
 """The stages of a run, with their models, loaded once and handed to the pipeline.
 
 Only what the method needs is loaded: no BLIP/CLIP when no captions are used, no img2img pipeline for
-text-to-image methods. Generators are chosen by kind (``img2img``, ``text2img``, ``instruct``, ``retrieval``, and
-the perturbations ``randaugment``, ``random_erasing``, ``cutmix``, which load no model).
+text-to-image methods. Each generator kind a method asks for (``img2img``, ``text2img``, ``instruct``) is a mode
+of a backend (:mod:`sgid.backends`): the family named by ``--backend`` or found from the checkpoint. The
+perturbations (``randaugment``, ``random_erasing``, ``cutmix``) load no model; copy items (retrieval) no stage.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from sgid.backends import Backend, GenerationRequest
 from sgid.concepts import Prepared, prepare_pipeline
 from sgid.concepts.apply import concepts_lora
 from sgid.errors import SgidError, need
@@ -21,18 +23,19 @@ from sgid.models.loading import (
     ModelChoice,
     ModelLoads,
     ModelRef,
+    backend_family,
     load_captioner,
     load_scorer,
     load_sd_pipeline,
     load_text_model,
     model_id,
+    pipeline_for_mode,
     resolve_device,
     resolve_dtype,
 )
+from sgid.sample import COPY
 from sgid.stages.caption import Captioner
-from sgid.stages.generate import GENERATORS, GenerationOutput
 from sgid.stages.perturb import IMAGE_PERTURBATIONS, ImagePerturbation
-from sgid.stages.prompt import PromptEncoder
 from sgid.stages.score import ClipScorer
 from sgid.stages.text import TextGenerator
 
@@ -46,55 +49,45 @@ Outputs = list[tuple[Image.Image, bool]]  # (image, flagged by the safety checke
 
 @dataclass
 class GenerateStage:
-    """Encodes a batch's prompts (weighted) and runs one Stable Diffusion generator over the batch."""
+    """Encodes a batch's prompts (weighted) with its backend and generates the batch."""
 
-    generator: Any  # one of GENERATORS
-    encoder: PromptEncoder
+    backend: Backend
     model_id: str
     steps: int
 
     @property
     def resolution(self) -> int:
-        return int(self.generator.resolution)
+        return int(self.backend.resolution)
 
     @property
     def size_multiple(self) -> int:
-        return int(self.generator.size_multiple)
+        return int(self.backend.size_multiple)
 
     def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
         prompts = [s.prompt for s in batch]
         assert all(p is not None for p in prompts)
-        embeds = self.encoder.encode(prompts, [(s.label_weight, s.caption_weight) for s in batch])  # type: ignore[arg-type]
-        negative = self.encoder.encode_texts([s.negative_prompt for s in batch])
-        output: GenerationOutput = self.generator(
-            pixels,
-            embeds,
-            negative,
-            [s.guidance_scale for s in batch],
+        conditioning = self.backend.encode(
+            prompts,  # type: ignore[arg-type]
+            [(s.label_weight, s.caption_weight) for s in batch],
+            [s.negative_prompt for s in batch],
+        )
+        request = GenerationRequest(
+            images=pixels,
+            conditioning=conditioning,
+            guidance=[s.guidance_scale for s in batch],  # type: ignore[misc]
             strength=batch[0].strength,
             steps=self.steps,
             seeds=[s.seed for s in batch],
             size=size,
         )
+        output = self.backend.generate(request)
         return list(zip(output.images, output.nsfw, strict=True))
 
 
-@dataclass
-class RetrievalStage:
-    """ "Generates" by reading the pool image each sample was assigned (``extra['pool_file']``)."""
-
-    model_id: str
-    resolution = None
-    size_multiple = 1
-
-    def __call__(self, batch: list[Sample], pixels: list[Image.Image] | None, size: tuple[int, int]) -> Outputs:
-        return [(load_rgb(Path(s.extra["pool_file"])).image, False) for s in batch]
-
-
 def runs_diffusion(kind: str) -> bool:
-    """Whether generator ``kind`` runs Stable Diffusion (has a resolution and denoising steps); False for
-    ``retrieval`` (reads pool images) and the perturbations (transform the source)."""
-    return kind != "retrieval" and kind not in IMAGE_PERTURBATIONS
+    """Whether items of ``kind`` run a diffusion model (have a resolution and denoising steps); False for
+    copies (retrieval reads pool images) and the perturbations (transform the source)."""
+    return kind != COPY and kind not in IMAGE_PERTURBATIONS
 
 
 @dataclass
@@ -158,6 +151,9 @@ class Stages:
 
     def generator_id(self, kind: str) -> str:
         return str(self.generators[kind].model_id)
+
+    def backend(self, kind: str) -> str:
+        return str(self.generators[kind].backend.name)
 
 
 #: What a process may load, each only when the method needs it: ``captioner`` (BLIP), ``scorer`` (CLIP, for
@@ -227,42 +223,26 @@ def _load_generators(
 ) -> None:
     prepared: dict[tuple[ModelRef, str], Prepared] = {}  # one (possibly modified) pipeline per checkpoint
     for kind in method.generator_kinds:
-        if kind == "retrieval":
-            stages.generators[kind] = RetrievalStage(model_id=stages.scorer_id or model_id(choice.scorer))
-            continue
         if kind in IMAGE_PERTURBATIONS:
             stages.generators[kind] = PerturbStage(IMAGE_PERTURBATIONS.get(kind)(), config.max_pixels, config.min_side)
             continue
         ref = choice.instruct if kind == "instruct" else choice.generator
-        base_kind = "instruct" if kind == "instruct" else "img2img"
-        if (ref, base_kind) not in prepared:
-            prepared[(ref, base_kind)] = prepare(
-                load_sd_pipeline(ref, base_kind, device, dtype, config.safety_checker), config
-            )
-        base = prepared[(ref, base_kind)]
+        family = backend_family(ref, None if kind == "instruct" else config.backend, kind)
+        if (ref, family.name) not in prepared:
+            primary = next(iter(family.pipelines))
+            pipe = load_sd_pipeline(ref, primary, device, dtype, config.safety_checker, backend=family.name)
+            prepared[(ref, family.name)] = prepare(pipe, config)
+        base = prepared[(ref, family.name)]
         stages.concept_tokens = base.tokens or stages.concept_tokens
         stages.concept_labels = base.labels or stages.concept_labels
         stages.concepts_sha256 = base.concepts_sha256 or stages.concepts_sha256
-        stages.generators[kind] = generate_stage(kind, base.pipe, ref.name, config)
+        options: dict[str, Any] = {"diffusers_guidance": config.diffusers_guidance}
+        if kind == "instruct":
+            options["image_guidance"] = config.image_guidance
+        backend = family(pipeline_for_mode(base.pipe, family.pipelines[kind]), kind, **options)
+        stages.generators[kind] = GenerateStage(backend, ref.name, config.steps)
 
 
 def prepare(pipe: Any, config: AugmentConfig) -> Prepared:
     """The pipeline with learned concepts and LoRA weights applied to a private fork (the cached one untouched)."""
     return prepare_pipeline(pipe, concepts=config.concepts, lora=config.lora, lora_scale=config.lora_scale)
-
-
-def generate_stage(kind: str, base: Any, model_id: str, config: AugmentConfig) -> GenerateStage:
-    """A generator of ``kind`` over ``base``'s modules (text2img shares img2img's: no second copy)."""
-    import diffusers
-
-    from sgid.models.loading import SD_PIPELINES
-
-    pipe = base
-    if type(base).__name__ != SD_PIPELINES[kind]:
-        pipe = getattr(diffusers, SD_PIPELINES[kind])(**base.components)
-        pipe.set_progress_bar_config(disable=True)
-    options: dict[str, Any] = {"diffusers_guidance": config.diffusers_guidance}
-    if kind == "instruct":
-        options["image_guidance"] = config.image_guidance
-    generator = GENERATORS.get(kind)(pipe, **options)
-    return GenerateStage(generator, PromptEncoder(pipe.tokenizer, pipe.text_encoder), model_id, config.steps)

@@ -1,0 +1,126 @@
+"""The backend contract, run for every registered backend and each of its modes on its tiny model (timm-style:
+a new registry entry is tested without writing a test).
+
+With one guidance value for the batch, every backend's recipe equals its family's own diffusers pipeline on the
+same inputs (prompts encoded by the backend, or by the pipeline from the same strings); a batch with one
+guidance per sample equals the samples generated one by one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CPU, noise_image
+from sgid.backends import BACKENDS, Backend, Conditioning, GenerationRequest
+from sgid.models.loading import ModelRef, detect_backend, load_sd_pipeline, pipeline_for_mode, resolve_models
+from sgid.seeding import generator
+from sgid.stages.prompt import build_prompt
+
+STEPS, STRENGTH, SIZE = 4, 0.5, (32, 24)
+PROMPTS = [build_prompt("cat", "a cat on grass"), build_prompt("dog", "a dog")]
+NEGATIVES = ["blurry", "blurry"]
+CASES = [(name, mode) for name in BACKENDS for mode in BACKENDS.get(name).pipelines]
+
+
+@pytest.fixture(scope="module")
+def refs(cache_dir) -> dict[str, ModelRef]:  # type: ignore[no-untyped-def]
+    """Each backend's tiny checkpoint."""
+    refs = {}
+    for name in BACKENDS:
+        choice = resolve_models("tiny", cache_dir=cache_dir, generator=BACKENDS.get(name).tiny_model)
+        refs[name] = choice.generator
+    return refs
+
+
+def make(refs: dict[str, ModelRef], name: str, mode: str, **options: Any) -> Backend:
+    family = BACKENDS.get(name)
+    primary = next(iter(family.pipelines))
+    base = load_sd_pipeline(refs[name], primary, CPU, torch.float32, False, backend=name)
+    return family(pipeline_for_mode(base, family.pipelines[mode]), mode, **options)
+
+
+def request(backend: Backend, guidance: list[float], seeds: list[int], weights=None) -> GenerationRequest:  # type: ignore[no-untyped-def]
+    n = len(seeds)
+    images = [noise_image(i, SIZE) for i in range(n)] if backend.mode != "text2img" else None
+    conditioning = backend.encode(PROMPTS[:n], weights, NEGATIVES[:n])
+    strength = STRENGTH if backend.mode == "img2img" else None
+    return GenerationRequest(images, conditioning, guidance, strength, STEPS, seeds, SIZE)
+
+
+def diffusers_call(backend: Backend, r: GenerationRequest, **prompt: Any) -> list[np.ndarray]:
+    """The family's own pipeline on the same inputs (``prompt``: strings, else the request's embeddings)."""
+    kwargs: dict[str, Any] = dict(prompt) or r.conditioning.pipeline_kwargs()
+    if backend.mode == "img2img":
+        kwargs.update(image=list(r.images or []), strength=r.strength)
+    elif backend.mode == "text2img":
+        kwargs.update(width=SIZE[0], height=SIZE[1])
+    else:
+        kwargs.update(image=list(r.images or []), image_guidance_scale=getattr(backend, "image_guidance", 1.5))
+    output = backend.pipe(
+        num_inference_steps=r.steps,
+        guidance_scale=float(r.guidance[0]),
+        generator=[generator(s) for s in r.seeds],
+        **kwargs,
+    )
+    return [np.asarray(im, dtype=int) for im in output.images]
+
+
+def arrays(images) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    return [np.asarray(im, dtype=int) for im in images]
+
+
+@pytest.mark.parametrize(("name", "mode"), CASES)
+def test_one_guidance_equals_the_diffusers_pipeline(refs, name: str, mode: str) -> None:  # type: ignore[no-untyped-def]
+    backend = make(refs, name, mode)
+    r = request(backend, [3.0, 3.0], [1, 2], weights=[(1.5, 0.9)] * 2)
+    ours = backend.generate(r)
+    assert [im.size for im in ours.images] == [SIZE, SIZE] and ours.nsfw == [False, False]
+    for a, b in zip(arrays(ours.images), diffusers_call(backend, r), strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(("name", "mode"), CASES)
+def test_plain_encoding_equals_the_pipelines_own(refs, name: str, mode: str) -> None:  # type: ignore[no-untyped-def]
+    backend = make(refs, name, mode)
+    r = request(backend, [2.0, 2.0], [3, 4])
+    assert isinstance(r.conditioning, Conditioning) and len(r.conditioning) == 2
+    unweighted = backend.encode(PROMPTS, [(1.0, 1.0)] * 2, NEGATIVES)
+    assert torch.equal(unweighted.embeds, r.conditioning.embeds)  # weights (1, 1) are plain encoding, bit for bit
+    theirs = diffusers_call(backend, r, prompt=[p.text for p in PROMPTS], negative_prompt=NEGATIVES)
+    for a, b in zip(arrays(backend.generate(r).images), theirs, strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(("name", "mode"), [(n, m) for n, m in CASES if m != "instruct"])
+def test_per_sample_guidance_equals_samples_one_by_one(refs, name: str, mode: str) -> None:  # type: ignore[no-untyped-def]
+    backend = make(refs, name, mode)
+    scales, seeds = [0.84, 5.0], [5, 6]
+    batched = arrays(backend.generate(request(backend, scales, seeds, weights=[(1.5, 0.9)] * 2)).images)
+    for i in range(2):
+        r = request(backend, scales, seeds, weights=[(1.5, 0.9)] * 2)
+        alone = GenerationRequest(
+            None if r.images is None else r.images[i : i + 1],
+            r.conditioning.rows(slice(i, i + 1)),
+            scales[i : i + 1],
+            r.strength,
+            r.steps,
+            seeds[i : i + 1],
+            r.size,
+        )
+        # batched CPU arithmetic differs from unbatched only in the last bits
+        assert np.abs(batched[i] - arrays(backend.generate(alone).images)[0]).max() <= 2
+    again = arrays(backend.generate(request(backend, scales, seeds, weights=[(1.5, 0.9)] * 2)).images)
+    assert all(np.array_equal(a, b) for a, b in zip(batched, again, strict=True))  # seeded: the same bytes
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_geometry_and_detection(refs, name: str) -> None:  # type: ignore[no-untyped-def]
+    family = BACKENDS.get(name)
+    assert detect_backend(refs[name]) == name  # from the checkpoint's own configs
+    backend = make(refs, name, next(iter(family.pipelines)))
+    assert backend.resolution % backend.size_multiple == 0 and backend.resolution == 32  # tiny models: 32 px
+    assert family.title and family.default_model and family.checkpoint_classes
