@@ -9,6 +9,8 @@ other cache (captions, features) is fresh per session.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,22 @@ import torch
 from PIL import Image
 
 CPU = torch.device("cpu")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Compute with one torch thread inside the block.
+
+    A CPU reduction split over another number of threads rounds differently in the last bits, so tests that
+    compare bytes across runs made in different processes (a forked child computes with one thread) or with
+    different batch compositions fix the thread count instead of inheriting the machine's.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def persistent_models_dir() -> Path:

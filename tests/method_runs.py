@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder
+from conftest import make_image_folder, one_thread
 from sgid.images import load_rgb, resize
 from sgid.methods import METHODS
 from sgid.runstore import KILL_AFTER_ROWS
@@ -100,7 +100,7 @@ class MethodRuns:
     def augment(self, method: str, out: Path) -> Any:
         from sgid.pipeline import augment
 
-        with spread_guidance():
+        with spread_guidance(), one_thread():  # as in the forked child of run_killed, whatever the machine
             return augment(self.source, out, **self.options(method))
 
     def reference(self, method: str) -> Path:
@@ -205,9 +205,10 @@ class Replayer:
 
         row = {**row, **changes}
         config = json.loads((run_dir / "run.json").read_text())["config"]
-        kind = METHODS.get(row["method"]).generator_kinds[0]
-        if kind == "retrieval":
+        kinds = METHODS.get(row["method"]).generator_kinds
+        if not kinds:  # copies (retrieval): the pool image itself
             return np.asarray(load_rgb(Path(config["pool"]) / row["pool_path"]).image, dtype=np.int16)
+        kind = kinds[0]
         if kind in IMAGE_PERTURBATIONS:
             source = self.source(row, config)
             if not row["perturbation_applied"]:
