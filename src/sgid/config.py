@@ -278,10 +278,16 @@ def _check_control(config: AugmentConfig, methods: list[str]) -> None:
     """``--control`` guides image-to-image generation: refuse it where nothing is, and its flags without it."""
     from sgid.methods import METHODS
 
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    changed = [n for n in ("controlnet", "control_model", "control_scale") if getattr(config, n) != defaults[n]]
+    if config.control is None and changed:
+        raise SgidError(f"--{changed[0].replace('_', '-')} needs --control KIND (canny, depth)")
+    if config.control != "canny" and (config.canny_low, config.canny_high) != (
+        defaults["canny_low"],
+        defaults["canny_high"],
+    ):
+        raise SgidError("--canny-low and --canny-high apply to --control canny only")
     if config.control is None:
-        for name in ("controlnet", "control_model"):
-            if getattr(config, name) is not None:
-                raise SgidError(f"--{name.replace('_', '-')} needs --control KIND (canny, depth)")
         return
     from sgid.stages.control import CONTROLS
 
