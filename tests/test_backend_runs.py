@@ -104,6 +104,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_bytes(
     [
         (["--control", "sketch"], "unknown control 'sketch'; choose from: canny, depth"),
         (["--controlnet", "x/y"], "--controlnet needs --control KIND"),
+        (["--control-scale", "0.5"], "--control-scale needs --control KIND"),
+        (["--control", "depth", "--canny-low", "50"], "--canny-low and --canny-high apply to --control canny only"),
         (["--control", "canny", "--control-model", "m"], "--control-model: --control canny uses no model"),
         (["--control", "canny", "--control-scale", "-1"], "invalid --control-scale -1.0: must be >= 0"),
         (["--control", "canny", "--canny-low", "250"], "invalid --canny-low 250 / --canny-high 200"),

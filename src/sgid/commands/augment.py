@@ -53,6 +53,16 @@ def add_model_options(
     group.add_argument("--cache-dir", help="where tiny models and the caption cache live [default: ~/.cache/sgid]")
 
 
+def add_run_reader_options(parser: argparse.ArgumentParser) -> None:
+    """The runtime flags of the commands that read a run with CLIP only (filter, metrics): the model flags,
+    ``--no-cache`` and ``--quiet`` (:class:`sgid.features.ClipOptions`)."""
+    add_model_options(parser, clip_only=True)
+    parser.add_argument(
+        "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generator backend (docs/backends.md)")
     group.add_argument(
@@ -224,6 +234,24 @@ def register(subparsers: Any) -> None:
         "--ray-address", default=None, help="ray: join this cluster (e.g. auto, or HOST:6379) instead of a local Ray"
     )
     scale.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the UNet: minutes of warm-up per image shape, then faster steps (CUDA)",
+    )
+    scale.add_argument(
+        "--vae-tiling",
+        default=None,
+        help="encode/decode images larger than the model's size in tiles: auto (on CUDA), on, off [default: auto]",
+    )
+    scale.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="print the work (images, UNet evaluations) and an estimated time from one calibration batch; "
+        "write nothing",
+    )
+    scale.add_argument(
         "--shard-size",
         type=int,
         default=None,
@@ -339,5 +367,7 @@ def run(args: argparse.Namespace) -> int:
     from sgid.pipeline import augment
 
     options = options_from_args(args)
-    augment(args.input, args.out, print_summary=True, **options)
+    result = augment(args.input, args.out, print_summary=True, **options)
+    if options.get("dry_run"):
+        print("\n".join(result.lines()))
     return 0
