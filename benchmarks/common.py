@@ -53,3 +53,35 @@ def report(name: str, baseline_label: str, baseline: float, candidate_label: str
         f"{name}: {baseline_label} {baseline * 1000:.0f} ms, {candidate_label} {candidate * 1000:.0f} ms "
         f"-> {baseline / candidate:.2f}x"
     )
+
+
+def in_child(script: str, *args: str) -> dict:
+    """Run ``script args`` in a fresh Python process (its own peak memory, nothing cached); the last line it
+    prints is a JSON object, returned."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def fresh(folder: Path) -> Path:
+    """``folder``, emptied: a measured run always starts from nothing (in a ``--work`` folder kept from an earlier
+    invocation, the same output folder would otherwise be a finished run, resumed in no time)."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def sgid_options(models: dict, steps: int) -> dict:
+    """``augment`` options for the benchmarks' models (``models.realistic_models``), captions computed."""
+    return {
+        "captioner": str(models["blip"]),
+        "scorer": str(models["clip"]),
+        "sd_model": str(models["sd"]),
+        "steps": steps,
+        "caption_cache": False,
+        "quiet": True,
+    }

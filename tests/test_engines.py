@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -89,6 +90,24 @@ def test_ray_with_one_worker_makes_the_local_bytes(ray_address: str, job: tuple[
     source, local = job
     augment(source, tmp_path / "ray", engine="ray", workers=1, **SETTINGS)
     assert snapshot(tmp_path / "ray") == snapshot(local)
+
+
+@pytest.mark.slow
+def test_a_dry_run_on_ray_counts_the_work_calibrates_on_a_worker_and_writes_nothing(
+    ray_address: str, job: tuple[Path, Path], tmp_path: Path
+) -> None:
+    source, local = job
+    out = tmp_path / "out"
+    shutil.copytree(local, out)
+    for name in ("a/0_sgid_1.png", "c/1_sgid_0.png", "c/1_sgid_1.png"):
+        (out / name).unlink()  # not done any more
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    report = augment(source, out, engine="ray", workers=2, dry_run=True, **SETTINGS)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
+    assert (report.engine, report.workers) == ("ray engine, 2 workers", 2)
+    assert (report.images, report.done, report.to_make) == (12, 9, 3) and report.unet_evaluations == 3 * 2 * 2
+    assert report.generation_seconds is not None and report.seconds == pytest.approx(report.seconds_on(2))
+    assert "on 8 workers" in "\n".join(report.lines())
 
 
 def descendants(pid: int) -> list[int]:
@@ -188,6 +207,8 @@ def test_a_killed_driver_resumes_on_either_engine_to_the_same_bytes(
         (["--engine", "ray", "--gpus-per-worker", "-1"], "invalid --gpus-per-worker -1.0"),
         (["--engine", "ray", "--gpus-per-worker", "x"], "invalid float value: 'x'"),
         (["--shard-size", "0"], "invalid --shard-size 0"),
+        (["--vae-tiling", "always"], "invalid --vae-tiling 'always'; choose from: auto, on, off"),
+        (["--engine", "ray", "--workers", "0", "--dry-run"], "invalid --workers 0: must be >= 1"),
     ],
 )
 def test_bad_engine_options_exit_2_in_one_line_before_any_model_loads(

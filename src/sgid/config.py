@@ -20,6 +20,7 @@ from sgid.stages.prompt import DEFAULT_LABEL_TEMPLATE, PROMPT_MODES
 from sgid.stages.score import SIMILARITY_MODES
 
 CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
+VAE_TILING = ("auto", "on", "off")
 ON_FLAGGED = ("drop", "retry")
 
 #: Settings that do not change what a run produces; they may differ when a run is resumed.
@@ -37,6 +38,8 @@ EXECUTION_ONLY = frozenset(
         "gpus_per_worker",
         "ray_address",
         "shard_size",
+        "compile",
+        "vae_tiling",
     }
 )
 
@@ -99,6 +102,13 @@ class AugmentConfig:
     lora: str | None = None  # LoRA weights for the Stable Diffusion UNet/text encoder
     lora_scale: float = 1.0
     perturb_probability: float = 1.0  # randaugment/random_erasing/cutmix: chance each image is perturbed
+    # ControlNet-guided img2img (docs/backends.md): a condition image computed from each source guides every step
+    control: str | None = None  # the condition kind (sgid.stages.control): canny, depth; None: no ControlNet
+    controlnet: str | None = None  # hub id, folder or .safetensors file; None: the kind's ControlNet of the family
+    control_scale: float = 0.8  # controlnet_conditioning_scale (StableDiffusionControlNetImg2ImgPipeline's default)
+    canny_low: int = 100  # canny: hysteresis thresholds (lllyasviel's annotator and diffusers' examples)
+    canny_high: int = 200
+    control_model: str | None = None  # depth: the depth-estimation model; None: Intel/dpt-hybrid-midas
     # execution
     batch_size: int = 4
     cache_dir: Path | None = None
@@ -111,6 +121,9 @@ class AugmentConfig:
     gpus_per_worker: float | None = None  # None: 1 on a machine with GPUs, else 0
     ray_address: str | None = None  # join this Ray cluster instead of starting a local one
     shard_size: int = 64  # items per unit of work handed to a worker
+    # the one-GPU fast path (docs/performance.md says which of these change pixels)
+    compile: bool = False  # torch.compile the UNet (minutes of warm-up, then faster steps)
+    vae_tiling: str = "auto"  # decode/encode images larger than the model's size in tiles: auto (on CUDA), on, off
 
     def __post_init__(self) -> None:
         _check(self.noise, "--noise", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
@@ -157,6 +170,8 @@ class AugmentConfig:
         if self.caption == "nucleus" and not self.captions.nucleus_captions:
             raise SgidError("--caption nucleus needs nucleus captions (--nucleus-captions > 0)")
         _check(self.shard_size, "--shard-size", lambda v: v >= 1, "must be >= 1")
+        _choice(self.vae_tiling, "--vae-tiling", VAE_TILING)
+        _check_control(self, parts)
         if self.workers is not None:
             _check(self.workers, "--workers", lambda v: v >= 1, "must be >= 1")
         if self.gpus_per_worker is not None:
@@ -195,7 +210,17 @@ class AugmentConfig:
                 settings[name] = (settings[name],)
             elif settings.get(name) is not None:
                 settings[name] = tuple(settings[name])
-        for name in ("captioner", "scorer", "sd_model", "sd_config", "instruct_model", "text_model", "lora"):
+        for name in (
+            "captioner",
+            "scorer",
+            "sd_model",
+            "sd_config",
+            "instruct_model",
+            "text_model",
+            "lora",
+            "controlnet",
+            "control_model",
+        ):
             if settings.get(name) is not None:
                 settings[name] = str(settings[name])
         for name in ("label_names", "cache_dir", "pool", "concepts"):
@@ -249,6 +274,38 @@ def _check_backend(name: str, methods: list[str]) -> None:
                 raise SgidError(
                     f"--backend {name} generates {', '.join(family.pipelines)}; --method {method} needs {kind}"
                 )
+
+
+def _check_control(config: AugmentConfig, methods: list[str]) -> None:
+    """``--control`` guides image-to-image generation: refuse it where nothing is, and its flags without it."""
+    from sgid.methods import METHODS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    changed = [n for n in ("controlnet", "control_model", "control_scale") if getattr(config, n) != defaults[n]]
+    if config.control is None and changed:
+        raise SgidError(f"--{changed[0].replace('_', '-')} needs --control KIND (canny, depth)")
+    if config.control != "canny" and (config.canny_low, config.canny_high) != (
+        defaults["canny_low"],
+        defaults["canny_high"],
+    ):
+        raise SgidError("--canny-low and --canny-high apply to --control canny only")
+    if config.control is None:
+        return
+    from sgid.stages.control import CONTROLS
+
+    kind = CONTROLS.get(config.control)
+    if config.control_model is not None and not kind.needs_model:
+        raise SgidError(f"--control-model: --control {config.control} uses no model")
+    _check(config.control_scale, "--control-scale", lambda v: v >= 0, "must be >= 0")
+    if not 0 <= config.canny_low <= config.canny_high:
+        raise SgidError(
+            f"invalid --canny-low {config.canny_low} / --canny-high {config.canny_high}: need 0 <= low <= high"
+        )
+    if not any("img2img" in METHODS.get(m).generator_kinds for m in methods):
+        raise SgidError(
+            f"--control guides image-to-image generation from a source image; --method {config.method} has none "
+            "(use sgid, diverse_caption or boomerang)"
+        )
 
 
 def _jsonable(value: Any) -> Any:

@@ -53,6 +53,16 @@ def add_model_options(
     group.add_argument("--cache-dir", help="where tiny models and the caption cache live [default: ~/.cache/sgid]")
 
 
+def add_run_reader_options(parser: argparse.ArgumentParser) -> None:
+    """The runtime flags of the commands that read a run with CLIP only (filter, metrics): the model flags,
+    ``--no-cache`` and ``--quiet`` (:class:`sgid.features.ClipOptions`)."""
+    add_model_options(parser, clip_only=True)
+    parser.add_argument(
+        "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generator backend (docs/backends.md)")
     group.add_argument(
@@ -60,6 +70,31 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the --sd-model's model family: sd (1.x/2.x), sdxl; without --sd-model, the preset's model of that "
         "family [default: found from the checkpoint's configs]",
+    )
+    group.add_argument(
+        "--control",
+        default=None,
+        help="ControlNet-guided img2img: the condition image computed from each source, canny (OpenCV edges) or "
+        "depth (a depth-estimation model) [default: none]",
+    )
+    group.add_argument(
+        "--controlnet",
+        default=None,
+        help="the ControlNet: hub id, diffusers folder or .safetensors file [default: the --control kind's "
+        "ControlNet for the model family, e.g. lllyasviel/sd-controlnet-canny]",
+    )
+    group.add_argument(
+        "--control-scale",
+        type=float,
+        default=None,
+        help="ControlNet conditioning scale (its residuals' weight) [default: 0.8, diffusers' img2img default]",
+    )
+    group.add_argument("--canny-low", type=int, default=None, help="canny: lower hysteresis threshold [default: 100]")
+    group.add_argument("--canny-high", type=int, default=None, help="canny: upper hysteresis threshold [default: 200]")
+    group.add_argument(
+        "--control-model",
+        default=None,
+        help="depth: the depth-estimation model, hub id or folder [default: Intel/dpt-hybrid-midas]",
     )
 
 
@@ -199,6 +234,24 @@ def register(subparsers: Any) -> None:
         "--ray-address", default=None, help="ray: join this cluster (e.g. auto, or HOST:6379) instead of a local Ray"
     )
     scale.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the UNet: minutes of warm-up per image shape, then faster steps (CUDA)",
+    )
+    scale.add_argument(
+        "--vae-tiling",
+        default=None,
+        help="encode/decode images larger than the model's size in tiles: auto (on CUDA), on, off [default: auto]",
+    )
+    scale.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="print the work (images, UNet evaluations) and an estimated time from one calibration batch; "
+        "write nothing",
+    )
+    scale.add_argument(
         "--shard-size",
         type=int,
         default=None,
@@ -314,5 +367,7 @@ def run(args: argparse.Namespace) -> int:
     from sgid.pipeline import augment
 
     options = options_from_args(args)
-    augment(args.input, args.out, print_summary=True, **options)
+    result = augment(args.input, args.out, print_summary=True, **options)
+    if options.get("dry_run"):
+        print("\n".join(result.lines()))
     return 0
