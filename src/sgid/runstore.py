@@ -109,6 +109,33 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def check_identity(
+    marker: Path,
+    identity: dict[str, Any],
+    previous: dict[str, Any],
+    *,
+    overwrite: bool,
+    holds: str,
+    key: str = "identity",
+    unnamed: str = "identity",
+) -> bool:
+    """The identity check every folder sgid owns makes (a run, an evaluation, a concepts folder) when it holds
+    an earlier job (``previous``, read from ``marker``): True when that job has other settings and ``overwrite``
+    allows replacing it; False when they are the same (resume); else a one-line refusal naming the settings that
+    differ. ``key``: where the identity is recorded (``key`` and ``key + "_sha256"``); ``holds``: what the folder
+    holds, in the message; ``unnamed``: what to name when no single setting differs."""
+    if previous.get(f"{key}_sha256") == identity_hash(identity):
+        return False
+    if overwrite:
+        return True
+    recorded = previous.get(key)
+    changed = _changed_keys(recorded if isinstance(recorded, dict) else {}, identity)
+    raise RunDirError(
+        f"{marker.parent} holds {holds} with different settings ({', '.join(changed) or unnamed}); rerun with the "
+        f"same settings to resume, choose another --out, or pass --overwrite"
+    )
+
+
 def item_key(source: str, k: int | None, method: str) -> str:
     return f"{source}\x1f{k}\x1f{method}"
 
@@ -163,13 +190,7 @@ class RunStore:
             raise RunDirError(f"--out {self.out} exists and is not a folder")
         if run_file.exists():
             previous = self._read_run_file(run_file)
-            if previous.get("identity_sha256") != identity_hash(self.identity) and not self.overwrite:
-                recorded = previous.get("identity")
-                changed = _changed_keys(recorded if isinstance(recorded, dict) else {}, self.identity)
-                raise RunDirError(
-                    f"{self.out} holds a run with different settings ({', '.join(changed) or 'identity'}); "
-                    f"rerun with the same settings to resume, choose another --out, or pass --overwrite"
-                )
+            check_identity(run_file, self.identity, previous, overwrite=self.overwrite, holds="a run")
         elif any(p.name != LOCK for p in self.out.iterdir()):
             raise RunDirError(
                 f"{self.out} is not empty and holds no sgid run (no {RUN_FILE}); choose an empty or new folder"
