@@ -149,9 +149,11 @@ class AugmentConfig:
         parts = chain_parts(self.method)  # a chain's stages are configured and checked one by one
         if len(parts) == 1:
             METHODS.get(self.method)(self).check()
-        from sgid.models.loading import MODEL_PRESETS
+        from sgid.models.loading import MODEL_PRESETS, check_dtype, parse_device
 
         MODEL_PRESETS.get(self.models)
+        parse_device(self.device)  # spelling only: whether the device is there is checked where the run executes
+        check_dtype(self.dtype)
         if self.backend is not None:
             _check_backend(self.backend, parts)
         parse_guidance(self.guidance)

@@ -263,16 +263,12 @@ def choose_clip(
 
     if scorer is None and models is None:
         scorer = run_models.get("scorer")
+    resolved_device = resolve_device(device or "auto")  # checked before resolve_models builds tiny models
+    resolved_dtype = resolve_dtype(dtype or "auto", resolved_device)
     choice = resolve_models(
         models or run_preset or "default", cache_dir=cache_dir or default_cache_dir(), scorer=scorer
     )
-    resolved_device = resolve_device(device or "auto")
-    return ClipChoice(
-        choice.scorer,
-        choice.scorer.name.startswith("tiny:"),
-        resolved_device,
-        resolve_dtype(dtype or "auto", resolved_device),
-    )
+    return ClipChoice(choice.scorer, choice.scorer.name.startswith("tiny:"), resolved_device, resolved_dtype)
 
 
 @dataclass(frozen=True)
