@@ -60,7 +60,7 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
 class SpreadGuidance(GuidanceMap):
     """Test-only guidance map: 0.8, 3 or 7, chosen by the similarity's seventh decimal."""
 
-    def __call__(self, similarity: float | None) -> float:
+    def raw(self, similarity: float | None) -> float:
         if similarity is None:
             raise ValueError("the similarity-based guidance map needs a similarity")
         return SPREAD[int(abs(similarity) * 1e7) % len(SPREAD)]
@@ -76,7 +76,9 @@ def spread_guidance() -> Iterator[None]:
 
     real = sgid.config.parse_guidance
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sgid.config, "parse_guidance", lambda v: SpreadGuidance() if v == "paper" else real(v))
+        patch.setattr(
+            sgid.config, "parse_guidance", lambda v, *floor: SpreadGuidance() if v == "paper" else real(v, *floor)
+        )
         yield
 
 

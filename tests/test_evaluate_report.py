@@ -78,6 +78,11 @@ def test_marks_significant_gains_with_a_star_and_losses_with_a_dagger(records) -
 def test_undefined_tests_are_reported_as_none() -> None:
     assert paired_test([0.5], [0.4]) is None  # one seed
     assert paired_test([0.5, 0.6], [0.5, 0.6]) is None  # zero variance of the differences
+    from sgid.evaluate.stats import compare
+
+    constant = compare([0.5, 0.5, 0.5], [1.0, 1.0, 1.0])  # every difference -0.5: scipy says p = 0, keep it
+    assert constant.p_value == stats.ttest_rel([0.5] * 3, [1.0] * 3).pvalue == 0.0
+    assert constant.delta == -0.5 and constant.ci95 is None and constant.effect_size is None
     one_seed = summarize([*_records("baseline", {"d": [0.5]}), *_records("moex", {"d": [0.6]})])
     assert all(s.std is None and s.p_value is None for s in one_seed)
 

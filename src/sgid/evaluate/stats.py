@@ -122,8 +122,10 @@ def compare(method: Sequence[float], reference: Sequence[float]) -> Comparison:
     n = len(diffs)
     delta = float(diffs.mean()) if n else math.nan
     sd = float(diffs.std(ddof=1)) if n > 1 else 0.0
-    if n < 2 or not sd > 0:
+    if n < 2:
         return Comparison(n, delta, None, None, None)
+    if not sd > 0:  # every difference equal: scipy's p (0, or undefined for no difference); no interval or d_z
+        return Comparison(n, delta, paired_test(method, reference), None, None)
     half = float(stats.t.ppf((1 + CONFIDENCE) / 2, n - 1)) * sd / math.sqrt(n)
     return Comparison(n, delta, paired_test(method, reference), (delta - half, delta + half), delta / sd)
 
