@@ -249,6 +249,8 @@ def test_help_defaults_are_the_real_ones() -> None:
         text = " ".join(_help(command).split())
         assert "[default: the run's own CLIP]" in text
         assert "--captioner" not in text and "--sd-model" not in text  # accepted, but unused: not offered
+        assert "where tiny models and the image-feature cache live" in text  # no captions there
+    assert "local folder [default: the preset's]" in " ".join(_help("augment").split())
     for command in ("augment", "demo", "filter", "metrics"):
         assert "fp32, fp16, bf16 [default: auto]" in " ".join(_help(command).split())
 

@@ -42,6 +42,7 @@ from sgid.methods import (
     SkipItem,
     chain_parts,
     denoising_warning,
+    ignored_options,
     option_warnings,
 )
 from sgid.models.loading import (
@@ -125,9 +126,9 @@ def augment(
     """
     settings = resolve_options(options)
     config = AugmentConfig.build(input_dir, out_dir, preset=preset, **settings)
-    for line in option_warnings(config, [k for k, v in settings.items() if v is not None]):
+    for line in option_warnings(config, _given(settings)):
         warn(line)
-    summary = _run_stages(config, input_dir, out_dir, preset, settings)
+    summary = _run_stages(input_dir, out_dir, preset, settings)
     if print_summary:
         note(summary.line(), config.quiet)
     return summary
@@ -136,11 +137,10 @@ def augment(
 augment.__signature__ = augment_signature()  # type: ignore[attr-defined]
 
 
-def _run_stages(
-    config: AugmentConfig, input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
-) -> RunSummary:
-    parts = chain_parts(config.method)
+def _run_stages(input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]) -> RunSummary:
+    parts = chain_parts(options.get("method") or "sgid")
     if len(parts) == 1:
+        config = _stage_config(input_dir, out_dir, preset, options)
         _warn_denoising(config)
         return Augmenter(config).run()
     # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
@@ -150,11 +150,28 @@ def _run_stages(
     current: Path = Path(input_dir)
     for number, part in enumerate(parts, start=1):
         target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
-        stage = AugmentConfig.build(current, target, preset=preset, **{**options, "method": part})
+        stage = _stage_config(current, target, preset, {**options, "method": part})
         stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
         _warn_denoising(stages[-1])
         current = target
     return [Augmenter(stage).run() for stage in stages][-1]
+
+
+def _given(options: dict[str, Any]) -> list[str]:
+    return [k for k, v in options.items() if v is not None]
+
+
+def _stage_config(
+    input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
+) -> AugmentConfig:
+    """The settings of one method's run, without the given options that method does not read (``augment``
+    warns about them): an ignored flag changes neither the run's identity nor what ``run.json`` records, so a
+    rerun without it resumes."""
+    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **options)
+    ignored = ignored_options(config, _given(options))
+    if not ignored:
+        return config
+    return AugmentConfig.build(input_dir, out_dir, preset=preset, **{**options, **dict.fromkeys(ignored)})
 
 
 def _warn_denoising(config: AugmentConfig) -> None:
