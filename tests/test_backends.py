@@ -124,3 +124,51 @@ def test_geometry_and_detection(refs, name: str) -> None:  # type: ignore[no-unt
     backend = make(refs, name, next(iter(family.pipelines)))
     assert backend.resolution % backend.size_multiple == 0 and backend.resolution == 32  # tiny models: 32 px
     assert family.title and family.default_model and family.checkpoint_classes
+
+
+# -- Stable Diffusion XL -----------------------------------------------------------------------------------
+
+
+def test_sdxl_weights_both_encoders_and_pools_the_plain_prompt(refs) -> None:  # type: ignore[no-untyped-def]
+    backend = make(refs, "sdxl", "img2img")
+    first, second = backend.encoders()
+    weights = [(1.5, 0.9)] * 2
+    conditioning = backend.encode(PROMPTS, weights, NEGATIVES)
+    width = first.text_encoder.config.hidden_size
+    assert torch.equal(conditioning.embeds[..., :width], first.encode(PROMPTS, weights))
+    assert torch.equal(conditioning.embeds[..., width:], second.encode(PROMPTS, weights))
+    assert not torch.equal(conditioning.embeds, backend.encode(PROMPTS, None, NEGATIVES).embeds)
+    assert torch.equal(conditioning.pooled, second.pooled_texts([p.text for p in PROMPTS]))  # unweighted
+    sized = backend.conditioning_for(conditioning, (40, 24))
+    assert sized.added["time_ids"].tolist() == [[24, 40, 0, 0, 24, 40]] * 2  # (h, w), crop (0, 0), (h, w)
+
+
+def test_sdxl_empty_negative_prompt_is_zeros_as_in_diffusers(refs) -> None:  # type: ignore[no-untyped-def]
+    backend = make(refs, "sdxl", "img2img")
+    conditioning = backend.encode(PROMPTS, None, ["", "blurry"])
+    assert not conditioning.negative_embeds[0].any() and not conditioning.negative_pooled[0].any()
+    assert conditioning.negative_embeds[1].any()
+    r = GenerationRequest(
+        [noise_image(0, SIZE)], conditioning.rows(slice(0, 1)), [3.0], STRENGTH, STEPS, [7], SIZE
+    )  # diffusers without a negative prompt: zeros, since the checkpoint says force_zeros_for_empty_prompt
+    theirs = diffusers_call(backend, r, prompt=[PROMPTS[0].text], negative_prompt=None)
+    assert np.array_equal(arrays(backend.generate(r).images)[0], theirs[0])
+
+
+def test_a_single_sdxl_file_is_recognised_by_its_weight_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save_file
+
+    names = {"sdxl": "conditioner.embedders.1.model.ln_final.weight", None: "cond_stage_model.transformer.x"}
+    for expected, key in names.items():
+        path = tmp_path / f"{expected}.safetensors"
+        save_file({key: torch.zeros(1)}, str(path))
+        assert detect_backend(ModelRef(path.name, str(path))) == expected
+
+
+def test_a_backend_other_than_the_checkpoints_is_refused_in_one_line(refs) -> None:  # type: ignore[no-untyped-def]
+    from sgid.errors import SgidError
+
+    with pytest.raises(SgidError, match="--backend sd, but tiny:sdxl is a sdxl checkpoint"):
+        load_sd_pipeline(refs["sdxl"], "img2img", CPU, torch.float32, False, backend="sd")
+    with pytest.raises(SgidError, match="sdxl checkpoints have no safety checker"):
+        load_sd_pipeline(refs["sdxl"], "img2img", CPU, torch.float32, True, private=True)

@@ -3,6 +3,7 @@
 ==================  =========================================================================================
 ``base``            the contract: :class:`Backend`, :class:`Conditioning`, :func:`denoise`, the recipes
 ``sd``              ``sd``: Stable Diffusion 1.x/2.x
+``sdxl``            ``sdxl``: Stable Diffusion XL (two text encoders, pooled embeddings, size conditioning)
 ``instruct``        ``instruct_pix2pix``: InstructPix2Pix (edits by instruction)
 ==================  =========================================================================================
 
@@ -12,6 +13,7 @@
 
 from sgid.backends import instruct as _instruct  # noqa: F401  (each import registers its backend)
 from sgid.backends import sd as _sd  # noqa: F401
+from sgid.backends import sdxl as _sdxl  # noqa: F401
 from sgid.backends.base import (
     BACKENDS,
     Backend,

@@ -196,6 +196,8 @@ class Backend:
     default_model: ClassVar[str] = ""
     #: whether checkpoints of this family carry Stable Diffusion's safety checker
     has_safety_checker: ClassVar[bool] = False
+    #: whether concepts from ``sgid learn-concepts`` (SD 1.x/2.x text encoder and UNet) fit this family
+    uses_concepts: ClassVar[bool] = False
 
     def __init__(
         self, pipe: Any, mode: str = "img2img", *, diffusers_guidance: bool = False, guide: Guide | None = None

@@ -26,6 +26,7 @@ class StableDiffusion(Backend):
     tiny_model = "tiny:sd"
     default_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     has_safety_checker = True
+    uses_concepts = True
 
     @classmethod
     def matches_unet(cls, unet_config: Mapping[str, Any]) -> bool:

@@ -278,19 +278,20 @@ def lora_fingerprint(path: str | Path) -> str:
 def fork_pipeline(pipe: Any, mutable: Iterable[str] = ("tokenizer", "text_encoder")) -> Any:
     """A pipeline of the same class that shares ``pipe``'s modules except ``mutable``, which are deep copies.
 
-    Concepts mutate the tokenizer and text encoder; LoRA also the UNet (``mutable`` then needs ``"unet"``).
+    Concepts mutate the tokenizer and text encoder; LoRA also the UNet (``mutable`` then needs ``"unet"``). A
+    pipeline with a second text encoder (SDXL) has it copied along with the first.
     """
+    from sgid.models.loading import assemble_pipeline
+
     components = dict(pipe.components)
+    second = {"tokenizer": "tokenizer_2", "text_encoder": "text_encoder_2"}
     for name in mutable:
         if name not in components:
             raise ValueError(f"{type(pipe).__name__} has no component {name!r}")
-        components[name] = copy.deepcopy(components[name])
-    extra = {}
-    if "requires_safety_checker" in pipe.config:
-        extra["requires_safety_checker"] = pipe.config.requires_safety_checker
-    forked = type(pipe)(**components, **extra)
-    forked.set_progress_bar_config(disable=True)
-    return forked
+        for part in (name, second.get(name)):
+            if part is not None and components.get(part) is not None:
+                components[part] = copy.deepcopy(components[part])
+    return assemble_pipeline(type(pipe), components, pipe.config)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import functools
 import os
 import textwrap
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,11 @@ def backend_family(ref: ModelRef, backend: str | None, kind: str) -> Any:
     say nothing, or InstructPix2Pix for the ``instruct`` mode); refuses a family that lacks mode ``kind``."""
     from sgid.backends import BACKENDS
 
-    name = backend or detect_backend(ref) or ("instruct_pix2pix" if kind == "instruct" else "sd")
+    detected = detect_backend(ref)
+    if backend is not None and detected is not None and detected != backend:
+        BACKENDS.get(backend)
+        raise SgidError(f"--backend {backend}, but {ref.name} is a {detected} checkpoint (its configs say so)")
+    name = backend or detected or ("instruct_pix2pix" if kind == "instruct" else "sd")
     family = BACKENDS.get(name)
     if kind not in family.pipelines:
         modes = ", ".join(family.pipelines)
@@ -347,16 +352,20 @@ _cached_sd_pipeline = functools.lru_cache(maxsize=4)(_build_sd_pipeline)
 
 def pipeline_for_mode(base: Any, class_name: str) -> Any:
     """A pipeline of diffusers class ``class_name`` over ``base``'s modules and settings (no second copy)."""
-    import inspect
-
     import diffusers
 
     cls = getattr(diffusers, class_name)
-    if type(base) is cls:
-        return base
+    return base if type(base) is cls else assemble_pipeline(cls, base.components, base.config)
+
+
+def assemble_pipeline(cls: Any, components: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
+    """A pipeline of class ``cls`` from ``components`` and the settings in ``config`` (e.g. SDXL's
+    ``force_zeros_for_empty_prompt``) that its constructor takes."""
+    import inspect
+
     accepted = inspect.signature(cls.__init__).parameters
-    settings = {k: v for k, v in base.config.items() if k in accepted and k not in base.components}
-    pipe = cls(**{k: v for k, v in base.components.items() if k in accepted}, **settings)
+    settings = {k: v for k, v in config.items() if k in accepted and k not in components}
+    pipe = cls(**{k: v for k, v in components.items() if k in accepted}, **settings)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1,4 +1,4 @@
-"""The ``tiny`` model preset: random-weight BLIP, CLIP and Stable Diffusion built from configs.
+"""The ``tiny`` model preset: random-weight BLIP, CLIP, Stable Diffusion (1.x, XL, InstructPix2Pix) built from configs.
 
 Built the way diffusers' and transformers' own tests build their dummy components, saved once (safetensors)
 into the local cache, and from then on loaded through the same ``from_pretrained`` path as real checkpoints.
@@ -23,7 +23,7 @@ TINY_SEED = 0
 WIDTH = 32  # hidden size of every tiny transformer
 IMAGE_SIZE = 30  # BLIP/CLIP vision input (diffusers/transformers tests use 30 with patch 2)
 
-COMPONENTS = ("blip", "clip", "sd", "pix2pix", "lm")
+COMPONENTS = ("blip", "clip", "sd", "pix2pix", "lm", "sdxl")
 
 
 def tiny_root(cache_dir: Path) -> Path:
@@ -37,7 +37,14 @@ def ensure_tiny_models(cache_dir: Path) -> dict[str, Path]:
     quiet_hub_logging()
     root = tiny_root(cache_dir)
     paths = {name: root / name for name in COMPONENTS}
-    builders = {"blip": build_blip, "clip": build_clip, "sd": build_sd, "pix2pix": build_pix2pix, "lm": build_lm}
+    builders = {
+        "blip": build_blip,
+        "clip": build_clip,
+        "sd": build_sd,
+        "pix2pix": build_pix2pix,
+        "lm": build_lm,
+        "sdxl": build_sdxl,
+    }
     for name, path in paths.items():
         if not (path / ".complete").exists():
             _build_atomically(path, builders[name])
@@ -257,6 +264,54 @@ def build_pix2pix(folder: Path) -> None:
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
+
+
+def _sdxl_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + WIDTH,  # six time ids of width 8 + the pooled text embedding
+        cross_attention_dim=2 * WIDTH,  # both text encoders side by side
+    )
+
+
+def build_sdxl(folder: Path) -> None:
+    """A tiny SDXL img2img checkpoint: two CLIP text encoders (the second with a projection), a text_time UNet."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    text_encoder, tokenizer = _text_encoder_and_tokenizer(folder)
+    tokenizer_2 = _clip_tokenizer(folder)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(),
+        text_encoder=text_encoder,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_text_config(tokenizer_2)).eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=_sdxl_unet(),
+        scheduler=EulerDiscreteScheduler(  # SDXL base's scheduler configuration
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
 

@@ -228,6 +228,11 @@ def _load_generators(
             continue
         ref = choice.instruct if kind == "instruct" else choice.generator
         family = backend_family(ref, None if kind == "instruct" else config.backend, kind)
+        if config.concepts is not None and not family.uses_concepts:
+            raise SgidError(
+                f"--concepts {config.concepts} was learned for Stable Diffusion 1.x/2.x (sgid learn-concepts); "
+                f"the {family.name} backend cannot use it"
+            )
         if (ref, family.name) not in prepared:
             primary = next(iter(family.pipelines))
             pipe = load_sd_pipeline(ref, primary, device, dtype, config.safety_checker, backend=family.name)

@@ -9,6 +9,7 @@ by w_c (0.9). Start, end, separator and padding rows are left as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,16 +69,18 @@ class PromptEncoder:
     encoder's last hidden state.
     """
 
-    def __init__(self, tokenizer, text_encoder) -> None:
+    def __init__(self, tokenizer, text_encoder, *, hidden_layer: int | None = None) -> None:
+        """``hidden_layer``: the hidden state that encodes a prompt (None: the encoder's output, as SD 1.x/2.x
+        use; -2: the penultimate layer, as SDXL does)."""
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.hidden_layer = hidden_layer
 
     @property
     def device(self) -> torch.device:
         return next(self.text_encoder.parameters()).device
 
-    @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+    def _run(self, texts: list[str]) -> Any:
         tokens = self.tokenizer(
             texts,
             padding="max_length",
@@ -88,8 +91,20 @@ class PromptEncoder:
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(self.device)
-        embeds = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        hidden = self.hidden_layer is not None
+        return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=hidden)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        output = self._run(texts)
+        embeds = output[0] if self.hidden_layer is None else output.hidden_states[self.hidden_layer]
         return embeds.to(dtype=self.text_encoder.dtype)
+
+    @torch.no_grad()
+    def pooled_texts(self, texts: list[str]) -> torch.Tensor:
+        """(B, P): the encoder's pooled, projected output for the unweighted texts (``text_embeds`` of a
+        ``CLIPTextModelWithProjection``: SDXL's second encoder)."""
+        return self._run(texts)[0].to(dtype=self.text_encoder.dtype)
 
     def token_weights(self, prompt: Prompt, label_weight: float, caption_weight: float) -> torch.Tensor:
         """Per-token multipliers (length ``model_max_length``): w_l on label tokens, w_c on caption tokens."""
