@@ -143,7 +143,7 @@ def test_generation_size(size, resolution, expected) -> None:  # type: ignore[no
     assert generation_size(size, resolution) == expected
 
 
-def test_scan_lists_classes_ignores_hidden_and_root_files(tmp_path: Path) -> None:
+def test_scan_lists_classes_ignores_hidden_files_and_lists_root_files(tmp_path: Path) -> None:
     (tmp_path / "golden_retriever" / "nested").mkdir(parents=True)
     (tmp_path / "cat").mkdir()
     (tmp_path / ".hidden_class").mkdir()
@@ -155,7 +155,10 @@ def test_scan_lists_classes_ignores_hidden_and_root_files(tmp_path: Path) -> Non
     listing = scan(tmp_path)
     assert [s.relpath for s in listing.sources] == ["cat/1.png", "golden_retriever/nested/2.png"]
     assert listing.labels == {"cat": "cat", "golden_retriever": "golden retriever"}
-    assert listing.skipped == (("cat/notes.txt", "not an image file (extension '.txt')"),)
+    assert listing.skipped == (
+        ("cat/notes.txt", "not an image file (extension '.txt')"),
+        ("root.png", "a file outside any class folder; not used"),
+    )
 
 
 def test_label_names_files(tmp_path: Path) -> None:

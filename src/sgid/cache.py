@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from sgid.progress import warn
+
 _TABLES = ("captions", "similarities")
 
 
@@ -28,40 +30,57 @@ class Cache:
         self._db: sqlite3.Connection | None = None
         self.hits = 0
         self.misses = 0
+        self.writable = True
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            for table in _TABLES:
-                self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                for table in _TABLES:
+                    self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            except (OSError, sqlite3.DatabaseError) as exc:  # a full disk, a damaged or foreign file
+                warn(f"the cache {path} cannot be used ({exc}); going on without it")
+                self.close()
 
     def get_many(self, table: str, keys: Iterable[str]) -> dict[str, Any]:
         keys = list(keys)
         found: dict[str, Any] = {}
         if self._db is not None and keys:
             assert table in _TABLES
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk)
-                found.update((key, json.loads(value)) for key, value in rows)
+            try:
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk)
+                    found.update((key, json.loads(value)) for key, value in rows)
+            except (sqlite3.DatabaseError, ValueError) as exc:  # damaged since it was opened
+                warn(f"the cache {self.path} cannot be read ({exc}); going on without it")
+                self.close()
+                found.clear()
         self.hits += len(found)
         self.misses += len(keys) - len(found)
         return found
 
     def put_many(self, table: str, items: dict[str, Any]) -> None:
-        """Store all items in one transaction: after a crash either all of them are there or none."""
-        if self._db is None or not items:
+        """Store all items in one transaction: after a crash either all of them are there or none.
+
+        A cache that cannot be written (its disk is full, its file is read-only) is a warning, not a failure:
+        the run goes on without storing what it computes."""
+        if self._db is None or not items or not self.writable:
             return
         assert table in _TABLES
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO {table} (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in items.items()],
-            )
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    f"INSERT OR REPLACE INTO {table} (key, value) VALUES (?, ?)",
+                    [(k, json.dumps(v)) for k, v in items.items()],
+                )
+        except sqlite3.OperationalError as exc:  # "database or disk is full", "attempt to write a readonly ..."
+            self.writable = False
+            warn(f"the cache {self.path} cannot be written ({exc}); going on without storing captions")
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
-            self._db = None
+        self._db = None

@@ -8,9 +8,9 @@ import re
 import sys
 from collections.abc import Sequence
 
-from sgid import __version__
+from sgid import __version__, interrupt
 from sgid.commands import command_modules
-from sgid.errors import SgidError
+from sgid.errors import DISK_FULL, SgidError, is_disk_full
 from sgid.progress import end_lines
 
 
@@ -38,12 +38,28 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 2 a problem the user can fix (one line), 1 no space left to write
+    (one line; rerun to resume), 130/143 stopped by SIGINT/SIGTERM (one line; rerun to resume)."""
     try:
-        args = build_parser().parse_args(argv)
-        return int(args.run(args) or 0)
+        with interrupt.handlers():
+            args = build_parser().parse_args(argv)
+            return int(args.run(args) or 0)
     except SgidError as exc:
+        end_lines()  # a full disk or a bad file found mid-run: the line starts on a line of its own
         lines = [f"sgid: error: {exc}", *(f"  - {line}" for line in exc.details)]
         print("\n".join(lines), file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        # a store that knows what it kept says so itself (DiskFullError); anything else writes whole files only
+        end_lines()
+        where = f" on {exc.filename}" if exc.filename else ""
+        print(f"sgid: error: no space left{where} ({DISK_FULL.get(exc.errno or 0)}); rerun to resume", file=sys.stderr)
+        return 1
+    except interrupt.Interrupted as exc:
+        end_lines()
+        print(f"sgid: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         end_lines()  # close any progress bar first: the line below starts on a line of its own

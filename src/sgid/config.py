@@ -20,6 +20,7 @@ from sgid.stages.prompt import DEFAULT_LABEL_TEMPLATE, PROMPT_MODES
 from sgid.stages.score import SIMILARITY_MODES
 
 CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
+ON_FLAGGED = ("drop", "retry")
 
 #: Settings that do not change what a run produces; they may differ when a run is resumed.
 EXECUTION_ONLY = frozenset(
@@ -54,6 +55,8 @@ class AugmentConfig:
     backend: str | None = None  # the --sd-model's family (sgid.backends); None: found from its configs
     instruct_model: str | None = None
     safety_checker: bool = False
+    on_flagged: str = "drop"  # what a flagged image gets: dropped (listed), or made again with the next seed
+    flagged_tries: int = 3  # --on-flagged retry: tries in all, the first included
     device: str = "auto"
     dtype: str = "auto"
     # step 1: captions and similarity (§3.1)
@@ -120,6 +123,10 @@ class AugmentConfig:
         _check(self.max_pixels, "--max-pixels", lambda v: v >= 1, "must be >= 1")
         _check(self.min_side, "--min-side", lambda v: v >= 1, "must be >= 1")
         _choice(self.caption, "--caption", CAPTION_STRATEGIES)
+        _choice(self.on_flagged, "--on-flagged", ON_FLAGGED)
+        _check(self.flagged_tries, "--flagged-tries", lambda v: v >= 1, "must be >= 1")
+        if self.on_flagged == "retry" and not self.safety_checker:
+            raise SgidError("--on-flagged retry needs --safety-checker (without it nothing is flagged)")
         _choice(self.prompt, "--prompt", PROMPT_MODES)
         _choice(self.similarity, "--similarity", SIMILARITY_MODES)
         if self.preset is not None:
@@ -214,6 +221,8 @@ class AugmentConfig:
         for name in EXECUTION_ONLY:
             data.pop(name, None)
         data["input_dir"] = str(Path(self.input_dir).resolve())
+        if self.on_flagged == "drop":  # what every run did before --on-flagged: such runs resume as they were
+            del data["on_flagged"], data["flagged_tries"]
         # learned weights are identified by content, so retrained ones at the same path are a new run
         if self.concepts is not None:
             from sgid.concepts import concepts_fingerprint

@@ -1,21 +1,42 @@
 """The input: a folder with one subfolder per class (torchvision ``ImageFolder`` convention).
 
-Files are listed, not read, here; reading happens image by image so one bad file never stops a run.
-Hidden files and folders (name starting with ``.``) and files directly in the root are ignored. A class folder
-without any image file is left out of the classes (every command alike) and listed in ``Listing.empty`` and,
-with the reason, in ``Listing.skipped``.
+Files are listed, not read, here; reading happens image by image so one bad file never stops a run. Listing
+streams (``os.scandir``, one folder at a time, nothing opened) and shows a count as it goes. Every entry under
+the input is used or listed with a reason in ``Listing.skipped`` (and so in ``errors.jsonl``), except names
+starting with ``.`` (hidden files and folders, ``.DS_Store``, ``.ipynb_checkpoints``), which are ignored. A
+class folder without any image file is left out of the classes (every command alike) and listed in
+``Listing.empty`` and in ``Listing.skipped``.
+
+Hostile trees (docs/reliability.md, "Input folders"):
+
+* **Symbolic links are followed**, wherever they point (a dataset of links into a shared image store is common;
+  sgid only reads through them). A folder reached a second time (a loop back to a parent, or two links to one
+  folder) is listed once and not entered again; a link whose target is missing is listed.
+* Folders that cannot be listed and files that are not regular files (FIFOs, sockets, devices: never opened)
+  are listed; files that cannot be read are listed when they are read.
+* **Names that are not valid UTF-8** (possible on Linux) get a *portable name*: each byte that is not UTF-8
+  becomes ``%XX`` and ``%`` becomes ``%25`` (:func:`portable_name`). Class names, relative paths, manifests and
+  output files use it, so everything sgid writes is valid UTF-8; :func:`locate` finds the file again from it.
+  Valid names (newlines, leading dashes, any script) are used as they are.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import errno
+import io
+import os
+import re
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sgid import interrupt
 from sgid.errors import SgidError
 from sgid.images import IMAGE_EXTENSIONS
-from sgid.manifest import MANIFEST, RUN_FILE, default_label
+from sgid.manifest import MANIFEST, RUN_FILE, default_label, loads
+from sgid.progress import counter
 
 __all__ = [
     "EMPTY_CLASS",
@@ -24,6 +45,8 @@ __all__ = [
     "default_label",
     "empty_classes_note",
     "is_run_dir",
+    "locate",
+    "portable_name",
     "read_label_names",
     "scan",
     "scan_run",
@@ -66,28 +89,41 @@ def empty_classes_note(root: Path, empty: tuple[str, ...]) -> str:
 
 
 def read_label_names(path: Path) -> dict[str, str]:
-    """Read a label-names file: JSON ``{"folder": "label text"}`` or CSV with two columns (folder, label)."""
+    """Read a label-names file: JSON ``{"folder": "label text"}`` or CSV/TSV with two columns (folder, label),
+    with an optional ``folder,label`` (or ``class,label``) header. UTF-8 (a byte-order mark is fine), any line
+    ends. Anything else is a one-line :class:`SgidError` naming the file (and the row)."""
+    path = Path(path)
     if not path.is_file():
         raise SgidError(f"label-names file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SgidError(f"label-names file {path} is not UTF-8 text (byte {exc.start + 1}); save it as UTF-8") from None
+    except OSError as exc:
+        raise SgidError(f"label-names file {path} cannot be read ({exc.strerror or exc})") from None
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = loads(text)
+        except ValueError as exc:
             raise SgidError(f"label-names file {path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             raise SgidError(f"label-names file {path} must be a JSON object mapping folder names to label text")
         return dict(data)
     if path.suffix.lower() in (".csv", ".tsv"):
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if row and any(row)]
+        try:
+            rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(row)]
+        except csv.Error as exc:
+            raise SgidError(f"label-names file {path} is not valid CSV: {exc}") from None
         if rows and [c.strip().lower() for c in rows[0][:2]] in (["folder", "label"], ["class", "label"]):
             rows = rows[1:]
         mapping: dict[str, str] = {}
         for number, row in enumerate(rows, start=1):
             if len(row) < 2:
                 raise SgidError(f"label-names file {path}, row {number}: expected 'folder,label'")
-            mapping[row[0].strip()] = row[1].strip()
+            folder, label = row[0].strip(), row[1].strip()
+            if mapping.setdefault(folder, label) != label:
+                raise SgidError(f"label-names file {path}, row {number}: {folder!r} is named twice, differently")
         return mapping
     raise SgidError(f"label-names file {path} must end in .json, .csv or .tsv")
 
@@ -96,8 +132,41 @@ def is_run_dir(root: Path) -> bool:
     return (root / RUN_FILE).is_file() and (root / MANIFEST).is_file()
 
 
-def scan(root: Path, label_names: dict[str, str] | None = None) -> Listing:
-    """List the labelled images under ``root`` (an ImageFolder, or an earlier sgid run to chain onto)."""
+def portable_name(name: str) -> str:
+    """``name`` as sgid writes it: unchanged when it is valid UTF-8; otherwise every byte that is not UTF-8 as
+    ``%XX`` (upper-case hex) and ``%`` as ``%25``, so that the result is valid UTF-8 and maps back to the bytes.
+
+    >>> portable_name("chat-noir.png"), portable_name("100%.png")
+    ('chat-noir.png', '100%.png')
+    >>> portable_name(os.fsdecode(b"caf\\xe9 100%.png"))  # Latin-1 bytes: not UTF-8
+    'caf%E9 100%25.png'
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else "%25" if c == "%" else c for c in name)
+
+
+def locate(root: Path, relpath: str) -> Path:
+    """The file or folder under ``root`` that :func:`scan` named ``relpath`` (a relative path made of portable
+    names): each part is taken as it is when it exists, else with its ``%XX`` escapes turned back into bytes."""
+    path = Path(root)
+    for part in relpath.split("/"):
+        literal = path / part
+        if os.path.lexists(literal) or "%" not in part:
+            path = literal
+            continue
+        raw = re.sub(rb"%([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), part.encode("utf-8"))
+        path = path / os.fsdecode(raw)
+    return path
+
+
+def scan(root: Path, label_names: dict[str, str] | None = None, *, progress: bool = False) -> Listing:
+    """List the labelled images under ``root`` (an ImageFolder, or an earlier sgid run to chain onto).
+
+    ``progress``: show a running count of the entries listed (on stderr)."""
     root = Path(root)
     if not root.exists():
         raise SgidError(f"input folder not found: {root}")
@@ -105,52 +174,142 @@ def scan(root: Path, label_names: dict[str, str] | None = None) -> Listing:
         raise SgidError(f"input is not a folder: {root}")
     if is_run_dir(root):
         return scan_run(root, label_names)
-    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-    if not class_dirs:
-        raise SgidError(f"no class folders in {root}: expected one subfolder per class (e.g. {root}/cat/1.jpg)")
-    names = label_names or {}
-    unknown = sorted(set(names) - {p.name for p in class_dirs})
-    if unknown:
-        raise SgidError(f"label-names file names folders that do not exist in {root}: {', '.join(unknown)}")
-    labels = {p.name: names.get(p.name) or default_label(p.name) for p in class_dirs}
-    sources: list[Source] = []
-    skipped: list[tuple[str, str]] = []
-    for class_dir in class_dirs:
-        for path in _walk_files(class_dir):
-            relpath = path.relative_to(root).as_posix()
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped.append((relpath, f"not an image file (extension {path.suffix or 'none'!r})"))
-                continue
-            sources.append(
-                Source(
-                    path=path.resolve(),
-                    relpath=relpath,
-                    class_name=class_dir.name,
-                    label=labels[class_dir.name],
-                )
-            )
+    walker = _Walker(root, progress)
+    try:
+        top = walker.entries(walker.root, "")
+        if top is None:
+            raise SgidError(f"cannot list the input folder {root}: {walker.skipped[0][1]}")
+        class_dirs = [(name, path) for name, path, kind in top if kind == "dir" and walker.enter(path, name)]
+        walker.skipped += [(name, _OUTSIDE) for name, _, kind in top if kind == "file"]
+        if not class_dirs:
+            raise SgidError(f"no class folders in {root}: expected one subfolder per class (e.g. {root}/cat/1.jpg)")
+        names = label_names or {}
+        unknown = sorted(set(names) - {name for name, _ in class_dirs})
+        if unknown:
+            raise SgidError(f"label-names file names folders that do not exist in {root}: {', '.join(unknown)}")
+        labels = {name: names.get(name) or default_label(name) for name, _ in class_dirs}
+        sources: list[Source] = []
+        for class_name, class_dir in class_dirs:
+            for relpath, path in walker.files(class_dir, class_name):
+                suffix = os.path.splitext(relpath)[1]
+                if suffix.lower() not in IMAGE_EXTENSIONS:
+                    walker.skipped.append((relpath, f"not an image file (extension {suffix or 'none'!r})"))
+                    continue
+                sources.append(Source(path, relpath, class_name, labels[class_name]))
+    finally:
+        walker.close()
     sources.sort(key=lambda s: s.relpath)
     if not sources:
         raise SgidError(f"no image files found under {root}")
     found = {s.class_name for s in sources}
-    empty = tuple(p.name for p in class_dirs if p.name not in found)
-    skipped.extend((f"{name}/", EMPTY_CLASS) for name in empty)
+    empty = tuple(name for name, _ in class_dirs if name not in found)
+    skipped = walker.skipped + [(f"{name}/", EMPTY_CLASS) for name in empty]
     skipped.sort()
-    classes = tuple(p.name for p in class_dirs if p.name in found)
+    classes = tuple(name for name, _ in class_dirs if name in found)
     return Listing(tuple(sources), tuple(skipped), classes, {c: labels[c] for c in classes}, empty)
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Non-hidden files below ``folder`` (recursively, like ImageFolder), sorted."""
-    found: list[Path] = []
-    for path in sorted(folder.iterdir(), key=lambda p: p.name):
-        if path.name.startswith("."):
-            continue
-        if path.is_dir():
-            found.extend(_walk_files(path))
-        elif path.is_file():
-            found.append(path)
-    return found
+_OUTSIDE = "a file outside any class folder; not used"
+
+
+class _Walker:
+    """Lists a tree one folder at a time: symbolic links followed, each folder entered once, every entry that is
+    not used listed with its reason in ``skipped``."""
+
+    def __init__(self, root: Path, progress: bool) -> None:
+        self.root = Path(os.path.abspath(root))
+        self.skipped: list[tuple[str, str]] = []
+        self._seen: dict[tuple[int, int], str] = {}  # (device, inode) of every folder entered -> its relpath
+        self._count = counter("listing the input", "entries", quiet=not progress)
+        self.enter(self.root, "")
+
+    def close(self) -> None:
+        self._count.close()
+
+    def enter(self, folder: Path, relpath: str) -> bool:
+        """True the first time ``folder`` (its device and inode) is reached; otherwise it is listed, not entered."""
+        try:
+            info = os.stat(folder)
+        except OSError as exc:
+            self.skipped.append((f"{relpath}/", f"unreadable folder: {exc.strerror or exc}"))
+            return False
+        first = self._seen.setdefault((info.st_dev, info.st_ino), relpath)
+        if first == relpath:
+            return True
+        shown = f"{first}/" if first else "the input folder"
+        if not first or relpath.startswith(f"{first}/"):
+            why = f"a symbolic link loop back to {shown}; not followed"
+        else:
+            why = f"the same folder as {shown} (reached through a symbolic link); listed once"
+        self.skipped.append((f"{relpath}/", why))
+        return False
+
+    def entries(self, folder: Path, relpath: str) -> list[tuple[str, Path, str]] | None:
+        """(relpath, path, "dir" | "file") of ``folder``'s usable entries, sorted by name; the others are listed.
+        None when the folder cannot be listed."""
+        prefix = f"{relpath}/" if relpath else ""
+        found: list[tuple[str, Path, str]] = []
+        names: dict[str, str] = {}  # portable name -> the name on disk
+        try:
+            with os.scandir(folder) as listing:
+                raw = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            self.skipped.append((f"{relpath}/" if relpath else "./", f"unreadable folder: {exc.strerror or exc}"))
+            return None
+        for entry in raw:
+            interrupt.check()
+            self._count.update(1)
+            if entry.name.startswith("."):
+                continue
+            name = portable_name(entry.name)
+            rel = prefix + name
+            if names.setdefault(name, entry.name) != entry.name:
+                shown = prefix + os.fsencode(entry.name).decode("utf-8", "backslashreplace")
+                why = f"its name is not UTF-8, and written as {name!r} it is another file's name; rename one of them"
+                self.skipped.append((shown, why))
+                continue
+            kind, why = _kind(entry)
+            if kind is None:
+                self.skipped.append((rel, why))
+            else:
+                found.append((rel, Path(entry.path), kind))
+        return found
+
+    def files(self, folder: Path, relpath: str) -> Iterator[tuple[str, Path]]:
+        """Every file below ``folder`` (depth first, sorted by name), each folder entered once."""
+        entries = self.entries(folder, relpath)
+        for rel, path, kind in entries or []:
+            if kind == "file":
+                yield rel, path
+            elif self.enter(path, rel):
+                yield from self.files(path, rel)
+
+
+def _kind(entry: os.DirEntry[str]) -> tuple[str | None, str]:
+    """("dir" | "file", "") for an entry to use, (None, why) for one to list: symbolic links are followed. The
+    file type comes from the folder listing itself; only links and odd entries cost a ``stat``."""
+    try:
+        if entry.is_dir():
+            return "dir", ""
+        if entry.is_file():
+            return "file", ""
+        if entry.is_symlink():
+            os.stat(entry.path)  # raises: the reason below
+        mode = entry.stat(follow_symlinks=True).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "a symbolic link loop (the link leads back to itself); not followed"
+        if exc.errno == errno.ENOENT:
+            return None, "a broken symbolic link (its target does not exist)"
+        return None, f"unreadable: {exc.strerror or exc}"
+    return None, f"not a regular file ({_special(mode)}); never opened"
+
+
+def _special(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device")):
+        if test(mode):
+            return name
+    return "a block device" if stat.S_ISBLK(mode) else "not a file"
 
 
 def scan_run(root: Path, label_names: dict[str, str] | None = None) -> Listing:

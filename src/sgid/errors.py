@@ -7,7 +7,10 @@ Python API lets it propagate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import errno
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -33,6 +36,40 @@ class ModelLoadError(SgidError):
 
 class RunDirError(SgidError):
     """The output directory holds a different run or something that is not an sgid run."""
+
+
+class DiskFullError(SgidError):
+    """The disk (or a quota, or the file-size limit) ran out while writing; nothing written is lost, and
+    rerunning the same command once there is space resumes. Exit code 1: not a usage error."""
+
+    exit_code = 1
+
+
+#: errno values that mean "no room to write" (no space, file too large for RLIMIT_FSIZE, quota exceeded),
+#: with how the one-line message says it.
+DISK_FULL = {
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "the file size limit is reached",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
+
+
+@contextmanager
+def disk_full_is_one_line(where: Path, kept: Callable[[], str]) -> Iterator[None]:
+    """Turn running out of space while writing into ``where`` into one :class:`DiskFullError` line:
+    ``no space left on WHERE (reason); KEPT, rerun to resume``; ``kept()`` says what is safe on disk."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(
+            f"no space left on {where} ({DISK_FULL.get(exc.errno or 0)}); {kept()}, rerun to resume"
+        ) from None
 
 
 class MissingDependencyError(SgidError, ImportError):

@@ -17,11 +17,12 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
 
+from sgid import interrupt
 from sgid.config import AugmentConfig
 from sgid.errors import SgidError
 from sgid.images import ImageError, LoadedImage, load_rgb, png_bytes, resize
@@ -30,7 +31,8 @@ from sgid.methods import METHODS, Method
 from sgid.models.loading import ModelChoice
 from sgid.plan import Batch, CaptionTask, ScoreTask, Shard, Task, WorkItem
 from sgid.sample import COPY, Sample
-from sgid.stages.bundle import PARTS, Stages, load_stages, runs_diffusion
+from sgid.seeding import derive_seed
+from sgid.stages.bundle import PARTS, Outputs, Stages, load_stages, runs_diffusion
 
 FLAGGED = "the safety checker flagged the generated image (blacked out); not kept"
 
@@ -131,18 +133,50 @@ class Worker:
             pixels = reader.submit(self._pixels, batches[0]) if batches else None
             finishing: collections.deque[Future[list[ItemResult]]] = collections.deque()
             for number, batch in enumerate(batches):
+                if interrupt.stop_requested():
+                    break  # in the driver only (sgid.interrupt): finish the batches in flight, start no other
                 assert pixels is not None
                 ready = pixels.result()
                 if number + 1 < len(batches):
                     pixels = reader.submit(self._pixels, batches[number + 1])
-                outputs = (
-                    self._copies(batch) if batch.kind == COPY else stages.generate(batch.samples, ready, batch.size)
-                )
-                finishing.append(encoder.submit(self._finish, batch, outputs, stages))
+                flagged: list[tuple[int, ...]]
+                if batch.kind == COPY:
+                    outputs, flagged = self._copies(batch), [()] * len(batch.items)
+                else:
+                    batch, outputs, flagged = self._generate(stages, batch, ready)
+                finishing.append(encoder.submit(self._finish, batch, outputs, stages, flagged))
                 while finishing and finishing[0].done():
                     yield from finishing.popleft().result()
             while finishing:
                 yield from finishing.popleft().result()
+
+    def _generate(
+        self, stages: Stages, batch: Batch, pixels: list[Image.Image] | None
+    ) -> tuple[Batch, Outputs, list[tuple[int, ...]]]:
+        """Generate a batch; with ``--on-flagged retry``, the items the safety checker flags are made again (as a
+        batch of their own, every flagged item of the batch, so that the result never depends on what was done
+        before) with the next derived seed, up to ``--flagged-tries`` tries in all. Returns the batch (the items'
+        final seeds), the outputs and, per item, the seeds that were flagged."""
+        outputs = stages.generate(batch.samples, pixels, batch.size)
+        flagged: list[tuple[int, ...]] = [()] * len(batch.items)
+        if self.config.on_flagged != "retry":
+            return batch, outputs, flagged
+        items = list(batch.items)
+        for attempt in range(1, self.config.flagged_tries):
+            again = [i for i, (_, is_flagged) in enumerate(outputs) if is_flagged]
+            if not again:
+                break
+            for i in again:
+                flagged[i] = (*flagged[i], items[i].sample.seed)
+                seed = derive_seed(batch.items[i].sample.seed, "flagged", attempt)
+                items[i] = replace(items[i], sample=replace(items[i].sample, seed=seed))
+            retry = stages.generate([items[i].sample for i in again], _pick(pixels, again), batch.size)
+            for i, output in zip(again, retry, strict=True):
+                outputs[i] = output
+        for i, (_, is_flagged) in enumerate(outputs):
+            if is_flagged:  # the last try too
+                flagged[i] = (*flagged[i], items[i].sample.seed)
+        return replace(batch, items=tuple(items)), outputs, flagged
 
     def _copies(self, batch: Batch) -> list[tuple[Image.Image, bool]]:
         """The images a batch of copy items copies (retrieval: the pool images planned for them)."""
@@ -166,19 +200,24 @@ class Worker:
             images.append(resize(self._load(sample.source.path, sample.info.sha256, sample.source.relpath), batch.size))
         return images
 
-    def _finish(self, batch: Batch, outputs: list[tuple[Image.Image, bool]], stages: Stages) -> list[ItemResult]:
+    def _finish(
+        self, batch: Batch, outputs: Outputs, stages: Stages, flagged_seeds: list[tuple[int, ...]]
+    ) -> list[ItemResult]:
         results = []
-        for item, (image, flagged) in zip(batch.items, outputs, strict=True):
+        for item, (image, flagged), seeds in zip(batch.items, outputs, flagged_seeds, strict=True):
             if not item.wanted:
                 continue  # done before; made again only so that its batch-mates are the same
             if flagged:
-                results.append(ItemResult(item.key, error=error_row(item.sample, self.method.name, FLAGGED)))
+                error = error_row(item.sample, self.method.name, flagged_reason(self.config, seeds))
+                if self.config.on_flagged == "retry":
+                    error = replace(error, details={"flagged_seeds": list(seeds)})
+                results.append(ItemResult(item.key, error=error))
                 continue
             produced = image.size
             info = item.sample.info
             if self.method.resize_to_source and info is not None and not self.config.keep_generation_size:
                 image = resize(image, info.size)
-            row = manifest_row(self.config, self.method, stages, item, image.size, produced)
+            row = manifest_row(self.config, self.method, stages, item, image.size, produced, seeds)
             results.append(ItemResult(item.key, row=row, png=png_bytes(image)))
         return results
 
@@ -186,6 +225,17 @@ class Worker:
 def _same_file(loaded: LoadedImage, sha256: str, relpath: str) -> None:
     if loaded.sha256 != sha256:
         raise SgidError(f"{relpath} changed while the run was going; rerun to pick it up")
+
+
+def flagged_reason(c: AugmentConfig, seeds: tuple[int, ...]) -> str:
+    if c.on_flagged != "retry":
+        return FLAGGED
+    tries = f"{len(seeds)} tr{'y' if len(seeds) == 1 else 'ies'}"
+    return f"the safety checker flagged every try ({tries}, seeds {', '.join(map(str, seeds))}); not kept"
+
+
+def _pick(pixels: list[Image.Image] | None, indices: list[int]) -> list[Image.Image] | None:
+    return None if pixels is None else [pixels[i] for i in indices]
 
 
 def error_row(sample: Sample, method: str, reason: str) -> ErrorRow:
@@ -199,7 +249,13 @@ def denoising_steps(sample: Sample, steps: int) -> int | None:
 
 
 def manifest_row(
-    c: AugmentConfig, method: Method, stages: Stages, item: WorkItem, size: tuple[int, int], produced: tuple[int, int]
+    c: AugmentConfig,
+    method: Method,
+    stages: Stages,
+    item: WorkItem,
+    size: tuple[int, int],
+    produced: tuple[int, int],
+    flagged_seeds: tuple[int, ...] = (),
 ) -> ManifestRow:
     """The manifest row of a generated image: provenance, every choice made for it, and the models."""
     sample = item.sample
@@ -236,6 +292,8 @@ def manifest_row(
         "backend": stages.backend(sample.kind) if runs_diffusion(sample.kind) else None,
         "safety_checker": c.safety_checker,
     }
+    if c.on_flagged == "retry":  # every seed the safety checker flagged before this image's (``seed``)
+        details.update(on_flagged=c.on_flagged, flagged_seeds=list(flagged_seeds))
     if source.origin is not None or source.chain:  # chained onto an earlier run
         details.update(
             parent=source.relpath,

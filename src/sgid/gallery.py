@@ -13,6 +13,7 @@ from typing import Any
 
 from PIL import Image
 
+from sgid.dataset import locate
 from sgid.images import ImageError, load_rgb
 from sgid.manifest import ManifestRow, read_run
 
@@ -46,7 +47,7 @@ def render_gallery(run_dir: Path, input_dir: Path, *, title: str = "sgid augment
     sections = []
     for source in sorted(by_source):
         try:
-            original: Image.Image | None = load_rgb(input_dir / source).image if source else None
+            original: Image.Image | None = load_rgb(locate(input_dir, source)).image if source else None
         except ImageError:
             original = None
         cells = [_figure(original, [("original", source)])] if source else []

@@ -73,6 +73,8 @@ def load_rgb(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int 
         raise ImageError("not an image Pillow can read (unknown format or corrupt header)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated image: {exc}") from None
+    except Exception as exc:  # a malformed file can fail inside a decoder in other ways (struct.error, IndexError …)
+        raise ImageError(f"corrupt image ({type(exc).__name__}: {exc})") from None
     if min(image.size) < min_side:
         raise ImageError(
             f"image too small: {image.width}x{image.height}; both sides must be at least {min_side} pixels"
@@ -111,7 +113,9 @@ def to_rgb8(image: Image.Image) -> Image.Image:
         return Image.fromarray(array, mode="L").convert("RGB")
     if mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        top = 1.0 if array.max() <= 1.0 else 255.0
+        finite = array[np.isfinite(array)]
+        top = 1.0 if finite.size == 0 or finite.max() <= 1.0 else 255.0
+        array = np.nan_to_num(array, nan=0.0, posinf=top, neginf=0.0)  # NaN black, infinities at the ends
         array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
     if mode == "P":

@@ -21,6 +21,7 @@ naming the file and line.
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sgid.errors import SgidError
+from sgid.progress import warn
 
 RUN_FILE = "run.json"
 MANIFEST = "metadata.jsonl"
@@ -36,8 +38,36 @@ ORIGINAL = "original"  # the method name of rows that are copies of real images 
 
 
 def dumps(row: Mapping[str, Any]) -> str:
-    """One JSON line as sgid writes it (UTF-8 text, no NaN)."""
-    return json.dumps(dict(row), ensure_ascii=False, allow_nan=False)
+    """One JSON line as sgid writes it (UTF-8 text, no NaN).
+
+    A path that is not valid UTF-8 (possible on Linux) reaches Python as text with lone surrogates
+    (``os.fsdecode``'s surrogateescape); such a line is written with ``\\u`` escapes instead, which is valid
+    JSON and valid UTF-8, and reads back (``json.loads``) as the same text, which ``os.fsencode`` turns back
+    into the original bytes:
+
+    >>> import os
+    >>> name = os.fsdecode(b"cat/\\xff.png")  # what os.listdir gives for a name with the byte 0xff
+    >>> dumps({"source": name})
+    '{"source": "cat/\\\\udcff.png"}'
+    >>> os.fsencode(json.loads(dumps({"source": name}))["source"])
+    b'cat/\\xff.png'
+    """
+    data = dict(row)
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads`` for data sgid did not write: any failure (not JSON, not UTF-8, nested too deeply) is a
+    ``ValueError``."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def default_label(class_name: str) -> str:
@@ -219,14 +249,25 @@ def read_run(path: str | Path) -> RunRecord:
     if not root.is_dir():
         raise SgidError(f"not a folder: {root}")
     manifest = root / MANIFEST
+    writing = being_written(root)
     if not manifest.is_file():
+        if writing:
+            raise SgidError(
+                f"{root} is being written by a running sgid augment and has no manifest yet (one is written every "
+                f"30 s and at the end); wait for it, or stop it (Ctrl-C writes one)"
+            )
         raise SgidError(f"{root} is not an sgid augment run: it has no {MANIFEST}")
-    rows = tuple(_read_lines(manifest, ManifestRow.from_json))
+    rows = tuple(_read_lines(manifest, ManifestRow.from_json))  # the last complete one: it is replaced whole
     seen: set[str] = set()
     for number, row in enumerate(rows, start=1):
         if row.file_name in seen:
             raise SgidError(f"{manifest}: {row.file_name} is listed twice (row {number})")
         seen.add(row.file_name)
+    if writing and root.resolve() not in _warned_writing:
+        _warned_writing.add(root.resolve())
+        warn(
+            f"{root} is being written by a running sgid augment: using its last complete manifest ({len(rows)} images)"
+        )
     errors = root / ERRORS
     return RunRecord(
         root,
@@ -236,13 +277,34 @@ def read_run(path: str | Path) -> RunRecord:
     )
 
 
+#: The lock file of a run folder, held (``flock``) by the one process writing it.
+WRITER_LOCK = ".sgid-lock"
+_warned_writing: set[Path] = set()
+
+
+def being_written(folder: Path) -> bool:
+    """True while a process holds ``folder``'s writer lock (a running ``sgid augment``). Readers never wait for
+    it: manifests and images are replaced whole, so the last complete manifest is always a consistent view."""
+    try:
+        handle = open(Path(folder) / WRITER_LOCK, "rb")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
 def read_run_info(path: Path) -> dict[str, Any]:
     """``run.json`` as a dict ({} when absent); unreadable or not an object is an error."""
     if not path.is_file():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        info = loads(path.read_bytes().decode("utf-8-sig"))
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, nested too deeply
         raise SgidError(f"{path} is unreadable ({exc})") from None
     if not isinstance(info, dict):
         raise SgidError(f"{path} is not an sgid run file")
@@ -257,26 +319,33 @@ def recorded_input_dir(info: Mapping[str, Any]) -> Path | None:
 
 
 def _read_lines(path: Path, parse: Any, *, lenient: bool = False) -> Iterator[Any]:
-    """Parsed rows of a JSON-lines file; blank lines are skipped. ``lenient``: skip lines that do not parse."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SgidError(f"{path} is unreadable ({exc})") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
+    """Parsed rows of a JSON-lines file (see :func:`json_lines`). ``lenient``: skip lines that do not parse."""
+    for number, data in json_lines(path, lenient=lenient):
         try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lenient:
-                continue
-            raise SgidError(f"{where}: not JSON ({exc.msg})") from None
-        try:
-            yield parse(data, where)
+            yield parse(data, f"{path}, line {number}")
         except SgidError:
             if not lenient:
                 raise
+
+
+def json_lines(path: Path, *, lenient: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) of every non-blank line of a JSON-lines file written by anyone: UTF-8 with or
+    without a byte-order mark, ``\\n`` or ``\\r\\n`` line ends (and nothing else: U+2028 or a form feed inside
+    a string is text, not a line end). A line that is not JSON is a one-line :class:`SgidError` naming the file
+    and line (skipped when ``lenient``); so is a file that cannot be read or is not UTF-8."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SgidError(f"{path} is unreadable ({exc})") from None
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, loads(line)
+        except ValueError as exc:
+            if not lenient:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise SgidError(f"{path}, line {number}: not JSON ({reason})") from None
 
 
 def relative_path(value: Any, name: str, where: str) -> str:

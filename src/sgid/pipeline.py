@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import sys
 import threading
@@ -25,14 +26,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sgid import __version__
+from sgid import __version__, interrupt
 from sgid.cache import Cache, cache_key
 from sgid.config import AugmentConfig
 from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
 from sgid.engines import ENGINES, Engine
-from sgid.errors import SgidError
+from sgid.errors import SgidError, disk_full_is_one_line
 from sgid.execute import ItemResult, Worker, WorkerSpec
 from sgid.images import ImageError, LoadedImage, load_rgb, probe_size
+from sgid.interrupt import Interrupted, signal_name
 from sgid.manifest import ErrorRow
 from sgid.methods import (
     METHODS,
@@ -73,7 +75,7 @@ from sgid.plan import (
     shards_of,
     target_size,
 )
-from sgid.progress import bar, note, warn
+from sgid.progress import bar, counted, note, warn
 from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
@@ -193,44 +195,33 @@ class Augmenter:
     def run(self) -> RunSummary:
         c = self.config
         started = time.monotonic()
-        # 1. Check inputs (no model is loaded before this passes)
-        listing, choice, store = self._check()
-        finished = self._finished_run(listing, store, started)
-        if finished is not None:  # a rerun of a finished run: no model is loaded
-            note(f"nothing to do: every image of this run is already in {c.out_dir}", c.quiet)
-            return finished
-        engine = self._engine()
-        driver = Worker(WorkerSpec(c, choice), self._stages)
-        engine.start(driver.spec, driver)  # joins or starts a cluster; options it cannot meet fail here
-        try:
-            # 2. Load the driver's models, failing before any work when weights are missing
-            self._load(driver, engine)
-            self._announce(listing, store, choice)  # the models are there: now the long part, said first
-            cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
-            with store.session():
-                done_before = len(store.rows)
-                store.input_errors = [ErrorRow(rel, None, why) for rel, why in listing.skipped]
-                # 3. Plan: lay out every item, read and caption what the work needs, plan it
-                layout, sizes_errors = self._lay_out(listing, driver, engine.workers)
-                store.input_errors += sizes_errors
-                needed = self._sources_needed(layout, store)
-                infos, read_errors = self._read_and_caption(listing, layout, needed, engine, driver, cache)
-                store.input_errors += read_errors
-                context = self._context(listing, infos, driver)
-                store.input_errors += context.prepared.get("notes", [])
-                work = self._plan_work(layout, context, store)
-                work = self._score_chosen_captions(work, engine, driver, cache)
-                # 4. Execute and write: the engine runs the shards, the writer commits what comes back
-                generated = self._generate(layout, work, engine, store)
-                if c.include_originals:
-                    self._write_originals(listing, infos, store)
-                store.write_manifests()
-                failed = len(store.input_errors) + len(store.output_errors)
-                total = len(store.rows)
-            cache.close()
-        finally:
-            engine.close()
-        return RunSummary(c.out_dir, generated, done_before, failed, total, time.monotonic() - started)
+        with interrupt.graceful():  # a first SIGTERM/SIGINT stops at the next clean point (sgid.interrupt)
+            # 1. Check inputs (no model is loaded before this passes)
+            listing, choice, store = self._check()
+            finished = self._finished_run(listing, store, started)
+            if finished is not None:  # a rerun of a finished run: no model is loaded
+                note(f"nothing to do: every image of this run is already in {c.out_dir}", c.quiet)
+                return finished
+            engine = self._engine()
+            driver = Worker(WorkerSpec(c, choice), self._stages)
+            engine.start(driver.spec, driver)  # joins or starts a cluster; options it cannot meet fail here
+            interrupt.reassert()  # ray.init puts in a SIGTERM handler of its own
+            try:
+                # 2. Load the driver's models, failing before any work when weights are missing
+                self._load(driver, engine)
+                self._announce(listing, store, choice)  # the models are there: now the long part, said first
+                interrupt.check()
+                cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
+                try:
+                    kept = lambda: counted(len(store.rows), "image", "images") + " kept"  # noqa: E731
+                    with disk_full_is_one_line(c.out_dir, kept):
+                        done_before, generated = self._run_in(store, listing, engine, driver, cache)
+                finally:
+                    cache.close()
+            finally:
+                engine.close()
+        failed = len(store.input_errors) + len(store.output_errors)
+        return RunSummary(c.out_dir, generated, done_before, failed, len(store.rows), time.monotonic() - started)
 
     def _finished_run(self, listing: Listing, store: RunStore, started: float) -> RunSummary | None:
         """The summary of a run that has nothing left to do (every item finished and listed in metadata.jsonl,
@@ -299,10 +290,47 @@ class Augmenter:
             raise SgidError(f"--engine {self.config.engine} loads its own models; stages cannot be handed in")
         return engine
 
+    def _run_in(
+        self, store: RunStore, listing: Listing, engine: Engine, driver: Worker, cache: Cache
+    ) -> tuple[int, int]:
+        """Plan, execute and write with OUT open; (images done before, images made now). Whatever stops the
+        run (a signal, a full disk, an error), the finished images are committed and the manifests written."""
+        c = self.config
+        with store.session():
+            done_before = len(store.rows)
+            try:
+                store.input_errors = [ErrorRow(rel, None, why) for rel, why in listing.skipped]
+                # 3. Plan: lay out every item, read and caption what the work needs, plan it
+                layout, sizes_errors = self._lay_out(listing, driver, engine.workers)
+                store.input_errors += sizes_errors
+                needed = self._sources_needed(layout, store)
+                infos, read_errors = self._read_and_caption(listing, layout, needed, engine, driver, cache)
+                store.input_errors += read_errors
+                context = self._context(listing, infos, driver)
+                store.input_errors += context.prepared.get("notes", [])
+                work = self._plan_work(layout, context, store)
+                work = self._score_chosen_captions(work, engine, driver, cache)
+                # 4. Execute and write: the engine runs the shards, the writer commits what comes back
+                generated = self._generate(layout, work, engine, store)
+                interrupt.check()  # the engine stopped early: say so (what it finished is committed)
+                if c.include_originals:
+                    self._write_originals(listing, infos, store)
+            except Interrupted as exc:
+                _write_manifests_after_failure(store)
+                kept = counted(len(store.rows), "image", "images")
+                stopped = f"stopped by {signal_name(exc.signum)}"
+                resume = f"{stopped}; {kept} kept in {c.out_dir}, rerun the same command to resume"
+                raise Interrupted(exc.signum, resume) from None
+            except BaseException:
+                _write_manifests_after_failure(store)
+                raise
+            store.write_manifests()
+        return done_before, generated
+
     def _scan(self) -> Listing:
         c = self.config
         names = read_label_names(c.label_names) if c.label_names else None
-        return scan(c.input_dir, names)
+        return scan(c.input_dir, names, progress=not c.quiet)
 
     def _resolve_models(self) -> ModelChoice:
         c = self.config
@@ -355,6 +383,7 @@ class Augmenter:
         errors: list[ErrorRow] = []
         geometries: dict[str, Geometry] = {}
         for source in listing.sources:
+            interrupt.check()
             try:
                 size = probe_size(source.path, max_pixels=c.max_pixels, min_side=c.min_side)
             except ImageError as exc:
@@ -409,6 +438,7 @@ class Augmenter:
         for number, group in enumerate(
             caption_groups(listing.sources, c.caption_batch_size, lambda s: s.relpath in needed)
         ):
+            interrupt.check()
             # a caption group is captioned whole, so its members never depend on what is done
             members = [s for s in group if s.relpath in (measured if captioning else needed)]
             loaded: list[tuple[Source, LoadedImage]] = []
@@ -443,6 +473,7 @@ class Augmenter:
 
             engine.run(tasks, receive)
             progress.close()
+            interrupt.check()
         for relpath, found in captions.items():
             infos[relpath] = replace(infos[relpath], captions=found)
         return infos, errors
@@ -491,6 +522,7 @@ class Augmenter:
         c = self.config
         work: dict[int, Batch] = {}
         for number, batch in enumerate(layout.batches):
+            interrupt.check()
             if all(store.is_done(s.key) or s.source.relpath not in context.infos for s in batch):
                 continue
             items: list[WorkItem] = []
@@ -548,6 +580,7 @@ class Augmenter:
             tasks = [ScoreTask(n, tuple(chunk)) for n, chunk in enumerate(chunks(requests, SCORE_TASK_SIZE))]
             engine.run(tasks, receive)
             progress.close()
+            interrupt.check()
         batches = {number: list(batch.items) for number, batch in work.items()}
         for (number, i, item), key in zip(unscored, keys, strict=True):
             batches[number][i] = replace(item, sample=self.method.finalize(item.sample, float(known[key])))
@@ -642,14 +675,30 @@ class Committer:
         self.progress.update(1)
 
 
+def _write_manifests_after_failure(store: RunStore) -> None:
+    """Write the manifests of what is finished, when the run stops early; if even that fails (a full disk),
+    the journal still has everything and the next run writes them."""
+    try:
+        store.write_manifests()
+    except OSError:
+        pass
+
+
 def _captions(cached: list[list[Any]]) -> tuple[Caption, ...]:
     return tuple(Caption(text, strategy, similarity) for text, strategy, similarity in cached)
+
+
+#: Bytes an output stem may take: with ``_<k>.png`` and the temporary file's ``.….tmp-PID`` around it, a file
+#: name stays under the 255 bytes file systems allow.
+MAX_STEM_BYTES = 200
 
 
 def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
     """Output stem per source: ``<path inside the class folder>_<method>``, ``/`` turned into ``__``.
 
-    Two sources differing only by extension (``a.jpg``, ``a.png``) keep the extension to stay distinct.
+    Two sources differing only by extension (``a.jpg``, ``a.png``) keep the extension to stay distinct. A stem
+    longer than :data:`MAX_STEM_BYTES` is cut and ends in ``~`` and 8 hex digits of its source's path; so does
+    any stem two sources of a class would otherwise share (``a/b.png`` and ``a__b.png``).
     """
 
     def stem(source: Source, with_ext: bool) -> str:
@@ -657,10 +706,25 @@ def output_names(sources: Sequence[Source], method: str) -> dict[str, str]:
         base = inner if with_ext else inner.rsplit(".", 1)[0]
         return base.replace("/", "__")
 
+    def tagged(base: str, relpath: str, budget: int) -> str:
+        cut = base.encode("utf-8")[: max(0, budget - 9)].decode("utf-8", "ignore")
+        return f"{cut}~{hashlib.sha256(relpath.encode('utf-8')).hexdigest()[:8]}"
+
     plain: dict[tuple[str, str], int] = {}
     for s in sources:
         plain[(s.class_name, stem(s, False))] = plain.get((s.class_name, stem(s, False)), 0) + 1
-    return {s.relpath: f"{stem(s, plain[(s.class_name, stem(s, False))] > 1)}_{method}" for s in sources}
+    budget = MAX_STEM_BYTES - len(f"_{method}".encode())
+    bases = {s.relpath: stem(s, plain[(s.class_name, stem(s, False))] > 1) for s in sources}
+    for s in sources:
+        if len(bases[s.relpath].encode("utf-8")) > budget:
+            bases[s.relpath] = tagged(bases[s.relpath], s.relpath, budget)
+    taken: dict[tuple[str, str], int] = {}
+    for s in sources:
+        taken[(s.class_name, bases[s.relpath])] = taken.get((s.class_name, bases[s.relpath]), 0) + 1
+    for s in sources:
+        if taken[(s.class_name, bases[s.relpath])] > 1:
+            bases[s.relpath] = tagged(bases[s.relpath], s.relpath, budget)
+    return {relpath: f"{base}_{method}" for relpath, base in bases.items()}
 
 
 def _check_out_dir(config: AugmentConfig) -> None:

@@ -18,7 +18,13 @@ from tqdm.auto import tqdm
 LINE_INTERVAL = 30.0  # seconds between two lines of the same bar in a log
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
+COUNT_FORMAT = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}]"
+
 _open: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _tqdm(total: int | None, desc: str, unit: str, quiet: bool, **options: Any) -> Any:
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, dynamic_ncols=True, **options)
 
 
 def stderr_is_terminal() -> bool:
@@ -31,16 +37,7 @@ def stderr_is_terminal() -> bool:
 def bar(total: int, desc: str, unit: str, quiet: bool, *, leave: bool = True) -> Any:
     """A progress bar (``update``, ``set_postfix``, ``set_description_str``, ``close``, context manager)."""
     if stderr_is_terminal() or quiet:
-        progress: Any = tqdm(
-            total=total,
-            desc=desc,
-            unit=unit,
-            disable=quiet,
-            leave=leave,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            bar_format=BAR_FORMAT,
-        )
+        progress: Any = _tqdm(total, desc, unit, quiet, leave=leave, bar_format=BAR_FORMAT)
     else:
         progress = LineProgress(total, desc, unit)
     if not quiet:
@@ -51,8 +48,10 @@ def bar(total: int, desc: str, unit: str, quiet: bool, *, leave: bool = True) ->
 class LineProgress:
     """tqdm's interface, written as whole lines: ``desc: 40/100 img (40%) [12s, 3.33 img/s, eta 18s]``."""
 
-    def __init__(self, total: int, desc: str, unit: str, interval: float = LINE_INTERVAL) -> None:
-        self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
+    def __init__(
+        self, total: int | None, desc: str, unit: str, interval: float = LINE_INTERVAL, delay: float = 0.0
+    ) -> None:
+        self.total, self.desc, self.unit, self.interval, self.delay = total, desc, unit, interval, delay
         self.n = 0
         self.postfix = ""
         self.started = self.last = time.monotonic()
@@ -61,7 +60,7 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self.last >= self.interval and self.n < self.total:
+        if now - self.last >= self.interval and (self.total is None or self.n < self.total):
             self.last = now
             self._write()
 
@@ -74,19 +73,23 @@ class LineProgress:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if self.n:  # a bar that never moved (the work failed at once) says nothing
+            # a bar that never moved (the work failed at once), or quick work under ``delay``, says nothing
+            if self.n and time.monotonic() - self.started >= self.delay:
                 self._write()
 
     def _write(self) -> None:
         elapsed = time.monotonic() - self.started
         rate = self.n / elapsed if elapsed > 0 else 0.0
         parts = [duration(elapsed), f"{rate:.3g} {self.unit}/s"]
-        if self.n < self.total and rate > 0:
+        if self.total is not None and self.n < self.total and rate > 0:
             parts.append(f"eta {duration((self.total - self.n) / rate)}")
         if self.postfix:
             parts.append(self.postfix)
-        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        line = f"{self.desc}: {self.n}/{self.total} {self.unit}{share} [{', '.join(parts)}]"
+        if self.total is None:  # a count (counter())
+            line = f"{self.desc}: {self.n} {self.unit} [{', '.join(parts)}]"
+        else:
+            share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+            line = f"{self.desc}: {self.n}/{self.total} {self.unit}{share} [{', '.join(parts)}]"
         print(line, file=sys.stderr, flush=True)
 
     def __enter__(self) -> LineProgress:
@@ -117,6 +120,18 @@ def end_lines() -> None:
     _open.clear()
 
 
+def counter(desc: str, unit: str, quiet: bool, delay: float = 1.0) -> Any:
+    """A running count without a known total (e.g. files listed so far), with its rate; shown only once it has
+    run ``delay`` seconds, so quick work stays silent. Whole lines when stderr is not a terminal, like bar()."""
+    if stderr_is_terminal() or quiet:
+        progress: Any = _tqdm(None, desc, unit, quiet, delay=delay, bar_format=COUNT_FORMAT)
+    else:
+        progress = LineProgress(None, desc, unit, delay=delay)
+    if not quiet:
+        _open.add(progress)
+    return progress
+
+
 def note(message: str, quiet: bool = False) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
@@ -125,3 +140,8 @@ def note(message: str, quiet: bool = False) -> None:
 def warn(message: str) -> None:
     """Something the user should know before trusting the result: one line on stderr, even with --quiet."""
     print(f"sgid: warning: {message}", file=sys.stderr, flush=True)
+
+
+def counted(number: int, one: str, many: str) -> str:
+    """``1 image``, ``2 images``: a count with the right noun."""
+    return f"{number} {one if number == 1 else many}"

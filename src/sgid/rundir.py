@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sgid.dataset import locate
 from sgid.errors import SgidError
 from sgid.images import sha256_bytes
 from sgid.manifest import MANIFEST, ORIGINAL, RUN_FILE, ManifestRow, read_run
@@ -138,7 +139,7 @@ def read_run_dir(path: str | Path, *, source_dir: str | Path | None = None) -> R
         Entry(
             row=row,
             path=root / row.file_name,
-            source_path=resolved_source / row.source if row.source is not None and resolved_source else None,
+            source_path=locate(resolved_source, row.source) if row.source is not None and resolved_source else None,
         )
         for row in record.rows
     )

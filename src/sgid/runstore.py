@@ -18,31 +18,61 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from sgid.errors import RunDirError
-from sgid.manifest import ERRORS, MANIFEST, RUN_FILE, dumps
+from sgid import interrupt
+from sgid.errors import RunDirError, SgidError
+from sgid.manifest import ERRORS, MANIFEST, RUN_FILE, WRITER_LOCK, dumps, loads, relative_path
+from sgid.progress import warn
 
-__all__ = ["ERRORS", "JOURNAL", "MANIFEST", "RUN_FILE", "RunStore", "atomic_write", "copy_or_link", "dumps"]
+__all__ = [
+    "ERRORS",
+    "JOURNAL",
+    "MANIFEST",
+    "RUN_FILE",
+    "RunStore",
+    "atomic_write",
+    "copy_or_link",
+    "dumps",
+    "write_figure",
+]
 
 JOURNAL = ".sgid-journal.jsonl"
-LOCK = ".sgid-lock"
+LOCK = WRITER_LOCK
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The bytes go to a hidden temporary file that is renamed into place; if anything stops the write (a full
+    disk, a signal), the temporary file is removed and ``path`` is untouched.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with interrupt.writing(tmp):
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def write_figure(figure: Any, path: Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG with :func:`atomic_write` (never a half-written plot on a full disk)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    atomic_write(path, buffer.getvalue())
 
 
 class FolderLock:
@@ -54,12 +84,17 @@ class FolderLock:
         self._handle: IO[str] | None = None
 
     def acquire(self, busy_message: str) -> FolderLock:
+        """Take the lock or refuse with ``busy_message`` (a reader's momentary check is waited out: 0.5 s)."""
         handle = open(self.path, "a")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise RunDirError(busy_message) from None
+        for attempt in range(10):
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt == 9:
+                    handle.close()
+                    raise RunDirError(busy_message) from None
+                time.sleep(0.05)
         self._handle = handle
         return self
 
@@ -91,7 +126,8 @@ class RunStore:
         self.rows: dict[str, dict[str, Any]] = {}  # item key -> manifest row, as JSON
         self.output_errors: dict[str, dict[str, Any]] = {}  # item key -> why it ended without an image
         self.input_errors: list[Mapping[str, Any]] = []  # inputs that could not be used, found afresh each run
-        self._journal: IO[str] | None = None
+        self._journal: int | None = None  # file descriptor of the journal, opened for appending
+        self._journal_size = 0
         self._lock = FolderLock(self.out)
 
     # -- opening -----------------------------------------------------------------------------------------
@@ -107,7 +143,8 @@ class RunStore:
             atomic_write(run_file, (json.dumps(info, indent=2, sort_keys=False) + "\n").encode("utf-8"))
         self._clean_temporaries()
         self._load_journal()
-        self._journal = open(self.out / JOURNAL, "a", encoding="utf-8")
+        self._journal = os.open(self.out / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._journal_size = os.fstat(self._journal).st_size
         return self
 
     def peek(self) -> RunStore:
@@ -127,7 +164,8 @@ class RunStore:
         if run_file.exists():
             previous = self._read_run_file(run_file)
             if previous.get("identity_sha256") != identity_hash(self.identity) and not self.overwrite:
-                changed = _changed_keys(previous.get("identity", {}), self.identity)
+                recorded = previous.get("identity")
+                changed = _changed_keys(recorded if isinstance(recorded, dict) else {}, self.identity)
                 raise RunDirError(
                     f"{self.out} holds a run with different settings ({', '.join(changed) or 'identity'}); "
                     f"rerun with the same settings to resume, choose another --out, or pass --overwrite"
@@ -139,8 +177,8 @@ class RunStore:
 
     def _read_run_file(self, path: Path) -> dict[str, Any]:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
             raise RunDirError(f"{path} is unreadable ({exc}); move it away or pass another --out") from None
         if not isinstance(data, dict):
             raise RunDirError(f"{path} is not an sgid run file")
@@ -165,28 +203,31 @@ class RunStore:
             path.unlink(missing_ok=True)
 
     def _load_journal(self, repair: bool = True) -> None:
+        """Read the journal: a torn last line (a killed run) is ignored and, with ``repair``, cut off; any
+        other line that is not a well-formed entry is skipped with a warning (its item is made again). A key
+        journaled twice keeps its last entry; the order of lines does not matter."""
         path = self.out / JOURNAL
         if not path.exists():
             return
         raw = path.read_bytes()
-        good_length = 0
-        for line in raw.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # torn last line from a killed run
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            good_length += len(line)
-            if entry["kind"] == "row":
-                self.rows[entry["key"]] = entry["row"]
-            elif entry["kind"] == "output_error":
-                self.output_errors[entry["key"]] = entry["row"]
-        if good_length != len(raw) and repair:
+        lines = raw.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline
+        damaged = 0
+        for line in lines:
+            entry = _journal_entry(line)
+            if entry is None:
+                damaged += bool(line.strip())
+                continue
+            kind, key, row = entry
+            (self.rows if kind == "row" else self.output_errors)[key] = row
+            (self.output_errors if kind == "row" else self.rows).pop(key, None)
+        if damaged:
+            warn(f"{path}: {damaged} damaged line(s) ignored; their items are made again")
+        if torn and repair:
             with open(path, "r+b") as handle:
-                handle.truncate(good_length)
+                handle.truncate(len(raw) - len(torn))
         # An image deleted by hand since is not done: forget its row so it is regenerated.
-        for key in [k for k, row in self.rows.items() if not (self.out / row["file_name"]).exists()]:
+        for key in [k for k, row in self.rows.items() if not (self.out / row["file_name"]).is_file()]:
             del self.rows[key]
 
     # -- progress ----------------------------------------------------------------------------------------
@@ -198,8 +239,13 @@ class RunStore:
         row = dict(row)
         path = self.out / row["file_name"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, png)
-        self._append({"kind": "row", "key": key, "row": row})
+        with interrupt.committing():
+            atomic_write(path, png)
+            try:
+                self._append({"kind": "row", "key": key, "row": row})
+            except BaseException:
+                path.unlink(missing_ok=True)  # not journaled: not done, so not left in view
+                raise
         self.rows[key] = row
 
     def commit_row(self, key: str, row: Mapping[str, Any]) -> None:
@@ -215,10 +261,18 @@ class RunStore:
         self.output_errors[key] = row
 
     def _append(self, entry: dict[str, Any]) -> None:
+        """Append one journal line, whole or not at all: a write cut short (a full disk) is truncated away."""
         assert self._journal is not None, "RunStore.open() first"
-        self._journal.write(dumps(entry) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        data = (dumps(entry) + "\n").encode("utf-8")
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._journal, data[written:])
+            os.fsync(self._journal)
+        except BaseException:
+            os.ftruncate(self._journal, self._journal_size)
+            raise
+        self._journal_size += len(data)
 
     # -- manifests ---------------------------------------------------------------------------------------
     def write_manifests(self) -> None:
@@ -231,7 +285,7 @@ class RunStore:
 
     def close(self) -> None:
         if self._journal is not None:
-            self._journal.close()
+            os.close(self._journal)
             self._journal = None
         self._lock.release()
 
@@ -244,9 +298,32 @@ class RunStore:
             self.close()
 
 
+def _journal_entry(line: bytes) -> tuple[str, str, dict[str, Any]] | None:
+    """(kind, key, row) of a well-formed journal line, else None."""
+    try:
+        entry = loads(line)
+    except ValueError:  # not JSON, not UTF-8, nested too deeply
+        return None
+    if not isinstance(entry, dict):
+        return None
+    kind, key, row = entry.get("kind"), entry.get("key"), entry.get("row")
+    if kind not in ("row", "output_error") or not isinstance(key, str) or not isinstance(row, dict):
+        return None
+    if kind == "row":
+        try:
+            relative_path(row.get("file_name"), "file_name", "journal")
+        except SgidError:
+            return None  # never look at (or later remove) a path outside OUT
+    return kind, key, row
+
+
 def _row_order(row: dict[str, Any]) -> tuple[str, int, str]:
-    k = row.get("k")
-    return (row.get("source") or "", -1 if k is None else int(k), row.get("method") or "")
+    k, source, method = row.get("k"), row.get("source"), row.get("method")
+    return (
+        source if isinstance(source, str) else "",
+        k if isinstance(k, int) and not isinstance(k, bool) else -1,
+        method if isinstance(method, str) else "",
+    )
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -258,8 +335,13 @@ def copy_or_link(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with interrupt.writing(tmp):
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -23,7 +23,7 @@ def derive_seed(run_seed: int, *parts: object) -> int:
     True
     """
     text = "\x1f".join([str(int(run_seed)), *(str(p) for p in parts)])
-    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 

@@ -98,7 +98,17 @@ def register(subparsers: Any) -> None:
         "--safety-checker",
         action="store_true",
         default=None,
-        help="run SD's safety checker; flagged (blacked-out) outputs are not kept and are listed in errors.jsonl",
+        help="run SD's safety checker; flagged (blacked-out) outputs are never kept as training images",
+    )
+    p.add_argument(
+        "--on-flagged",
+        default=None,
+        choices=["drop", "retry"],
+        help="with --safety-checker, a flagged image is dropped (listed in errors.jsonl) or made again with the "
+        "next derived seed, up to --flagged-tries tries in all, every flagged seed recorded [default: drop]",
+    )
+    p.add_argument(
+        "--flagged-tries", type=int, default=None, help="--on-flagged retry: tries per image in all [default: 3]"
     )
 
     cap = p.add_argument_group("step 1: captions and similarity (paper §3.1)")

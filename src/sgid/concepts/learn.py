@@ -20,11 +20,11 @@ from typing import Any
 from sgid import __version__
 from sgid.concepts.data import ConceptImages
 from sgid.concepts.method import CONCEPT_METHODS, ConceptMethod, Counts, Job, read_class_images, run_steps
-from sgid.concepts.store import ConceptsDir
+from sgid.concepts.store import ConceptsDir, finished_classes
 from sgid.concepts.tokens import choose_init_token, concept_tokens
 from sgid.concepts.trainer import ConceptTrainer, DiffusionParts, TrainSettings, TrainState
 from sgid.dataset import Listing, empty_classes_note, read_label_names, scan
-from sgid.errors import SgidError
+from sgid.errors import SgidError, disk_full_is_one_line
 from sgid.models.loading import (
     TINY_WARNING,
     default_cache_dir,
@@ -35,7 +35,7 @@ from sgid.models.loading import (
     resolve_models,
 )
 from sgid.outdir import check_out_dir
-from sgid.progress import note, warn
+from sgid.progress import counted, note, warn
 from sgid.versions import CORE, package_versions
 
 
@@ -113,7 +113,8 @@ def learn_concepts(
         "versions": package_versions((*CORE, "peft")),
     }
     # 3. Learn, skipping what is finished and resuming from checkpoints
-    with store.session(info):
+    kept = lambda: counted(finished_classes(store.path), "finished class", "finished classes") + " kept"  # noqa: E731
+    with disk_full_is_one_line(store.path, kept), store.session(info):
         counts = learner.learn(Job(store, parts, listing, chosen, tokens, resolution, quiet))
         done = {
             name: entry["token"]

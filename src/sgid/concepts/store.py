@@ -81,6 +81,21 @@ def read_index(directory: str | Path) -> dict[str, Any]:
     return index
 
 
+def finished_classes(directory: str | Path) -> int:
+    """Classes the index on disk marks done whose embedding file is in place (what a rerun will skip)."""
+    try:
+        classes = read_index(directory)["classes"]
+    except SgidError:
+        return 0
+    return sum(
+        isinstance(entry, dict)
+        and entry.get("status") == "done"
+        and isinstance(entry.get("file"), str)
+        and (Path(directory) / entry["file"]).is_file()
+        for entry in classes.values()
+    )
+
+
 def embedding_file_bytes(token: str, embedding: torch.Tensor) -> bytes:
     """diffusers' learned-embeds file: one tensor named by the token (the example's ``{"format": "pt"}``)."""
     return safetensors_bytes({token: embedding.detach().cpu().contiguous()}, metadata={"format": "pt"})

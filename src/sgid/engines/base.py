@@ -23,6 +23,10 @@ class Engine:
     The lifecycle is ``check`` (class method, with the options only: before any model loads), ``start``,
     any number of ``run`` calls, ``close``. ``run`` returns when every task's results went to ``sink``; a
     task may run more than once (a retried or restarted worker), so the sink ignores what is already done.
+
+    Signals are the driver's business (:mod:`sgid.interrupt`): once ``interrupt.stop_requested()`` is true,
+    ``run`` hands over the results that are finished and returns without starting more work; the driver then
+    writes the manifests and stops.
     """
 
     name = "engine"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from sgid import interrupt
 from sgid.engines.base import ENGINES, Engine, Sink
 from sgid.errors import SgidError
 
@@ -35,5 +36,7 @@ class LocalEngine(Engine):
 
     def run(self, tasks: Sequence[Task], sink: Sink) -> None:
         for task in tasks:
+            if interrupt.stop_requested():
+                return  # the driver says why (sgid.interrupt); tasks not started are made by a rerun
             for result in self._worker.run(task):
                 sink(result)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from sgid import interrupt
 from sgid.engines.base import ENGINES, Engine, Sink
 from sgid.errors import SgidError, require
 
@@ -135,12 +136,13 @@ class RayEngine(Engine):
             num_cpus=1,
             num_gpus=self._gpus_per_worker or None,
         )
-        for row in dataset.iter_rows():
-            value = pickle.loads(row["results"])
-            if isinstance(value, _Failure):
-                raise SgidError(value.message)
-            for result in value:
-                sink(result)
+        with interrupt.raising():  # a signal drops the tasks in flight at once; what came back is committed
+            for row in dataset.iter_rows():
+                value = pickle.loads(row["results"])
+                if isinstance(value, _Failure):
+                    raise SgidError(value.message)
+                for result in value:
+                    sink(result)
 
     def close(self) -> None:
         if self._owns_ray:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sgid.errors import SgidError
+from sgid.errors import SgidError, disk_full_is_one_line
 from sgid.evaluate.backbones import BACKBONES, SMALL_IMAGE, BackboneSpec
 from sgid.evaluate.checkpoint import save_classifier
 from sgid.evaluate.data import EvalData, Example, fraction_subset, k_shot, linked_generated, stratified_split
@@ -35,12 +35,12 @@ from sgid.evaluate.mixing import MIX_MODES, NEEDS_PROPORTION, NO_PROPORTION, Pla
 from sgid.evaluate.perturb import PERTURBATIONS
 from sgid.evaluate.report import results_json, results_markdown, write_plots
 from sgid.evaluate.stats import RunRecord, Summary, summarize
-from sgid.evaluate.store import EvaluationStore
+from sgid.evaluate.store import EvaluationStore, finished_runs
 from sgid.evaluate.train import TrainSettings, fit, test_accuracy
 from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
 from sgid.evaluate.zeroshot import zero_shot_accuracy
 from sgid.outdir import check_out_dir
-from sgid.progress import bar, duration, note, warn
+from sgid.progress import bar, counted, duration, note, warn
 from sgid.seeding import derive_seed
 
 FORMAT_VERSION = 1
@@ -517,7 +517,9 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads or default_threads())
     try:
-        return _run_all(datasets, variant_list, settings, spec, config, device, Path(out))
+        runs = lambda: counted(finished_runs(Path(out)), "finished training run", "finished training runs")  # noqa: E731
+        with disk_full_is_one_line(Path(out), lambda: f"{runs()} kept"):
+            return _run_all(datasets, variant_list, settings, spec, config, device, Path(out))
     finally:
         torch.set_num_threads(previous_threads)
 

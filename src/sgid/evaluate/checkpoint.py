@@ -13,6 +13,8 @@ loads the saved state dict, so a fine-tuned ViT or CLIP classifier reloads offli
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from sgid import interrupt
 from sgid.errors import ModelLoadError
 from sgid.evaluate.backbones import build_backbone
 from sgid.evaluate.transforms import eval_transform, rgb
+from sgid.runstore import atomic_write
 
 WEIGHTS = "classifier.safetensors"
 META = "classifier.json"
@@ -45,6 +49,7 @@ def save_classifier(
     Architecture overrides recorded by :func:`~sgid.evaluate.backbones.build_backbone` (``model.sgid_build``)
     are stored too, so tiny test configurations rebuild exactly.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
     directory = Path(directory)
@@ -61,11 +66,21 @@ def save_classifier(
         "arch": build.get("arch", {}),
     }
     weights_tmp = directory / f".{WEIGHTS}.tmp"
-    save_model(model, str(weights_tmp))
-    weights_tmp.replace(directory / WEIGHTS)
-    meta_tmp = directory / f".{META}.tmp"
-    meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    meta_tmp.replace(directory / META)
+    with interrupt.writing(weights_tmp):
+        try:
+            try:
+                save_model(model, str(weights_tmp))
+            except SafetensorError as exc:  # an OSError inside Rust: give it back its errno (a full disk)
+                found = re.search(r"os error (\d+)", str(exc))
+                if found is None:
+                    raise
+                number = int(found.group(1))
+                raise OSError(number, os.strerror(number), str(weights_tmp)) from None
+            weights_tmp.replace(directory / WEIGHTS)
+        except BaseException:
+            weights_tmp.unlink(missing_ok=True)
+            raise
+    atomic_write(directory / META, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
 
 
 def load_classifier(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -27,8 +27,9 @@ from sgid.dataset import empty_classes_note, scan
 from sgid.errors import SgidError
 from sgid.evaluate.generated import GeneratedRun, GeneratedSpecs, parse_generated, read_provenance
 from sgid.evaluate.methods import GENERATED
-from sgid.images import ImageError, load_rgb
+from sgid.images import ImageError, load_rgb, png_bytes
 from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info, recorded_input_dir
+from sgid.runstore import atomic_write
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ def export_image_folder(examples: Sequence[Example], out: Path) -> int:
     for ex in examples:
         path = out / ex.key
         path.parent.mkdir(parents=True, exist_ok=True)
-        ex.load().save(path, format="PNG")
+        atomic_write(path, png_bytes(ex.load()))  # never a half-written image, even on a full disk
     return len(examples)
 
 

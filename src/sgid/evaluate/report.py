@@ -14,6 +14,7 @@ from typing import Any
 
 from sgid.evaluate.generated import tiny_warning
 from sgid.evaluate.stats import ALPHA, AVG, RunRecord, Summary
+from sgid.runstore import write_figure
 
 MAX_CLASSES_IN_MARKDOWN = 20
 
@@ -175,7 +176,7 @@ def plot_per_class(summary: Sequence[Summary], dataset: str, path: Path) -> Path
     axes.set_title(f"Per-class test accuracy, {dataset} (mean over seeds)")
     axes.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    write_figure(figure, path)
     return path
 
 
@@ -211,7 +212,7 @@ def plot_proportion_sweep(summary: Sequence[Summary], dataset: str, path: Path) 
     axes.set_title(f"Accuracy vs p, {dataset} (mean ± std over seeds)")
     axes.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    write_figure(figure, path)
     return path
 
 

@@ -30,6 +30,11 @@ LOCK = ".sgid-evaluate-lock"
 OUTPUTS = ("runs", "models", "plots", "results.json", "results.md", PROTOCOL_FILE)
 
 
+def finished_runs(out: Path) -> int:
+    """How many runs in ``out`` are finished (their JSON file is in place)."""
+    return sum(1 for _ in (Path(out) / "runs").glob("*/*/seed*.json"))
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode("utf-8"))
@@ -145,7 +150,7 @@ class EvaluationStore:
 
     def records(self) -> list[RunRecord]:
         """Every finished run in OUT, sorted by dataset, variant folder and seed."""
-        paths = sorted((self.out / "runs").glob("*/*/seed*.json"))
+        paths = sorted((self.out / "runs").glob("*/*/seed*.json"))  # as finished_runs() counts them
         records = [RunRecord.from_json(_read_json(p)) for p in paths]
         return sorted(records, key=lambda r: (r.dataset, r.variant, r.seed))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sgid.errors import require
+from sgid.runstore import write_figure
 
 #: (key in the metrics, plot title, y-axis label)
 PLOTS = (
@@ -95,7 +96,7 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[str]:
         ax.tick_params(axis="x", labelrotation=60 if len(bars) > 6 else 0, labelsize=8)
         fig.tight_layout()
         path = folder / f"{key}.png"
-        fig.savefig(path, dpi=120)
+        write_figure(fig, path)
         plt.close(fig)
         written.append(f"{folder.name}/{path.name}")
     return written

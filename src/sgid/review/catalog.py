@@ -215,7 +215,7 @@ def servable(path: Path | None, root: Path | None) -> Path | None:
 def read_filter_outputs(folders: Iterable[str | Path], runs: Sequence[RunDir]) -> dict[int, dict[str, tuple[str, str]]]:
     """``--filters DIR``: each a ``sgid filter`` output; its decisions (decision, reason) per file of its run."""
     from sgid.filters.output import DECISIONS, is_filter_output
-    from sgid.manifest import RUN_FILE, read_run_info
+    from sgid.manifest import RUN_FILE, json_lines, read_run_info
 
     found: dict[int, dict[str, tuple[str, str]]] = {}
     resolved = {run.path.resolve(): index for index, run in enumerate(runs)}
@@ -229,12 +229,9 @@ def read_filter_outputs(folders: Iterable[str | Path], runs: Sequence[RunDir]) -
         if origin not in resolved:
             raise SgidError(f"--filters {folder} filtered {origin}, which is not one of the runs given")
         decisions = found.setdefault(resolved[origin], {})
-        for number, line in enumerate((folder / DECISIONS).read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for number, row in json_lines(folder / DECISIONS):  # one-line errors for what is not JSON
             try:
-                row = json.loads(line)
                 decisions[str(row["file_name"])] = (str(row["decision"]), str(row.get("reason") or ""))
-            except (ValueError, KeyError, TypeError):
+            except (KeyError, TypeError, AttributeError):
                 raise SgidError(f"--filters {folder}/{DECISIONS}, line {number}: not a decision row") from None
     return found

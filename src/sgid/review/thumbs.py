@@ -42,8 +42,12 @@ class Thumbnails:
         picture.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        picture.save(tmp, format="JPEG", quality=85)
-        os.replace(tmp, path)
+        try:
+            picture.save(tmp, format="JPEG", quality=85)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk: no half-written file is left behind
+            tmp.unlink(missing_ok=True)
+            raise
         with self._lock:
             self.made += 1
         return path
