@@ -221,6 +221,11 @@ def test_the_cli_prints_the_summary(tmp_path, cache_dir, capsys) -> None:
     assert "generated 1, skipped 0 already done" in capsys.readouterr().err
     rows = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 1
+    # provenance names the models the method ran with, never one it did not use (sgid uses no InstructPix2Pix)
+    models = json.loads((tmp_path / "out" / "run.json").read_text())["models"]
+    assert models == {"captioner": "tiny:blip", "scorer": "tiny:clip", "generator": "tiny:sd"}
+    assert main(["augment", str(source), "--out", str(tmp_path / "perturbed"), "--method", "randaugment"]) == 0
+    assert json.loads((tmp_path / "perturbed" / "run.json").read_text())["models"] == {}
 
 
 # -- help texts ----------------------------------------------------------------------------------------------

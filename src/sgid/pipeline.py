@@ -79,7 +79,7 @@ from sgid.progress import bar, counted, note, warn
 from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
-from sgid.stages.bundle import PARTS, Stages, runs_diffusion
+from sgid.stages.bundle import PARTS, Stages, runs_diffusion, used_models
 from sgid.stages.caption import Caption
 from sgid.versions import package_versions
 
@@ -359,7 +359,7 @@ class Augmenter:
         return {
             "sgid_version": __version__,
             "config": self.config.to_dict(),
-            "models": {role: ref.name for role, ref in vars(choice).items() if ref is not None},
+            "models": {role: ref.name for role, ref in used_models(choice, self.method).items()},
             "versions": package_versions(),
             "command": " ".join(["sgid", *sys.argv[1:]]) if sys.argv and "sgid" in sys.argv[0] else None,
         }

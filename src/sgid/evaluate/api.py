@@ -505,7 +505,11 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
         if trained_backbone:
             settings[d.name] = train_settings(d, spec, config, device)
     reads = [(what, folder) for d in datasets for what, folder in d.folders]
-    reads += [(f"the --generated {run.name} folder", Path(run.folder)) for d in datasets for run in d.runs]
+    reads += [
+        (f"the --generated {'' if run.name == GENERATED else run.name + ' '}folder", Path(run.folder))
+        for d in datasets
+        for run in d.runs
+    ]
     check_out_dir(out, reads, command="evaluate")
     for d in datasets:
         for line in d.notes:
