@@ -8,6 +8,7 @@ guidance per sample equals the samples generated one by one.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -172,3 +173,85 @@ def test_a_backend_other_than_the_checkpoints_is_refused_in_one_line(refs) -> No
         load_sd_pipeline(refs["sdxl"], "img2img", CPU, torch.float32, False, backend="sd")
     with pytest.raises(SgidError, match="sdxl checkpoints have no safety checker"):
         load_sd_pipeline(refs["sdxl"], "img2img", CPU, torch.float32, True, private=True)
+
+
+# -- ControlNet guidance ------------------------------------------------------------------------------------
+
+GUIDED = [n for n in BACKENDS if BACKENDS.get(n).control_pipelines and BACKENDS.get(n).tiny_controlnet]
+
+
+@pytest.fixture(scope="module")
+def controlnets(cache_dir) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Each family's tiny ControlNet, loaded through the same path as ``--controlnet``."""
+    from sgid.models.loading import load_controlnet
+
+    found = {}
+    for name in GUIDED:
+        choice = resolve_models("tiny", cache_dir=cache_dir, generator=BACKENDS.get(name).tiny_model, control="canny")
+        assert choice.controlnet is not None and choice.controlnet.name == BACKENDS.get(name).tiny_controlnet
+        found[name] = load_controlnet(choice.controlnet, CPU, torch.float32)
+    return found
+
+
+def controlled(r: GenerationRequest, seeds: tuple[int, ...] = (20, 21)) -> GenerationRequest:
+    return dataclasses.replace(r, control_images=[noise_image(s, SIZE) for s in seeds[: len(r.seeds)]])
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_controlnet_img2img_equals_the_diffusers_controlnet_pipeline(refs, controlnets, name: str) -> None:  # type: ignore[no-untyped-def]
+    import diffusers
+
+    from sgid.backends.controlnet import ControlNetGuide
+    from sgid.models.loading import assemble_pipeline
+
+    backend = make(refs, name, "img2img", guide=ControlNetGuide(controlnets[name], 0.7, "tiny"))
+    r = controlled(request(backend, [3.0, 3.0], [1, 2], weights=[(1.5, 0.9)] * 2))
+    ours = arrays(backend.generate(r).images)
+    cls = getattr(diffusers, BACKENDS.get(name).control_pipelines["img2img"])
+    pipe = assemble_pipeline(cls, {**backend.pipe.components, "controlnet": controlnets[name]}, backend.pipe.config)
+    theirs = pipe(
+        **r.conditioning.pipeline_kwargs(),
+        image=list(r.images or []),
+        control_image=list(r.control_images or []),
+        strength=STRENGTH,
+        num_inference_steps=STEPS,
+        guidance_scale=3.0,
+        controlnet_conditioning_scale=0.7,
+        generator=[generator(s) for s in r.seeds],
+    ).images
+    assert all(np.array_equal(a, b) for a, b in zip(ours, arrays(theirs), strict=True))
+    # the ControlNet matters: without it, or with other condition images, the images differ
+    plain = make(refs, name, "img2img")
+    assert not np.array_equal(ours[0], arrays(plain.generate(r).images)[0])
+    assert not np.array_equal(ours[0], arrays(backend.generate(controlled(r, (30, 31))).images)[0])
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_controlnet_keeps_per_sample_guidance(refs, controlnets, name: str) -> None:  # type: ignore[no-untyped-def]
+    from sgid.backends.controlnet import ControlNetGuide
+
+    backend = make(refs, name, "img2img", guide=ControlNetGuide(controlnets[name], 0.7, "tiny"))
+    scales, seeds = [0.84, 5.0], [5, 6]
+    r = controlled(request(backend, scales, seeds, weights=[(1.5, 0.9)] * 2))
+    batched = arrays(backend.generate(r).images)
+    for i in range(2):
+        one = dataclasses.replace(
+            r,
+            images=(r.images or [])[i : i + 1],
+            control_images=(r.control_images or [])[i : i + 1],
+            conditioning=r.conditioning.rows(slice(i, i + 1)),
+            guidance=scales[i : i + 1],
+            seeds=seeds[i : i + 1],
+        )
+        assert np.abs(batched[i] - arrays(backend.generate(one).images)[0]).max() <= 2
+    with pytest.raises(ValueError, match="condition image per source image"):
+        backend.generate(dataclasses.replace(r, control_images=None))
+
+
+def test_a_controlnet_of_another_family_is_refused(refs, controlnets) -> None:  # type: ignore[no-untyped-def]
+    from sgid.backends.controlnet import ControlNetGuide
+    from sgid.errors import SgidError
+
+    backend = make(refs, "sdxl", "img2img")
+    with pytest.raises(SgidError, match="--controlnet tiny:controlnet does not fit the generator"):
+        ControlNetGuide(controlnets["sd"], 1.0, "tiny:controlnet").check(backend.pipe.unet.config)

@@ -21,6 +21,7 @@ from sgid.cli import main
 from sgid.errors import SgidError
 from sgid.images import png_bytes
 from sgid.manifest import being_written
+from sgid.review.server import open_session
 from sgid.rundir import read_run_dir
 from sgid.runstore import RunStore
 
@@ -64,7 +65,7 @@ def test_readers_see_only_whole_manifests_and_images_while_a_run_is_written(tmp_
     assert not being_written(out)
 
 
-def test_filter_metrics_and_evaluate_on_a_run_being_written(
+def test_filter_metrics_evaluate_and_review_on_a_run_being_written(
     tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = make_image_folder(tmp_path / "in", {"a": 3, "b": 3}, size=(32, 24))
@@ -80,6 +81,8 @@ def test_filter_metrics_and_evaluate_on_a_run_being_written(
         assert main(["metrics", str(out), "--out", str(tmp_path / "m0"), "--cache-dir", str(cache_dir), "-q"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "is being written by a running sgid augment and has no manifest yet" in err[0]
+        with pytest.raises(SgidError, match="is being written by a running sgid augment and has no manifest yet"):
+            open_session([out], cache_dir=cache_dir)  # what `sgid review OUT` opens before it serves
         code, stderr = run_sgid(*command, cache_dir=cache_dir, timeout=120)
         assert code == 2 and "another sgid run is writing to" in stderr and len(stderr.strip().splitlines()) == 1
     finally:
@@ -102,6 +105,13 @@ def test_filter_metrics_and_evaluate_on_a_run_being_written(
         assert main([*evaluate, "--batch-size", "8", "--threads", "1", "--out", str(tmp_path / "e"), "-q"]) == 0
         runs = json.loads((tmp_path / "e" / "results.json").read_text())["runs"]
         assert {r["method"] for r in runs} == {"baseline", "generated"}
+        review = open_session([out], cache_dir=cache_dir)  # its database in OUT, as `sgid review OUT` puts it
+        try:
+            assert len(review.catalog.items) == kept
+            for item in review.catalog.items:
+                review.thumbnails.get(item.path)  # decodes the image: a half-written one fails
+        finally:
+            review.db.close()
         err = capsys.readouterr().err
         assert (
             f"{out} is being written by a running sgid augment: using its last complete manifest ({kept} images)" in err

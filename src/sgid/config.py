@@ -99,6 +99,13 @@ class AugmentConfig:
     lora: str | None = None  # LoRA weights for the Stable Diffusion UNet/text encoder
     lora_scale: float = 1.0
     perturb_probability: float = 1.0  # randaugment/random_erasing/cutmix: chance each image is perturbed
+    # ControlNet-guided img2img (docs/backends.md): a condition image computed from each source guides every step
+    control: str | None = None  # the condition kind (sgid.stages.control): canny, depth; None: no ControlNet
+    controlnet: str | None = None  # hub id, folder or .safetensors file; None: the kind's ControlNet of the family
+    control_scale: float = 0.8  # controlnet_conditioning_scale (StableDiffusionControlNetImg2ImgPipeline's default)
+    canny_low: int = 100  # canny: hysteresis thresholds (lllyasviel's annotator and diffusers' examples)
+    canny_high: int = 200
+    control_model: str | None = None  # depth: the depth-estimation model; None: Intel/dpt-hybrid-midas
     # execution
     batch_size: int = 4
     cache_dir: Path | None = None
@@ -155,6 +162,7 @@ class AugmentConfig:
         if self.caption == "nucleus" and not self.captions.nucleus_captions:
             raise SgidError("--caption nucleus needs nucleus captions (--nucleus-captions > 0)")
         _check(self.shard_size, "--shard-size", lambda v: v >= 1, "must be >= 1")
+        _check_control(self, parts)
         if self.workers is not None:
             _check(self.workers, "--workers", lambda v: v >= 1, "must be >= 1")
         if self.gpus_per_worker is not None:
@@ -193,7 +201,17 @@ class AugmentConfig:
                 settings[name] = (settings[name],)
             elif settings.get(name) is not None:
                 settings[name] = tuple(settings[name])
-        for name in ("captioner", "scorer", "sd_model", "sd_config", "instruct_model", "text_model", "lora"):
+        for name in (
+            "captioner",
+            "scorer",
+            "sd_model",
+            "sd_config",
+            "instruct_model",
+            "text_model",
+            "lora",
+            "controlnet",
+            "control_model",
+        ):
             if settings.get(name) is not None:
                 settings[name] = str(settings[name])
         for name in ("label_names", "cache_dir", "pool", "concepts"):
@@ -247,6 +265,32 @@ def _check_backend(name: str, methods: list[str]) -> None:
                 raise SgidError(
                     f"--backend {name} generates {', '.join(family.pipelines)}; --method {method} needs {kind}"
                 )
+
+
+def _check_control(config: AugmentConfig, methods: list[str]) -> None:
+    """``--control`` guides image-to-image generation: refuse it where nothing is, and its flags without it."""
+    from sgid.methods import METHODS
+
+    if config.control is None:
+        for name in ("controlnet", "control_model"):
+            if getattr(config, name) is not None:
+                raise SgidError(f"--{name.replace('_', '-')} needs --control KIND (canny, depth)")
+        return
+    from sgid.stages.control import CONTROLS
+
+    kind = CONTROLS.get(config.control)
+    if config.control_model is not None and not kind.needs_model:
+        raise SgidError(f"--control-model: --control {config.control} uses no model")
+    _check(config.control_scale, "--control-scale", lambda v: v >= 0, "must be >= 0")
+    if not 0 <= config.canny_low <= config.canny_high:
+        raise SgidError(
+            f"invalid --canny-low {config.canny_low} / --canny-high {config.canny_high}: need 0 <= low <= high"
+        )
+    if not any("img2img" in METHODS.get(m).generator_kinds for m in methods):
+        raise SgidError(
+            f"--control guides image-to-image generation from a source image; --method {config.method} has none "
+            "(use sgid, diverse_caption or boomerang)"
+        )
 
 
 def _jsonable(value: Any) -> Any:

@@ -306,6 +306,7 @@ def manifest_row(
         details["concepts_sha256"] = stages.concepts_sha256
     if c.lora is not None:
         details.update(lora=c.lora, lora_scale=c.lora_scale)
+    details.update(stages.control_fields(sample.kind))
     details.update(method.manifest_fields(sample))
     return ManifestRow(
         file_name=item.file_name,

@@ -344,6 +344,9 @@ class Augmenter:
             text=c.text_model,
             sd_config=c.sd_config,
             backend=c.backend,
+            control=c.control,
+            controlnet=c.controlnet,
+            control_model=c.control_model,
         )
 
     def _load(self, driver: Worker, engine: Engine) -> None:

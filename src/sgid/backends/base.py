@@ -111,14 +111,14 @@ class GenerationRequest:
     steps: int
     seeds: Sequence[int]  # one generator per sample
     size: tuple[int, int] | None = None  # (width, height) to generate at when there is no source image
+    control_images: Sequence[Image.Image] | None = None  # ControlNet condition images, one per source image
 
     def check(self) -> None:
         if not (len(self.conditioning) == len(self.guidance) == len(self.seeds)):
             raise ValueError("embeddings, guidance scales and seeds must have the same length")
-        if self.images is not None and (
-            len(self.images) != len(self.seeds) or len({im.size for im in self.images}) != 1
-        ):
-            raise ValueError("one image per prompt, all of one size")
+        for images in (self.images, self.control_images):
+            if images is not None and (len(images) != len(self.seeds) or len({im.size for im in images}) != 1):
+                raise ValueError("one image per prompt, all of one size")
 
 
 class StepHook(Protocol):
@@ -170,7 +170,8 @@ def denoise(
     return latents
 
 
-#: A ControlNet (or any guide) attached to a backend: source images -> the hook that guides every step.
+#: A ControlNet (or any guide) attached to a backend: (backend, condition images, number of denoising steps) ->
+#: the hook that guides every step (:class:`sgid.backends.controlnet.ControlNetGuide`).
 Guide = Callable[["Backend", Sequence[Image.Image], int], StepHook]
 
 
@@ -192,6 +193,8 @@ class Backend:
     checkpoint_classes: ClassVar[tuple[str, ...]] = ()
     #: the tiny-model preset's checkpoint of this family (``tiny:<name>``), for tests and the demo
     tiny_model: ClassVar[str] = ""
+    #: the tiny-model preset's ControlNet for this family (``--control`` with ``--models tiny``)
+    tiny_controlnet: ClassVar[str] = ""
     #: the model the default preset uses when ``--backend`` names this family and no ``--sd-model`` is given
     default_model: ClassVar[str] = ""
     #: whether checkpoints of this family carry Stable Diffusion's safety checker
@@ -296,7 +299,7 @@ class Backend:
         extra_step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
         width, height = latents.shape[-1] * self.size_multiple, latents.shape[-2] * self.size_multiple
         conditioning = self.conditioning_for(conditioning, (width, height))
-        hooks = [self.guide(self, r.images, len(timesteps))] if self.guide is not None else []
+        hooks = [] if self.guide is None else [self.guide(self, self.control_images(r), len(timesteps))]
         # 8. Denoising loop with per-sample guidance
         latents = self.denoise(latents, timesteps, conditioning, r.guidance, extra_step_kwargs, hooks)
         # 9. Decode, safety check, convert
@@ -323,11 +326,19 @@ class Backend:
         # 5. Prepare latent variables, one generator per image
         channels = pipe.unet.config.in_channels
         latents = pipe.prepare_latents(len(r.seeds), channels, height, width, dtype, device, generators)
-        # 6. Denoising loop with per-sample guidance
+        # 6. Denoising loop with per-sample guidance (a guide needs a source image's condition: none here)
+        if self.guide is not None:
+            raise ValueError("a guided (ControlNet) backend generates from source images: img2img")
         extra_step_kwargs = pipe.prepare_extra_step_kwargs(generators, 0.0)
         latents = self.denoise(latents, pipe.scheduler.timesteps, conditioning, r.guidance, extra_step_kwargs, [])
         # 7. Decode, safety check, convert
         return self.decode(latents, generators)
+
+    def control_images(self, r: GenerationRequest) -> Sequence[Image.Image]:
+        """The request's condition images, of the source images' size."""
+        if r.control_images is None or r.images is None or r.control_images[0].size != r.images[0].size:
+            raise ValueError("a ControlNet-guided batch needs one condition image per source image, of its size")
+        return r.control_images
 
     def denoise(
         self,

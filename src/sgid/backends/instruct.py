@@ -23,6 +23,7 @@ class InstructPix2Pix(StableDiffusion):
     control_pipelines = {}
     checkpoint_classes = ("StableDiffusionInstructPix2PixPipeline",)
     tiny_model = "tiny:pix2pix"
+    tiny_controlnet = ""
     default_model = "timbrooks/instruct-pix2pix"
 
     def __init__(

@@ -24,6 +24,7 @@ class StableDiffusion(Backend):
     control_pipelines: ClassVar[Mapping[str, str]] = {"img2img": "StableDiffusionControlNetImg2ImgPipeline"}
     checkpoint_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
     tiny_model = "tiny:sd"
+    tiny_controlnet = "tiny:controlnet"
     default_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     has_safety_checker = True
     uses_concepts = True

@@ -36,6 +36,7 @@ class StableDiffusionXL(Backend):
     control_pipelines: ClassVar[Mapping[str, str]] = {"img2img": "StableDiffusionXLControlNetImg2ImgPipeline"}
     checkpoint_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
     tiny_model = "tiny:sdxl"
+    tiny_controlnet = "tiny:controlnet_sdxl"
     default_model = "stabilityai/stable-diffusion-xl-base-1.0"
 
     @classmethod

@@ -64,6 +64,31 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         help="the --sd-model's model family: sd (1.x/2.x), sdxl; without --sd-model, the preset's model of that "
         "family [default: found from the checkpoint's configs]",
     )
+    group.add_argument(
+        "--control",
+        default=None,
+        help="ControlNet-guided img2img: the condition image computed from each source, canny (OpenCV edges) or "
+        "depth (a depth-estimation model) [default: none]",
+    )
+    group.add_argument(
+        "--controlnet",
+        default=None,
+        help="the ControlNet: hub id, diffusers folder or .safetensors file [default: the --control kind's "
+        "ControlNet for the model family, e.g. lllyasviel/sd-controlnet-canny]",
+    )
+    group.add_argument(
+        "--control-scale",
+        type=float,
+        default=None,
+        help="ControlNet conditioning scale (its residuals' weight) [default: 0.8, diffusers' img2img default]",
+    )
+    group.add_argument("--canny-low", type=int, default=None, help="canny: lower hysteresis threshold [default: 100]")
+    group.add_argument("--canny-high", type=int, default=None, help="canny: upper hysteresis threshold [default: 200]")
+    group.add_argument(
+        "--control-model",
+        default=None,
+        help="depth: the depth-estimation model, hub id or folder [default: Intel/dpt-hybrid-midas]",
+    )
 
 
 def warn_unused_model_flags(args: argparse.Namespace, command: str) -> None:

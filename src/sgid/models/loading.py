@@ -40,6 +40,8 @@ class ModelChoice:
     generator: ModelRef
     instruct: ModelRef
     text: ModelRef | None = None  # optional local language model (sentences, summaries, instructions)
+    controlnet: ModelRef | None = None  # --control: the ControlNet that guides img2img
+    control_model: ModelRef | None = None  # --control depth: the depth-estimation model
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,15 @@ def resolve_models(
     text: str | None = None,
     sd_config: str | None = None,
     backend: str | None = None,
+    control: str | None = None,
+    controlnet: str | None = None,
+    control_model: str | None = None,
 ) -> ModelChoice:
     """Turn a preset plus per-model overrides into loadable references (building tiny models if asked).
 
     Without ``generator``, ``backend`` (a family of :mod:`sgid.backends`) picks the preset's model of that family.
+    With ``control`` (a kind of :mod:`sgid.stages.control`), ``controlnet`` defaults to the ControlNet of that
+    kind for the generator's family (the tiny preset: its tiny ControlNet of the family).
     """
     chosen = MODEL_PRESETS.get(preset)
     if generator is None and backend is not None:
@@ -108,6 +115,13 @@ def resolve_models(
     }
     if text:
         names["text"] = text
+    if control is not None:
+        names["controlnet"] = controlnet or _default_controlnet(control, names["generator"], sd_config, backend)
+        from sgid.stages.control import CONTROLS
+
+        kind = CONTROLS.get(control)
+        if kind.needs_model:
+            names["control_model"] = control_model or (kind.tiny_model if chosen.tiny else kind.default_model)
     refs: dict[str, ModelRef] = {}
     tiny_paths: dict[str, Path] | None = None
     for role, name in names.items():
@@ -125,6 +139,23 @@ def resolve_models(
     if sd_config:
         refs["generator"] = ModelRef(refs["generator"].name, refs["generator"].path, os.path.expanduser(sd_config))
     return ModelChoice(**refs)
+
+
+def _default_controlnet(control: str, generator: str, sd_config: str | None, backend: str | None) -> str:
+    from sgid.backends import BACKENDS
+    from sgid.stages.control import CONTROLS
+
+    kind = CONTROLS.get(control)
+    if backend is None and not generator.startswith("tiny:"):
+        backend = detect_backend(ModelRef(generator, os.path.expanduser(generator), sd_config))
+    family = backend or next((n for n in BACKENDS if BACKENDS.get(n).tiny_model == generator), None) or "sd"
+    if generator.startswith("tiny:"):
+        tiny = BACKENDS.get(family).tiny_controlnet
+        if tiny:
+            return tiny
+    elif family in kind.controlnets:
+        return kind.controlnets[family]
+    raise SgidError(f"--control {control}: no default ControlNet for {generator} ({family}); pass --controlnet ID")
 
 
 def is_tiny(choice: ModelChoice) -> bool:
@@ -407,6 +438,37 @@ def _safetensors_keys(path: str) -> frozenset[str]:
             return frozenset(handle.keys())
     except (OSError, SafetensorError):
         return frozenset()  # the loader reports an unreadable file
+
+
+@functools.lru_cache(maxsize=4)
+def load_controlnet(ref: ModelRef, device: torch.device, dtype: torch.dtype):
+    """A ControlNet (``--controlnet``): hub id, diffusers folder or single ``.safetensors`` file."""
+
+    def load():
+        from diffusers import ControlNetModel
+
+        if ref.path.endswith(".safetensors"):
+            if not Path(ref.path).is_file():
+                raise OSError(f"no such file {ref.path}")
+            model = ControlNetModel.from_single_file(ref.path, dtype=dtype)
+        elif ref.path.endswith((".ckpt", ".bin", ".pt", ".pth")):
+            raise ValueError("only .safetensors checkpoints are loaded (pickle files can run code)")
+        else:
+            model = ControlNetModel.from_pretrained(ref.path, use_safetensors=True, dtype=dtype)
+        return model.to(device).eval()
+
+    quiet_hub_logging()
+    return _load("ControlNet", ref, "--controlnet", load)
+
+
+@functools.lru_cache(maxsize=2)
+def load_depth_model(ref: ModelRef, device: torch.device, dtype: torch.dtype):
+    """A transformers depth-estimation model (``--control depth --control-model``) and its image processor."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    return _load_transformers(
+        "depth model", ref, "--control-model", AutoModelForDepthEstimation, AutoImageProcessor, device, dtype
+    )
 
 
 @functools.lru_cache(maxsize=2)

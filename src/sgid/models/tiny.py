@@ -1,4 +1,5 @@
-"""The ``tiny`` model preset: random-weight BLIP, CLIP, Stable Diffusion (1.x, XL, InstructPix2Pix) built from configs.
+"""The ``tiny`` model preset: random-weight BLIP, CLIP, Stable Diffusion (1.x, XL, InstructPix2Pix), ControlNets for
+SD 1.x and SDXL, and a depth estimator, built from configs.
 
 Built the way diffusers' and transformers' own tests build their dummy components, saved once (safetensors)
 into the local cache, and from then on loaded through the same ``from_pretrained`` path as real checkpoints.
@@ -12,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +25,7 @@ TINY_SEED = 0
 WIDTH = 32  # hidden size of every tiny transformer
 IMAGE_SIZE = 30  # BLIP/CLIP vision input (diffusers/transformers tests use 30 with patch 2)
 
-COMPONENTS = ("blip", "clip", "sd", "pix2pix", "lm", "sdxl")
+COMPONENTS = ("blip", "clip", "sd", "pix2pix", "lm", "sdxl", "controlnet", "controlnet_sdxl", "depth")
 
 
 def tiny_root(cache_dir: Path) -> Path:
@@ -44,6 +46,9 @@ def ensure_tiny_models(cache_dir: Path) -> dict[str, Path]:
         "pix2pix": build_pix2pix,
         "lm": build_lm,
         "sdxl": build_sdxl,
+        "controlnet": build_controlnet,
+        "controlnet_sdxl": build_controlnet_sdxl,
+        "depth": build_depth,
     }
     for name, path in paths.items():
         if not (path / ".complete").exists():
@@ -174,18 +179,35 @@ def build_clip(folder: Path) -> None:
     processor.save_pretrained(folder)
 
 
-def _unet(in_channels: int):
+#: the tiny SD 1.x UNet's architecture (the ControlNet copies its encoder half)
+UNET = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "in_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "cross_attention_dim": WIDTH,
+}
+#: the tiny SDXL UNet's: text_time conditioning on 6 time ids of width 8 + the pooled text embedding
+SDXL_UNET = {
+    **UNET,
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "transformer_layers_per_block": (1, 2),
+    "projection_class_embeddings_input_dim": 6 * 8 + WIDTH,
+    "cross_attention_dim": 2 * WIDTH,  # both text encoders side by side
+}
+
+
+def _unet(in_channels: int, architecture: dict | None = None):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
+        **{**(architecture or UNET), "in_channels": in_channels},
         sample_size=16,  # with the VAE's factor 2: the tiny model's native resolution is 32x32 pixels
-        in_channels=in_channels,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=WIDTH,
     )
 
 
@@ -269,24 +291,7 @@ def build_pix2pix(folder: Path) -> None:
 
 
 def _sdxl_unet():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + WIDTH,  # six time ids of width 8 + the pooled text embedding
-        cross_attention_dim=2 * WIDTH,  # both text encoders side by side
-    )
+    return _unet(4, SDXL_UNET)
 
 
 def build_sdxl(folder: Path) -> None:
@@ -314,6 +319,51 @@ def build_sdxl(folder: Path) -> None:
         add_watermarker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
+
+
+def _controlnet(folder: Path, architecture: dict) -> None:
+    """A tiny ControlNet for a UNet of ``architecture``. A real one starts with zero convolutions (no effect
+    until trained); here they are random, so a condition image visibly changes what is generated."""
+    from diffusers import ControlNetModel
+
+    # conditioning image -> latent size: (16, 32) downsamples by 2, the tiny VAE's factor
+    controlnet: Any = ControlNetModel(**architecture, conditioning_embedding_out_channels=(16, 32))
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    for conv in [*zero_convs, controlnet.controlnet_cond_embedding.conv_out]:
+        torch.nn.init.normal_(conv.weight, std=0.1)
+        torch.nn.init.zeros_(conv.bias)
+    controlnet.eval().save_pretrained(folder, safe_serialization=True)
+
+
+def build_controlnet(folder: Path) -> None:
+    """A tiny ControlNet for the tiny Stable Diffusion 1.x (any ``--control`` kind: its weights are random)."""
+    _controlnet(folder, UNET)
+
+
+def build_controlnet_sdxl(folder: Path) -> None:
+    """A tiny ControlNet for the tiny SDXL (text_time conditioning, 64-wide cross-attention)."""
+    _controlnet(folder, SDXL_UNET)
+
+
+def build_depth(folder: Path) -> None:
+    """A tiny DPT depth estimator (``--control depth --control-model tiny:depth``)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    config = DPTConfig(
+        image_size=32,
+        patch_size=16,
+        hidden_size=WIDTH,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 32, 32, 32],
+        reassemble_factors=[4, 2, 1, 0.5],
+        fusion_hidden_size=32,
+        head_in_index=-1,
+    )
+    DPTForDepthEstimation(config).eval().save_pretrained(folder, safe_serialization=True)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(folder)
 
 
 def build_lm(folder: Path) -> None:

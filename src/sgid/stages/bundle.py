@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from sgid.backends import Backend, GenerationRequest
+from sgid.backends.controlnet import ControlNetGuide
 from sgid.concepts import Prepared, prepare_pipeline
 from sgid.concepts.apply import concepts_lora
 from sgid.errors import SgidError, need
@@ -25,6 +26,8 @@ from sgid.models.loading import (
     ModelRef,
     backend_family,
     load_captioner,
+    load_controlnet,
+    load_depth_model,
     load_scorer,
     load_sd_pipeline,
     load_text_model,
@@ -35,6 +38,7 @@ from sgid.models.loading import (
 )
 from sgid.sample import COPY
 from sgid.stages.caption import Captioner
+from sgid.stages.control import CONTROLS, Control
 from sgid.stages.perturb import IMAGE_PERTURBATIONS, ImagePerturbation
 from sgid.stages.score import ClipScorer
 from sgid.stages.text import TextGenerator
@@ -49,11 +53,13 @@ Outputs = list[tuple[Image.Image, bool]]  # (image, flagged by the safety checke
 
 @dataclass
 class GenerateStage:
-    """Encodes a batch's prompts (weighted) with its backend and generates the batch."""
+    """Encodes a batch's prompts (weighted) with its backend and generates the batch (ControlNet-guided, with
+    each source's condition image, when ``control`` is set)."""
 
     backend: Backend
     model_id: str
     steps: int
+    control: Control | None = None
 
     @property
     def resolution(self) -> int:
@@ -79,9 +85,17 @@ class GenerateStage:
             steps=self.steps,
             seeds=[s.seed for s in batch],
             size=size,
+            control_images=None if self.control is None or pixels is None else self.control(pixels),
         )
         output = self.backend.generate(request)
         return list(zip(output.images, output.nsfw, strict=True))
+
+    def control_fields(self) -> dict[str, Any]:
+        """The ControlNet guidance as manifest fields: condition kind and parameters, scale, ControlNet."""
+        guide = self.backend.guide
+        if self.control is None or not isinstance(guide, ControlNetGuide):
+            return {}
+        return {"control": self.control.describe(), "control_scale": guide.scale, "controlnet_model": guide.name}
 
 
 def runs_diffusion(kind: str) -> bool:
@@ -155,6 +169,11 @@ class Stages:
     def backend(self, kind: str) -> str:
         return str(self.generators[kind].backend.name)
 
+    def control_fields(self, kind: str) -> dict[str, Any]:
+        """The ControlNet guidance of ``kind``'s items as manifest fields (none without ``--control``)."""
+        stage = self.generators.get(kind)
+        return stage.control_fields() if isinstance(stage, GenerateStage) else {}
+
 
 #: What a process may load, each only when the method needs it: ``captioner`` (BLIP), ``scorer`` (CLIP, for
 #: similarities), ``text`` (the language model some methods prepare with), ``generation`` (the generators).
@@ -199,6 +218,10 @@ def load_stages(
     if generation:  # the pipelines are cached per process: building the stages below reuses them
         for ref, base_kind in _checkpoints(choice, method):
             loads.attempt(load_sd_pipeline, ref, base_kind, resolved, dtype, config.safety_checker)
+        if config.control is not None and choice.controlnet is not None:
+            loads.attempt(load_controlnet, choice.controlnet, resolved, dtype)
+        if config.control is not None and choice.control_model is not None:
+            loads.attempt(load_depth_model, choice.control_model, resolved, dtype)
     loads.check()
     if blip is not None:
         stages.captioner = Captioner(blip[0], blip[1], config.captions)
@@ -259,8 +282,33 @@ def _load_generators(
         options: dict[str, Any] = {"diffusers_guidance": config.diffusers_guidance}
         if kind == "instruct":
             options["image_guidance"] = config.image_guidance
+        control = None
+        if kind == "img2img" and config.control is not None:
+            options["guide"] = _controlnet_guide(config, choice, family, base.pipe, device, dtype)
+            control = _control(config, choice, device, dtype)
         backend = family(pipeline_for_mode(base.pipe, family.pipelines[kind]), kind, **options)
-        stages.generators[kind] = GenerateStage(backend, ref.name, config.steps)
+        stages.generators[kind] = GenerateStage(backend, ref.name, config.steps, control)
+
+
+def _controlnet_guide(
+    config: AugmentConfig, choice: ModelChoice, family: Any, pipe: Any, device: Any, dtype: Any
+) -> ControlNetGuide:
+    ref = need(choice.controlnet, "--control needs a ControlNet (--controlnet)")
+    if not family.control_pipelines.get("img2img"):
+        raise SgidError(f"--control: the {family.name} backend has no ControlNet-guided img2img")
+    guide = ControlNetGuide(load_controlnet(ref, device, dtype), config.control_scale, ref.name)
+    guide.check(pipe.unet.config)
+    return guide
+
+
+def _control(config: AugmentConfig, choice: ModelChoice, device: Any, dtype: Any) -> Control:
+    """The ``--control`` kind with its parameters (and model)."""
+    kind = CONTROLS.get(str(config.control))
+    model = None
+    if kind.needs_model:
+        ref = need(choice.control_model, f"--control {config.control} needs --control-model")
+        model = (*load_depth_model(ref, device, dtype), ref.name)
+    return kind.from_config(config, model)
 
 
 def prepare(pipe: Any, config: AugmentConfig) -> Prepared:
