@@ -246,6 +246,8 @@ def used_models(choice: ModelChoice, method: Method) -> dict[str, ModelRef]:
         used["text"] = choice.text
     for ref, base_kind in _checkpoints(choice, method):
         used["instruct" if base_kind == "instruct" else "generator"] = ref
+    if "img2img" in method.generator_kinds:  # --control guides img2img (the choice holds them only then)
+        used.update({role: ref for role in ("controlnet", "control_model") if (ref := getattr(choice, role))})
     return used
 
 
