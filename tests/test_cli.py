@@ -39,6 +39,10 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--caption", "longest"], "invalid --caption 'longest'"),
         (["--guidance", "lots"], "invalid --guidance 'lots'"),
         (["--num-beams", "3"], "beam search cannot return 10 captions with num_beams=3"),
+        (["--top-p", "2"], "invalid --top-p 2.0: must be in (0, 1]"),  # named by its flag, not its field
+        (["--top-k", "-1"], "invalid --top-k -1: must be >= 0"),
+        (["--min-length", "30"], "invalid --min-length 30 / --max-length 20"),
+        (["--beam-captions", "0", "--nucleus-captions", "0"], "at least one caption is needed"),
         (["--noise", "abc"], "argument --noise: invalid float value: 'abc'"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
