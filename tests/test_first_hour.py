@@ -144,6 +144,29 @@ def test_augment_on_a_cpu_with_real_models_says_how_to_make_it_small(tmp_path, c
     assert "--steps 20 --multiplier 1" in line and "--models tiny" in line
 
 
+def test_augment_says_how_long_the_generation_takes_after_its_first_batch(tmp_path, cache_dir, capsys) -> None:
+    source = make_image_folder(tmp_path / "in", {"cat": 2, "dog": 1})
+    args = ["augment", str(source), "--out", str(tmp_path / "out"), "--models", "tiny", "--steps", "2"]
+    assert main([*args, "--batch-size", "1", "--cache-dir", str(cache_dir)]) == 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("estimate: ")]
+    assert line.endswith("for the planned generation (measured on its first batch)")
+    assert err.index("planned: 3 image(s)") < err.index("estimate: ") < err.index("generated 3, skipped 0")
+    # one batch is all the work: nothing to estimate
+    assert main([*args, "--out", str(tmp_path / "one"), "--batch-size", "4", "--cache-dir", str(cache_dir)]) == 0
+    assert "estimate: " not in capsys.readouterr().err
+
+
+def test_a_long_generation_estimate_names_the_flags_that_make_it_small(capsys) -> None:
+    progress.estimate_note(700.0, 4, 8, "the planned generation", "its first batch", ["--steps 20"], quiet=False)
+    assert capsys.readouterr().err == (
+        "estimate: about 23m20s for the planned generation (measured on its first batch); to make it small: "
+        "--steps 20\n"
+    )
+    progress.estimate_note(70.0, 4, 8, "the planned generation", "its first batch", ["--steps 20"], quiet=False)
+    assert "to make it small" not in capsys.readouterr().err
+
+
 def test_a_rerun_with_nothing_to_do_loads_no_model(tmp_path, cache_dir, capsys, monkeypatch) -> None:
     source = make_image_folder(tmp_path / "in", {"cat": 2})
     (source / "cat" / "broken.png").write_bytes(b"not a png")  # unreadable: never done, never work either

@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ from sgid.plan import (
     Layout,
     ScoreRequest,
     ScoreTask,
+    Shard,
     Slot,
     WorkItem,
     caption_groups,
@@ -75,7 +76,7 @@ from sgid.plan import (
     shards_of,
     target_size,
 )
-from sgid.progress import bar, counted, note, warn
+from sgid.progress import bar, counted, estimate_note, note, warn
 from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
@@ -592,11 +593,34 @@ class Augmenter:
     # -- 4. execute and write ------------------------------------------------------------------------------
     def _generate(self, layout: Layout, work: dict[int, Batch], engine: Engine, store: RunStore) -> int:
         shards = shards_of(layout, work)
-        progress = bar(sum(s.items for s in shards), "generating", "img", self.config.quiet)
+        planned = sum(s.items for s in shards)
+        progress = bar(planned, "generating", "img", self.config.quiet)
         with Committer(store, progress) as commit:
-            engine.run(shards, commit)
+            engine.run(shards, self._estimating(commit, shards, planned))
         progress.close()
         return commit.made
+
+    def _estimating(self, commit: Committer, shards: list[Shard], planned: int) -> Callable[[ItemResult], None]:
+        """``commit``, which once the first batch is in says how long the planned generation should take (one
+        process generating: a Ray pool's first batch says nothing of its other workers)."""
+        c = self.config
+        first = len(shards[0].batches[0].wanted) if shards else 0
+        diffusion = any(runs_diffusion(kind) for kind in self.method.generator_kinds)
+        if c.quiet or c.engine != "local" or not diffusion or first >= planned:
+            return commit
+        hints = [flag for flag, big in (("--steps 20", c.steps > 20), ("--multiplier 1", c.multiplier > 1)) if big]
+        started = time.monotonic()
+        received = 0
+
+        def receive(result: ItemResult) -> None:
+            nonlocal received
+            commit(result)
+            received += 1
+            if received == first:
+                seconds = time.monotonic() - started
+                estimate_note(seconds, first, planned, "the planned generation", "its first batch", hints, c.quiet)
+
+        return receive
 
     def _write_originals(self, listing: Listing, infos: dict[str, SourceInfo], store: RunStore) -> None:
         names = output_names(listing.sources, "original")
