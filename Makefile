@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-all lint bench experiment clean
+.PHONY: install demo test test-slow test-all lint bench bench-gpu experiment clean
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ test-all: install lint
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+bench-gpu: install
+	$(PY) benchmarks/gpu_throughput.py --out gpu_throughput.json
 
 experiment: install
 	$(PY) experiments/digits.py --out experiments/out/digits

@@ -53,3 +53,26 @@ def report(name: str, baseline_label: str, baseline: float, candidate_label: str
         f"{name}: {baseline_label} {baseline * 1000:.0f} ms, {candidate_label} {candidate * 1000:.0f} ms "
         f"-> {baseline / candidate:.2f}x"
     )
+
+
+def in_child(script: str, *args: str) -> dict:
+    """Run ``script args`` in a fresh Python process (its own peak memory, nothing cached); the last line it
+    prints is a JSON object, returned."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def sgid_options(models: dict, steps: int) -> dict:
+    """``augment`` options for the benchmarks' models (``models.realistic_models``), captions computed."""
+    return {
+        "captioner": str(models["blip"]),
+        "scorer": str(models["clip"]),
+        "sd_model": str(models["sd"]),
+        "steps": steps,
+        "caption_cache": False,
+        "quiet": True,
+    }

@@ -23,15 +23,23 @@ def cache_key(**parts: Any) -> str:
 
 
 class Cache:
-    """``Cache(path)`` persists to ``path``; ``Cache(None)`` keeps nothing (``--no-cache``)."""
+    """``Cache(path)`` persists to ``path``; ``Cache(None)`` keeps nothing (``--no-cache``); ``readonly`` reads
+    what is there and writes nothing, not even a new file (``--dry-run``)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, readonly: bool = False) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self.readonly = readonly
         self.hits = 0
         self.misses = 0
-        self.writable = True
-        if path is not None:
+        self.writable = not readonly
+        if path is not None and readonly:
+            if path.is_file():
+                try:
+                    self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60, isolation_level=None)
+                except sqlite3.DatabaseError as exc:
+                    warn(f"the cache {path} cannot be used ({exc}); going on without it")
+        elif path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
@@ -53,6 +61,11 @@ class Cache:
                     marks = ",".join("?" * len(chunk))
                     rows = self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk)
                     found.update((key, json.loads(value)) for key, value in rows)
+            except sqlite3.OperationalError as exc:
+                if not self.readonly:
+                    warn(f"the cache {self.path} cannot be read ({exc}); going on without it")
+                    self.close()
+                found.clear()  # read-only: the table was never made
             except (sqlite3.DatabaseError, ValueError) as exc:  # damaged since it was opened
                 warn(f"the cache {self.path} cannot be read ({exc}); going on without it")
                 self.close()
@@ -65,7 +78,7 @@ class Cache:
         """Store all items in one transaction: after a crash either all of them are there or none.
 
         A cache that cannot be written (its disk is full, its file is read-only) is a warning, not a failure:
-        the run goes on without storing what it computes."""
+        the run goes on without storing what it computes. A ``readonly`` cache stores nothing."""
         if self._db is None or not items or not self.writable:
             return
         assert table in _TABLES

@@ -20,6 +20,7 @@ from sgid.stages.prompt import DEFAULT_LABEL_TEMPLATE, PROMPT_MODES
 from sgid.stages.score import SIMILARITY_MODES
 
 CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
+VAE_TILING = ("auto", "on", "off")
 ON_FLAGGED = ("drop", "retry")
 
 #: Settings that do not change what a run produces; they may differ when a run is resumed.
@@ -37,6 +38,8 @@ EXECUTION_ONLY = frozenset(
         "gpus_per_worker",
         "ray_address",
         "shard_size",
+        "compile",
+        "vae_tiling",
     }
 )
 
@@ -118,6 +121,9 @@ class AugmentConfig:
     gpus_per_worker: float | None = None  # None: 1 on a machine with GPUs, else 0
     ray_address: str | None = None  # join this Ray cluster instead of starting a local one
     shard_size: int = 64  # items per unit of work handed to a worker
+    # the one-GPU fast path (docs/performance.md says which of these change pixels)
+    compile: bool = False  # torch.compile the UNet (minutes of warm-up, then faster steps)
+    vae_tiling: str = "auto"  # decode/encode images larger than the model's size in tiles: auto (on CUDA), on, off
 
     def __post_init__(self) -> None:
         _check(self.noise, "--noise", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
@@ -162,6 +168,7 @@ class AugmentConfig:
         if self.caption == "nucleus" and not self.captions.nucleus_captions:
             raise SgidError("--caption nucleus needs nucleus captions (--nucleus-captions > 0)")
         _check(self.shard_size, "--shard-size", lambda v: v >= 1, "must be >= 1")
+        _choice(self.vae_tiling, "--vae-tiling", VAE_TILING)
         _check_control(self, parts)
         if self.workers is not None:
             _check(self.workers, "--workers", lambda v: v >= 1, "must be >= 1")

@@ -15,6 +15,7 @@ images are resized back and PNG-encoded on others.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -29,7 +30,7 @@ from sgid.images import ImageError, LoadedImage, load_rgb, png_bytes, resize
 from sgid.manifest import ErrorRow, ManifestRow
 from sgid.methods import METHODS, Method
 from sgid.models.loading import ModelChoice
-from sgid.plan import Batch, CaptionTask, ScoreTask, Shard, Task, WorkItem
+from sgid.plan import Batch, Calibration, CaptionTask, ScoreTask, Shard, Task, Timing, WorkItem
 from sgid.sample import COPY, Sample
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import PARTS, Outputs, Stages, load_stages, runs_diffusion
@@ -88,7 +89,21 @@ class Worker:
             return self.caption(task)
         if isinstance(task, ScoreTask):
             return self.score(task)
+        if isinstance(task, Calibration):
+            return self.calibrate(task)
         raise TypeError(f"not a task: {task!r}")
+
+    def calibrate(self, task: Calibration) -> Iterator[Any]:
+        """The task twice, timed; the second run's results, then the :class:`~sgid.plan.Timing`."""
+        started = time.perf_counter()
+        for _ in self.run(task.task):
+            pass
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        results = list(self.run(task.task))
+        second = time.perf_counter() - started
+        yield from results
+        yield Timing(first, second, task.items)
 
     # -- captions and scores --------------------------------------------------------------------------------
     def _load(self, path: Any, sha256: str, relpath: str) -> Image.Image:

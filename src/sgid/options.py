@@ -110,8 +110,8 @@ def _optional(annotation: str) -> str:
 
 
 def augment_signature() -> inspect.Signature:
-    """``augment(input_dir, out_dir, *, preset=None, <every option>=None, print_summary=False)``: ``None`` means
-    "not given" (the method's or the preset's value, else the paper's default)."""
+    """``augment(input_dir, out_dir, *, preset=None, <every option>=None, print_summary=False, dry_run=False)``:
+    ``None`` means "not given" (the method's or the preset's value, else the paper's default)."""
     keyword = inspect.Parameter.KEYWORD_ONLY
     parameters = [
         inspect.Parameter("input_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="str | Path"),
@@ -122,5 +122,6 @@ def augment_signature() -> inspect.Signature:
             for o in augment_options()
         ),
         inspect.Parameter("print_summary", keyword, default=False, annotation="bool"),
+        inspect.Parameter("dry_run", keyword, default=False, annotation="bool"),
     ]
-    return inspect.Signature(parameters, return_annotation="RunSummary")
+    return inspect.Signature(parameters, return_annotation="RunSummary | DryRun")

@@ -32,8 +32,9 @@ from sgid.config import AugmentConfig
 from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
 from sgid.engines import ENGINES, Engine
 from sgid.errors import SgidError, disk_full_is_one_line
+from sgid.estimate import DryRun, denoising_steps, guidance_passes
 from sgid.execute import ItemResult, Worker, WorkerSpec
-from sgid.images import ImageError, LoadedImage, load_rgb, probe_size
+from sgid.images import ImageError, LoadedImage, load_rgb, probe_size, sha256_bytes
 from sgid.interrupt import Interrupted, signal_name
 from sgid.manifest import ErrorRow
 from sgid.methods import (
@@ -55,6 +56,7 @@ from sgid.models.loading import (
     is_tiny,
     model_id,
     resolve_device,
+    resolve_dtype,
     resolve_models,
     sd_geometry,
 )
@@ -62,6 +64,7 @@ from sgid.options import augment_signature, resolve_options
 from sgid.outdir import check_out_dir
 from sgid.plan import (
     Batch,
+    Calibration,
     CaptionSource,
     CaptionTask,
     Layout,
@@ -69,6 +72,7 @@ from sgid.plan import (
     ScoreTask,
     Shard,
     Slot,
+    Timing,
     WorkItem,
     caption_groups,
     chunks,
@@ -112,9 +116,12 @@ def augment(
     *,
     preset: str | None = None,
     print_summary: bool = False,
+    dry_run: bool = False,
     **options: Any,
-) -> RunSummary:
-    """Augment a labelled image folder (``sgid augment INPUT --out OUT``); returns a :class:`RunSummary`.
+) -> Any:
+    """Augment a labelled image folder (``sgid augment INPUT --out OUT``); returns a :class:`RunSummary`, or
+    with ``dry_run=True`` a :class:`~sgid.estimate.DryRun`: what the run would do and an estimate of its time,
+    nothing written (for a chain of methods, its first method's run: later ones build on its output).
 
     Every option of the command is a keyword argument: its flag with ``_`` for ``-`` (``--multiplier`` →
     ``multiplier``, ``--no-cache`` → ``no_cache=True``, ``--template`` → ``template=[...]``; the older names
@@ -131,7 +138,12 @@ def augment(
     config = AugmentConfig.build(input_dir, out_dir, preset=preset, **settings)
     for line in option_warnings(config, _given(settings)):
         warn(line)
-    summary = _run_stages(input_dir, out_dir, preset, settings)
+    stages = _stages(input_dir, out_dir, preset, settings)
+    if dry_run:
+        return Augmenter(stages[0]).dry_run()
+    for stage in stages:
+        _warn_denoising(stage)
+    summary = [Augmenter(stage).run() for stage in stages][-1]
     if print_summary:
         note(summary.line(), config.quiet)
     return summary
@@ -140,12 +152,13 @@ def augment(
 augment.__signature__ = augment_signature()  # type: ignore[attr-defined]
 
 
-def _run_stages(input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]) -> RunSummary:
+def _stages(
+    input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
+) -> list[AugmentConfig]:
+    """The run of each method of ``options["method"]`` (one, or a chain's), configured and checked."""
     parts = chain_parts(options.get("method") or "sgid")
     if len(parts) == 1:
-        config = _stage_config(input_dir, out_dir, preset, options)
-        _warn_denoising(config)
-        return Augmenter(config).run()
+        return [_stage_config(input_dir, out_dir, preset, options)]
     # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
     # is configured (and checked) before the first one starts.
     out = Path(out_dir)
@@ -155,9 +168,8 @@ def _run_stages(input_dir: str | Path, out_dir: str | Path, preset: str | None, 
         target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
         stage = _stage_config(current, target, preset, {**options, "method": part})
         stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
-        _warn_denoising(stages[-1])
         current = target
-    return [Augmenter(stage).run() for stage in stages][-1]
+    return stages
 
 
 def _given(options: dict[str, Any]) -> list[str]:
@@ -270,6 +282,108 @@ class Augmenter:
                 "(or --models tiny to try the pipeline)"
             )
         note(line)
+
+    # -- --dry-run -----------------------------------------------------------------------------------------
+    def dry_run(self) -> DryRun:
+        """What :meth:`run` would do, and its time estimated from one calibration batch; writes nothing."""
+        c = self.config
+        listing, choice, store = self._check()
+        store.peek()
+        engine = self._engine()
+        driver = Worker(WorkerSpec(c, choice), self._stages)
+        engine.start(driver.spec, driver)
+        interrupt.reassert()  # ray.init puts in a SIGTERM handler of its own
+        try:
+            self._load(driver, engine)
+            cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None, readonly=True)
+            layout, unusable = self._lay_out(listing, driver, engine.workers)
+            slots = list(layout.slots)
+            done = sum(store.is_done(s.key) for s in slots)
+            needed = self._sources_needed(layout, store)
+            kind = slots[0].kind if slots else self.method.generator_kinds[0]
+            report = DryRun(
+                input_dir=c.input_dir,
+                out_dir=c.out_dir,
+                engine=engine.describe(),
+                workers=engine.workers,
+                device=self._device_label(engine),
+                sources=len({s.source.relpath for s in slots}),
+                unusable=len(listing.skipped) + len(unusable),
+                images=len(slots),
+                done=done,
+                to_make=len(slots) - done,
+                to_caption=self._uncached(listing, needed, driver, cache),
+                steps=denoising_steps(kind, c),
+                passes=guidance_passes(kind, c),
+            )
+            report = self._calibrate(report, listing, layout, store, engine, driver, cache)
+            cache.close()
+        finally:
+            engine.close()
+        return report
+
+    def _device_label(self, engine: Engine) -> str:
+        device = resolve_device(engine.device)
+        return f"{device.type} {str(resolve_dtype(self.config.dtype, device)).removeprefix('torch.')}"
+
+    def _uncached(self, listing: Listing, needed: set[str], driver: Worker, cache: Cache) -> int:
+        """How many of the needed sources have no captions in the cache (their bytes hashed, not decoded)."""
+        if not self.method.needs_captions():
+            return 0
+        ids = self._model_ids(driver)
+        keys = {}
+        for source in listing.sources:
+            if source.relpath in needed:
+                digest = sha256_bytes(source.path.read_bytes())
+                keys[source.relpath] = self._caption_key(
+                    digest, derive_seed(self.config.seed, source.relpath, "captions"), ids
+                )
+        return len(keys) - len(cache.get_many("captions", keys.values()))
+
+    def _calibrate(
+        self,
+        report: DryRun,
+        listing: Listing,
+        layout: Layout,
+        store: RunStore,
+        engine: Engine,
+        driver: Worker,
+        cache: Cache,
+    ) -> DryRun:
+        """Caption the first caption group and generate the first batch with work, each twice, timed."""
+        first = next(
+            (n for n, batch in enumerate(layout.batches) if not all(store.is_done(s.key) for s in batch)), None
+        )
+        if first is None:
+            return report
+        wanted = {slot.source.relpath for slot in layout.batches[first]}
+        timings: list[Timing] = []
+        infos, _ = self._read_and_caption(listing, layout, wanted, engine, driver, Cache(None), timings=timings)
+        said, caption_seconds = [], None
+        if timings:
+            caption_seconds = timings[0].second / timings[0].items
+            said.append(f"captions of {timings[0].items} images in {timings[0].second:.1f} s")
+        generation_seconds = None
+        if report.steps:
+            context = self._context(listing, infos, driver)
+            work = self._plan_work(Layout((layout.batches[first],), (0,)), context, store, commit=False)
+            work = self._score_chosen_captions(work, engine, driver, cache)
+            if work:
+                batch = next(iter(work.values()))
+                shard = Shard(0, (Batch(batch.size, tuple(replace(i, wanted=True) for i in batch.items)),))
+                found: list[Timing] = []
+                engine.run([Calibration(shard)], lambda r: found.append(r) if isinstance(r, Timing) else None)
+                generation_seconds = found[0].second / found[0].items
+                said.append(
+                    f"a batch of {found[0].items} images in {found[0].second:.1f} s "
+                    f"(after {found[0].first:.1f} s loading and warming up)"
+                )
+        return replace(
+            report,
+            caption_seconds=caption_seconds,
+            generation_seconds=generation_seconds,
+            calibration=", ".join(said),
+        )
 
     def _check(self) -> tuple[Listing, ModelChoice, RunStore]:
         """The input listing, the models to use and OUT's store, all checked without loading a model."""
@@ -426,9 +540,18 @@ class Augmenter:
         return needed
 
     def _read_and_caption(
-        self, listing: Listing, layout: Layout, needed: set[str], engine: Engine, driver: Worker, cache: Cache
+        self,
+        listing: Listing,
+        layout: Layout,
+        needed: set[str],
+        engine: Engine,
+        driver: Worker,
+        cache: Cache,
+        *,
+        timings: list[Timing] | None = None,
     ) -> tuple[dict[str, SourceInfo], list[ErrorRow]]:
-        """Read the needed sources (in fixed caption groups); caption every group not wholly in the cache."""
+        """Read the needed sources (in fixed caption groups); caption every group not wholly in the cache.
+        With ``timings``, the first caption task runs as a calibration and its timing is added to the list."""
         c = self.config
         captioning = self.method.needs_captions()
         infos: dict[str, SourceInfo] = {}
@@ -468,14 +591,18 @@ class Augmenter:
         if tasks:
             progress = bar(sum(t.items for t in tasks), "captioning", "img", c.quiet)
 
-            def receive(result: tuple[str, list[list[Any]]]) -> None:
+            def receive(result: Any) -> None:
+                if isinstance(result, Timing):
+                    if timings is not None:
+                        timings.append(result)
+                    return
                 relpath, found = result
                 if relpath not in captions:
                     cache.put_many("captions", {keys[relpath]: found})
                     captions[relpath] = _captions(found)
                     progress.update(1)
 
-            engine.run(tasks, receive)
+            engine.run([Calibration(tasks[0]), *tasks[1:]] if timings is not None else tasks, receive)
             progress.close()
             interrupt.check()
         for relpath, found in captions.items():
@@ -521,8 +648,11 @@ class Augmenter:
         stages = driver.loaded_stages or Stages()
         return Services(text=stages.text, scorer=stages.scorer, scorer_id=stages.scorer_id, cache_dir=self.cache_dir)
 
-    def _plan_work(self, layout: Layout, context: MethodContext, store: RunStore) -> dict[int, Batch]:
-        """The batches with something left to do, planned whole (batch index -> batch)."""
+    def _plan_work(
+        self, layout: Layout, context: MethodContext, store: RunStore, *, commit: bool = True
+    ) -> dict[int, Batch]:
+        """The batches with something left to do, planned whole (batch index -> batch). Items the method skips
+        are journaled as errors (unless ``commit`` is False: a dry run)."""
         c = self.config
         work: dict[int, Batch] = {}
         for number, batch in enumerate(layout.batches):
@@ -538,7 +668,7 @@ class Augmenter:
                 try:
                     sample = self.method.plan(Sample(source=slot.source, k=slot.k, seed=seed, info=info), context)
                 except SkipItem as exc:
-                    if not store.is_done(slot.key):
+                    if commit and not store.is_done(slot.key):
                         error = ErrorRow(slot.source.relpath, slot.k, str(exc), self.method.name)
                         store.commit_output_error(slot.key, error)
                     continue

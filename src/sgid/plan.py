@@ -174,7 +174,26 @@ class ScoreTask:
         return len(self.requests)
 
 
-Task = Shard | CaptionTask | ScoreTask
+@dataclass(frozen=True)
+class Calibration:
+    """Run ``task`` twice on one worker and time both runs (the first loads models and warms up); the results
+    are the second run's, then one :class:`Timing`. ``--dry-run`` estimates a run's time from it."""
+
+    task: Shard | CaptionTask | ScoreTask
+
+    @property
+    def items(self) -> int:
+        return self.task.items
+
+
+@dataclass(frozen=True)
+class Timing:
+    first: float  # seconds, models loaded and warmed up
+    second: float  # seconds, steady state
+    items: int
+
+
+Task = Shard | CaptionTask | ScoreTask | Calibration
 
 
 def chunks(items: Sequence, size: int) -> Iterator[list]:

@@ -227,6 +227,24 @@ def register(subparsers: Any) -> None:
         "--ray-address", default=None, help="ray: join this cluster (e.g. auto, or HOST:6379) instead of a local Ray"
     )
     scale.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the UNet: minutes of warm-up per image shape, then faster steps (CUDA)",
+    )
+    scale.add_argument(
+        "--vae-tiling",
+        default=None,
+        help="encode/decode images larger than the model's size in tiles: auto (on CUDA), on, off [default: auto]",
+    )
+    scale.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="print the work (images, UNet evaluations) and an estimated time from one calibration batch; "
+        "write nothing",
+    )
+    scale.add_argument(
         "--shard-size",
         type=int,
         default=None,
@@ -342,5 +360,7 @@ def run(args: argparse.Namespace) -> int:
     from sgid.pipeline import augment
 
     options = options_from_args(args)
-    augment(args.input, args.out, print_summary=True, **options)
+    result = augment(args.input, args.out, print_summary=True, **options)
+    if options.get("dry_run"):
+        print("\n".join(result.lines()))
     return 0

@@ -44,6 +44,11 @@ class Engine:
         return 1
 
     @property
+    def device(self) -> str:
+        """The device workers compute on (``--device``, or what the engine chose for them)."""
+        return self.config.device
+
+    @property
     def needs_local_models(self) -> bool:
         """True when the driver's own models do the work (they are loaded before any work starts)."""
         return False

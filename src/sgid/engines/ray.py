@@ -16,10 +16,13 @@ used and left running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -101,11 +104,10 @@ class RayEngine(Engine):
                 "log_to_driver": False,
                 "logging_level": logging.ERROR,
             }
-            if c.ray_address:
+            if not c.ray_address:
+                options["num_cpus"] = max(os.cpu_count() or 1, (c.workers or 1) + 1)  # one spare for Ray Data
+            with _quiet_stderr("Set ray log level from environment variable"):
                 ray.init(address=c.ray_address, **options)
-            else:
-                cpus = max(os.cpu_count() or 1, (c.workers or 1) + 1)  # one CPU spare for Ray Data's reads
-                ray.init(num_cpus=cpus, **options)
             self._owns_ray = True
         _quiet_ray_data()
         gpus = float(ray.cluster_resources().get("GPU", 0))
@@ -119,6 +121,10 @@ class RayEngine(Engine):
         self._workers = c.workers or (max(1, int(gpus // per_worker)) if per_worker else 1)
         device = "cuda" if per_worker else ("cpu" if c.device == "auto" else c.device)
         self._spec = replace(spec, device=device)
+
+    @property
+    def device(self) -> str:
+        return self._spec.device or self.config.device if self._spec is not None else self.config.device
 
     def run(self, tasks: Sequence[Task], sink: Sink) -> None:
         if not tasks:
@@ -154,6 +160,25 @@ class RayEngine(Engine):
     def describe(self) -> str:
         gpus = f", {self._gpus_per_worker:g} GPU each" if self._gpus_per_worker else ""
         return f"ray engine, {self._workers} worker{'s' if self._workers != 1 else ''}{gpus}"
+
+
+@contextlib.contextmanager
+def _quiet_stderr(noise: str) -> Iterator[None]:
+    """Run the block with file descriptor 2 captured; pass on every line but Ray's own ``noise`` line (Ray's
+    C++ core writes to the descriptor, not to ``sys.stderr``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if noise not in line:
+                    sys.stderr.write(line)
 
 
 def _quiet_ray_data() -> None:

@@ -381,12 +381,15 @@ def _build_sd_pipeline(
 _cached_sd_pipeline = functools.lru_cache(maxsize=4)(_build_sd_pipeline)
 
 
-def pipeline_for_mode(base: Any, class_name: str) -> Any:
-    """A pipeline of diffusers class ``class_name`` over ``base``'s modules and settings (no second copy)."""
+def pipeline_for_mode(base: Any, class_name: str, **modules: Any) -> Any:
+    """A pipeline of diffusers class ``class_name`` over ``base``'s modules and settings (no second copy);
+    ``modules`` replace some of them (e.g. a compiled UNet) in a new pipeline, ``base`` untouched."""
     import diffusers
 
     cls = getattr(diffusers, class_name)
-    return base if type(base) is cls else assemble_pipeline(cls, base.components, base.config)
+    if type(base) is cls and not modules:
+        return base
+    return assemble_pipeline(cls, {**base.components, **modules}, base.config)
 
 
 def assemble_pipeline(cls: Any, components: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
