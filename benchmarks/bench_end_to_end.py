@@ -170,6 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    from common import fresh
     from models import REALISTIC, SMOKE, realistic_models
 
     work = args.work or Path(tempfile.mkdtemp(prefix="sgid-bench-e2e-"))
@@ -181,7 +182,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {"loop": [], "sgid": []}
     for repeat in range(args.repeats):
         for which in ("loop", "sgid"):
-            out = work / "out" / f"{which}-{repeat}"
+            out = fresh(work / "out" / f"{which}-{repeat}")
             results[which].append(measure(which, models, source, out, args.steps))
     loop, sgid = ({k: statistics.median(r[k] for r in results[w]) for k in ("seconds", "peak_bytes")} for w in results)
     shape = "mixed aspect ratios" if args.mixed else f"{size}x{size}"

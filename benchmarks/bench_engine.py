@@ -49,7 +49,7 @@ def main() -> None:
     if args.child:
         return child(json.loads(args.child[0]), args.child[1], args.child[2])
     from bench_end_to_end import make_images
-    from common import sgid_options
+    from common import fresh, sgid_options
     from models import REALISTIC, SMOKE, realistic_models
 
     work = args.work or Path(tempfile.mkdtemp(prefix="sgid-bench-engine-"))
@@ -62,7 +62,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         for engine in times:
             options = {**common, "engine": engine, **({"workers": 1} if engine == "ray" else {})}
-            times[engine].append(seconds(options, source, work / "out" / f"{engine}-{repeat}"))
+            times[engine].append(seconds(options, source, fresh(work / "out" / f"{engine}-{repeat}")))
     local, ray = statistics.median(times["local"]), statistics.median(times["ray"])
     ratio = ray / local
     print(f"engine, {args.images} images: local {local:.1f} s, ray with 1 worker {ray:.1f} s -> ray/local {ratio:.2f}")

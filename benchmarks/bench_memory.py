@@ -44,6 +44,7 @@ def main() -> None:
     if args.child:
         return child(*args.child)
     from bench_end_to_end import make_images
+    from common import fresh
 
     work = args.work or Path(tempfile.mkdtemp(prefix="sgid-bench-memory-"))
     peaks = {}
@@ -51,7 +52,7 @@ def main() -> None:
         source = work / f"input-{count}"
         if not source.exists():
             make_images(source, count, mixed=False, size=32)
-        peaks[count] = peak(source, work / f"out-{count}")
+        peaks[count] = peak(source, fresh(work / f"out-{count}"))
     small, large = peaks[args.small], peaks[args.large]
     print(
         f"memory, tiny models: peak RSS {args.small} inputs {small / 2**20:.0f} MiB, {args.large} inputs "

@@ -24,7 +24,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from bench_end_to_end import make_images  # noqa: E402
-from common import sgid_options  # noqa: E402
+from common import fresh, sgid_options  # noqa: E402
 from models import REALISTIC, SMOKE, realistic_models  # noqa: E402
 
 from sgid.pipeline import augment  # noqa: E402
@@ -63,12 +63,12 @@ def main() -> None:
     if not source.exists():
         make_images(source, args.images, mixed=False, size=64 if args.smoke else 256)
     options = {**sgid_options(models, args.steps), "batch_size": 4}
-    augment(source, work / "warm-up", **options)  # loads the models (cached per process)
+    augment(source, fresh(work / "warm-up"), **options)  # loads the models (cached per process)
     inside = [0.0]
     for cls, name in MODEL_CALLS:
         setattr(cls, name, timed(inside, getattr(cls, name)))
     started = time.perf_counter()
-    augment(source, work / "measured", **options)
+    augment(source, fresh(work / "measured"), **options)
     wall = time.perf_counter() - started
     print(
         f"overhead, {args.images} images, {args.steps // 2} guided steps: end to end {wall:.1f} s, "

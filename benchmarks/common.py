@@ -66,6 +66,15 @@ def in_child(script: str, *args: str) -> dict:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def fresh(folder: Path) -> Path:
+    """``folder``, emptied: a measured run always starts from nothing (in a ``--work`` folder kept from an earlier
+    invocation, the same output folder would otherwise be a finished run, resumed in no time)."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
 def sgid_options(models: dict, steps: int) -> dict:
     """``augment`` options for the benchmarks' models (``models.realistic_models``), captions computed."""
     return {

@@ -26,7 +26,7 @@ def count_steps(monkeypatch: pytest.MonkeyPatch, trainer: type[Any], fail_at: in
     def step(self: Any) -> float:
         calls.append(self.step_done)
         if fail_at is not None and len(calls) == fail_at:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(f"test: interrupted at step {len(calls)}")
         return float(original(self))
 
     monkeypatch.setattr(trainer, "step", step)

@@ -1,11 +1,16 @@
-"""Shared offline fixtures: tiny random-weight models built once per test session, and image folders.
+"""Shared offline fixtures: tiny random-weight models, and image folders.
 
-Everything runs with HF_HUB_OFFLINE=1; nothing is downloaded.
+Everything runs with HF_HUB_OFFLINE=1; nothing is downloaded. The tiny models are built once and kept on disk
+between sessions (in ``$SGID_TEST_MODELS``, default ``~/.cache/sgid/tiny-models``), in a folder named after a
+hash of their definition, so a changed definition is rebuilt and an unchanged one is never built twice. Every
+other cache (captions, features) is fresh per session.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +26,39 @@ from PIL import Image
 CPU = torch.device("cpu")
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Compute with one torch thread inside the block.
+
+    A CPU reduction split over another number of threads rounds differently in the last bits, so tests that
+    compare bytes across runs made in different processes (a forked child computes with one thread) or with
+    different batch compositions fix the thread count instead of inheriting the machine's.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def persistent_models_dir() -> Path:
+    """Where the tiny models are kept between test sessions."""
+    if os.environ.get("SGID_TEST_MODELS"):
+        return Path(os.environ["SGID_TEST_MODELS"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sgid" / "tiny-models"
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A session-wide sgid cache (tiny models are built here once). Tests get it through SGID_CACHE."""
+    """A session-wide sgid cache whose tiny models live on disk between sessions. Tests get it through SGID_CACHE."""
     path = tmp_path_factory.mktemp("sgid-cache")
+    models = persistent_models_dir()
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+        (path / "tiny-models").symlink_to(models, target_is_directory=True)
+    except OSError:  # a read-only home: build them inside the session's cache instead
+        pass
     os.environ["SGID_CACHE"] = str(path)
     return path
 
@@ -95,3 +129,60 @@ def augmented_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
     source = make_image_folder(root / "input", {"cat": 3, "golden_retriever": 3})
     augment(source, root / "out", multiplier=2, cache_dir=cache_dir, **FAST)
     return root / "out"
+
+
+@pytest.fixture(scope="session")
+def method_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):  # type: ignore[no-untyped-def]
+    """One reference run per method at batch size 2 with far-apart guidance and weights (tests/method_runs.py)."""
+    from method_runs import MethodRuns
+
+    return MethodRuns(tmp_path_factory.mktemp("method-runs"), cache_dir)
+
+
+@pytest.fixture
+def forbid_model_loading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every way sgid builds or loads a model fails the test (and is recorded in the returned list): sgid's own
+    loaders wherever they were imported, the tiny-model builder, and the libraries' ``from_pretrained`` /
+    ``create_model`` entry points. For "bad input is refused before any model loads"."""
+    import importlib
+    import sys
+
+    touched: list[str] = []
+
+    def refusing(name: str):  # type: ignore[no-untyped-def]
+        def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+            touched.append(name)
+            raise AssertionError(f"{name} was called before the options were checked")
+
+        return refuse
+
+    owners = {
+        "sgid.models.loading": ("load_captioner", "load_scorer", "load_sd_pipeline", "load_text_model"),
+        "sgid.models.tiny": ("ensure_tiny_models",),
+        "sgid.evaluate.backbones": ("build_backbone", "load_clip"),
+        "sgid.features": ("load_clip",),
+    }
+    originals: dict[int, str] = {}
+    for module_name, names in owners.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            originals[id(getattr(module, name))] = f"{module_name}.{name}"
+    for module_name, module in list(sys.modules.items()):  # every place the loaders were imported into
+        if module_name == "sgid" or module_name.startswith("sgid."):
+            for attribute, value in list(vars(module).items()):
+                if id(value) in originals:
+                    monkeypatch.setattr(module, attribute, refusing(originals[id(value)]))
+    import diffusers
+    import transformers
+    from diffusers.loaders.single_file import FromSingleFileMixin
+
+    for owner, method in (
+        (transformers.PreTrainedModel, "from_pretrained"),
+        (diffusers.DiffusionPipeline, "from_pretrained"),
+        (diffusers.ModelMixin, "from_pretrained"),
+        (FromSingleFileMixin, "from_single_file"),
+    ):
+        monkeypatch.setattr(owner, method, classmethod(refusing(f"{owner.__name__}.{method}")))
+    for module_name, function in (("timm", "create_model"), ("open_clip", "create_model")):
+        monkeypatch.setattr(importlib.import_module(module_name), function, refusing(f"{module_name}.{function}"))
+    return touched

@@ -4,18 +4,15 @@ a killed run resumes to the same bytes, manifest fields) hold for each of them."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_folder
+from conftest import make_image_folder, one_thread
+from method_runs import assert_same_run, run_killed
 from sgid.pipeline import augment
-from test_restart import journal_rows, kill_when, snapshot
 
 #: variant -> the augment options that select it (keyword form; the CLI flags are the same with dashes)
 VARIANTS: dict[str, dict[str, object]] = {
@@ -72,31 +69,21 @@ def test_batch_size_invariance_and_manifest(variant: str, source: Path, tmp_path
         assert {key: row.get(key) for key in CONTROL.get(variant, {})} == CONTROL.get(variant, {})
 
 
-def start(source: Path, out: Path, cache_dir: Path, flags: list[str]) -> subprocess.Popen:  # type: ignore[type-arg]
-    env = dict(os.environ, SGID_CACHE=str(cache_dir), HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "sgid", "augment", str(source), "--out", str(out), "--batch-size", "1"]
-    return subprocess.Popen(command + flags, env=env, stderr=subprocess.PIPE)
-
-
-def cli_flags(variant: str) -> list[str]:
-    flags = ["--models", "tiny", "--steps", "20", "-k", "2", "--quiet", "--no-cache"]
-    for key, value in VARIANTS[variant].items():
-        flags += [f"--{key.replace('_', '-')}", str(value)]
-    return flags
-
-
 @pytest.mark.parametrize("variant", ["sdxl", "canny"])
 def test_a_killed_run_resumes_to_the_uninterrupted_bytes(
     variant: str, source: Path, tmp_path: Path, cache_dir: Path
 ) -> None:
-    options = {**SETTINGS, **VARIANTS[variant], "steps": 20, "batch_size": 1, "caption_cache": False}
-    reference = tmp_path / "reference"
-    augment(source, reference, cache_dir=cache_dir, **options)
-    out = tmp_path / "killed"
-    kill_when(start(source, out, cache_dir, cli_flags(variant)), lambda: journal_rows(out) >= 3)
-    resumed = start(source, out, cache_dir, cli_flags(variant))
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode() if resumed.stderr else ""
-    assert snapshot(out) == snapshot(reference)
+    """Killed (SIGKILL, by the test-only hook) after three rows, inside a batch of two; the rerun ends byte for
+    byte as the uninterrupted run."""
+    options = {**SETTINGS, **VARIANTS[variant], "batch_size": 2, "caption_cache": False, "cache_dir": cache_dir}
+    reference, out = tmp_path / "reference" / "out", tmp_path / "killed" / "out"
+    with one_thread():  # as in the forked child of run_killed
+        augment(source, reference, **options)
+        run_killed(augment, source, out, after=3, **options)
+        assert len(rows(reference)) == 10 and not (out / "metadata.jsonl").exists()
+        summary = augment(source, out, **options)
+    assert (summary.already_done, summary.generated) == (3, 7)
+    assert_same_run(out, reference)
 
 
 @pytest.mark.parametrize(
@@ -104,6 +91,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_bytes(
     [
         (["--control", "sketch"], "unknown control 'sketch'; choose from: canny, depth"),
         (["--controlnet", "x/y"], "--controlnet needs --control KIND"),
+        (["--control-scale", "0.5"], "--control-scale needs --control KIND"),
+        (["--control", "depth", "--canny-low", "50"], "--canny-low and --canny-high apply to --control canny only"),
         (["--control", "canny", "--control-model", "m"], "--control-model: --control canny uses no model"),
         (["--control", "canny", "--control-scale", "-1"], "invalid --control-scale -1.0: must be >= 0"),
         (["--control", "canny", "--canny-low", "250"], "invalid --canny-low 250 / --canny-high 200"),

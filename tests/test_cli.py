@@ -9,22 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_image_folder
 from sgid.cli import main
+from sgid.commands import command_modules
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main(args)
     return code, capsys.readouterr().err
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise AssertionError("a model was loaded before the options were checked")
-
-    for name in ("load_captioner", "load_scorer", "load_sd_pipeline"):
-        monkeypatch.setattr(f"sgid.stages.bundle.{name}", refuse)
-    monkeypatch.setattr("sgid.pipeline.resolve_models", refuse)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +40,7 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_invalid_options_exit_2_with_one_line(
-    tmp_path: Path, image_folder: Path, flags: list[str], message: str, capsys, no_model_loading
+    tmp_path: Path, image_folder: Path, flags: list[str], message: str, capsys, forbid_model_loading
 ) -> None:  # type: ignore[no-untyped-def]
     code, err = run_cli(["augment", str(image_folder), "--out", str(tmp_path / "out"), *flags], capsys)
     assert code == 2
@@ -56,7 +48,7 @@ def test_invalid_options_exit_2_with_one_line(
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_input_and_missing_out(tmp_path: Path, capsys, no_model_loading) -> None:  # type: ignore[no-untyped-def]
+def test_missing_input_and_missing_out(tmp_path: Path, capsys, forbid_model_loading) -> None:  # type: ignore[no-untyped-def]
     code, err = run_cli(["augment", str(tmp_path / "nope"), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "input folder not found" in err and err.count("\n") == 1
     code, err = run_cli(["augment", str(tmp_path)], capsys)
@@ -129,3 +121,79 @@ def test_console_script_entry_point_and_help() -> None:
         [sys.executable, "-m", "sgid", "augment", "x", "--out", "y", "--steps", "-1"], capture_output=True, text=True
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+#: Per command, options that must be refused (exit 2, one line) before any model is built or loaded and before
+#: anything is written. {input}: an image folder; {run}: an augment run; {out}: the output folder.
+INVALID_OPTIONS: dict[str, list[tuple[list[str], str]]] = {
+    "augment": [
+        (["{input}", "--out", "{out}", "--models", "tiny", "--noise", "1.5"], "invalid --noise 1.5"),
+        (["{input}", "--out", "{out}", "--models", "tiny", "--device", "tpu"], "invalid --device 'tpu'"),
+        (["{input}", "--out", "{out}", "--models", "tiny", "--dtype", "fp8"], "invalid --dtype 'fp8'"),
+        (
+            ["{input}", "--out", "{out}", "--models", "tiny", "--method", "text2img", "--text-model", "tiny:gpt"],
+            "tiny:gpt",
+        ),
+        (["{input}", "--out", "{out}", "--models", "tiny", "--method", "retrieval"], "needs --pool"),
+        (["{input}", "--out", "{input}/cat/out", "--models", "tiny"], "inside the input folder"),
+    ],
+    "demo": [
+        (["--out", "{out}", "--noise", "2"], "invalid --noise 2.0"),
+        (["--out", "{out}", "--multiplier", "0"], "invalid --multiplier 0"),
+        (["--out", "{out}", "--models", "huge"], "unknown models preset 'huge'"),
+    ],
+    "evaluate": [
+        (["--train", "{input}", "--test", "{input}", "--out", "{out}", "--seeds", "0"], "--seeds must be at least 1"),
+        (["--train", "{input}", "--test", "{input}", "--out", "{out}", "--backbone", "vgg"], "unknown backbone 'vgg'"),
+        (["--train", "{input}", "--test", "{input}", "--out", "{out}", "--device", "tpu"], "--device must be"),
+    ],
+    "filter": [
+        (["{run}", "--filters", "label,nope", "--out", "{out}"], "unknown filter 'nope'"),
+        (["{run}", "--filters", "threshold", "--threshold", "2", "--out", "{out}"], "not a cosine similarity"),
+        (["{run}", "--filters", "label", "--models", "huge", "--out", "{out}"], "unknown models preset 'huge'"),
+        (["{run}", "--filters", "label", "--device", "tpu", "--out", "{out}"], "invalid --device 'tpu'"),
+    ],
+    "learn-concepts": [
+        (["{input}", "--out", "{out}", "--models", "tiny", "--steps", "0"], "--steps must be at least 1"),
+        (["{input}", "--out", "{out}", "--models", "tiny", "--dtype", "fp8"], "invalid --dtype 'fp8'"),
+        (["{input}", "--out", "{out}", "--models", "tiny", "--device", "tpu"], "invalid --device 'tpu'"),
+        (["{input}", "--out", "{out}", "--models", "huge"], "unknown models preset 'huge'"),
+    ],
+    "review": [
+        (["{run}", "--port", "70000"], "--port 70000 must be between 0 and 65535"),
+        (["{run}", "--token", " "], "--token is empty"),
+        (["{run}", "--study", "--labels", "0"], "--labels 0: choose at least 1 label"),
+        (["{run}", "--filters", "{out}"], "is not an sgid filter output"),
+    ],
+    "metrics": [
+        (["{run}", "--features", "pixels", "--out", "{out}"], "unknown feature extractor 'pixels'"),
+        (["{run}", "--kid-subsets", "0", "--out", "{out}"], "--kid-subsets must be >= 1"),
+        (["{run}", "--models", "huge", "--out", "{out}"], "unknown models preset 'huge'"),
+        (["{run}", "--device", "tpu", "--out", "{out}"], "invalid --device 'tpu'"),
+    ],
+}
+
+
+def test_every_command_has_invalid_option_cases() -> None:
+    assert set(INVALID_OPTIONS) == {name.replace("_", "-") for name in command_modules()}
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "message"),
+    [(command, argv, message) for command, cases in INVALID_OPTIONS.items() for argv, message in cases],
+)
+def test_invalid_options_of_every_command_exit_2_before_any_model_loads(
+    command: str, argv: list[str], message: str, tmp_path: Path, forbid_model_loading: list[str], capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from test_filters_support import make_run
+
+    folders = {
+        "input": make_image_folder(tmp_path / "input", {"cat": 2, "dog": 2}),
+        "run": make_run(tmp_path / "made", {"cat": 2, "dog": 2}, k=1),
+        "out": tmp_path / "out",
+    }
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, err = run_cli([command, *(a.format(**folders) for a in argv)], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("sgid: error: ") and message in err, err
+    assert forbid_model_loading == []
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written

@@ -184,7 +184,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     out = tmp_path / "concepts"
     settings = FAST  # 2 steps, a checkpoint after every step
     count_steps(monkeypatch, ConceptTrainer, fail_at=2)  # killed during the second step
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="test: interrupted at step 2"):
         learn_concepts(dataset, out, settings, models="tiny", cache_dir=cache_dir, classes=["cat"], quiet=True)
     assert (out / "checkpoints" / "cat.safetensors").is_file()
     assert not (out / "cat.safetensors").exists() and "cat" not in read_index(out)["classes"]
@@ -334,7 +334,12 @@ def test_lora_that_does_not_fit_is_a_clear_error(
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(
-    extra: list[str], message: str, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    extra: list[str],
+    message: str,
+    dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    forbid_model_loading: list[str],
 ) -> None:
     source = tmp_path / "missing" if not extra else dataset
     code = main(["learn-concepts", str(source), "--out", str(tmp_path / "out"), "--models", "tiny", *extra])

@@ -43,7 +43,8 @@ def test_paper_beam_width_is_a_setting() -> None:
 
 @pytest.mark.parametrize(
     ("s", "g"),
-    [(0.0, 1.0), (0.25, 1.25), (0.5, 1.0), (0.57, -4 * 0.57**2 + 2 * 0.57 + 1), (1.0, -1.0), (0.3, 1.24)],
+    # the paper's f(s) = -4s^2 + 2s + 1 at hand-computed points; s* = 0.57 is its figure 2 (g = 0.8404)
+    [(0.0, 1.0), (0.25, 1.25), (0.5, 1.0), (0.57, 0.8404), (1.0, -1.0), (0.3, 1.24), (-0.1, 0.76), (0.2, 1.24)],
 )
 def test_guidance_mapping_f(s: float, g: float) -> None:
     assert PAPER_GUIDANCE(s) == pytest.approx(g, abs=1e-12)
@@ -56,7 +57,7 @@ def test_constant_guidance_and_parsing() -> None:
     assert GuidanceMap().describe() == "f(s) = -4*s^2 + 2*s + 1"
     with pytest.raises(SgidError, match="--guidance"):
         parse_guidance("strong")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a similarity"):
         PAPER_GUIDANCE(None)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +22,9 @@ import pytest
 from conftest import FAST, make_image_folder
 from sgid.cli import main
 from sgid.engines import ENGINES
+from sgid.models.tiny import ensure_tiny_models
 from sgid.pipeline import augment
-from sgid.runstore import JOURNAL
-from test_restart import kill_when
+from sgid.runstore import JOURNAL, KILL_AFTER_ROWS
 
 SETTINGS = {"batch_size": 2, "multiplier": 2, "shard_size": 2, "caption_cache": False, **FAST}
 
@@ -91,6 +92,24 @@ def test_ray_with_one_worker_makes_the_local_bytes(ray_address: str, job: tuple[
     assert snapshot(tmp_path / "ray") == snapshot(local)
 
 
+@pytest.mark.slow
+def test_a_dry_run_on_ray_counts_the_work_calibrates_on_a_worker_and_writes_nothing(
+    ray_address: str, job: tuple[Path, Path], tmp_path: Path
+) -> None:
+    source, local = job
+    out = tmp_path / "out"
+    shutil.copytree(local, out)
+    for name in ("a/0_sgid_1.png", "c/1_sgid_0.png", "c/1_sgid_1.png"):
+        (out / name).unlink()  # not done any more
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    report = augment(source, out, engine="ray", workers=2, dry_run=True, **SETTINGS)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
+    assert (report.engine, report.workers) == ("ray engine, 2 workers", 2)
+    assert (report.images, report.done, report.to_make) == (12, 9, 3) and report.unet_evaluations == 3 * 2 * 2
+    assert report.generation_seconds is not None and report.seconds == pytest.approx(report.seconds_on(2))
+    assert "on 8 workers" in "\n".join(report.lines())
+
+
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -147,10 +166,14 @@ def test_a_worker_killed_mid_run_is_restarted_and_the_run_ends_identical(
     assert sorted(journal_keys(out)) == sorted(set(journal_keys(out)))  # committed exactly once
 
 
-def start_driver(source: Path, out: Path, engine: list[str]) -> subprocess.Popen:  # type: ignore[type-arg]
+def start_driver(source: Path, out: Path, engine: list[str], kill_after: int | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
+    """``sgid augment`` in a subprocess; with ``kill_after``, it SIGKILLs itself after that many journal rows."""
     flags = ["--batch-size", "2", "-k", "2", "--shard-size", "2", "--no-cache", "--models", "tiny", "--steps", "4"]
     command = [sys.executable, "-m", "sgid", "augment", str(source), "--out", str(out), *flags, "-q", *engine]
-    return subprocess.Popen(command, env=dict(os.environ, HF_HUB_OFFLINE="1"), stderr=subprocess.PIPE)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if kill_after is not None:
+        env[KILL_AFTER_ROWS] = str(kill_after)
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
 
 
 @pytest.mark.slow
@@ -161,22 +184,15 @@ def test_a_killed_driver_resumes_on_either_engine_to_the_same_bytes(
     source, local = job
     out = tmp_path / "out"
     engine = ["--engine", "ray", "--workers", "2", "--ray-address", ray_address] if first == "ray" else []
-    kill_when(start_driver(source, out, engine), lambda: len(journal_keys(out)) >= 3)
+    driver = start_driver(source, out, engine, kill_after=3)
+    assert driver.wait(timeout=600) == -signal.SIGKILL, driver.stderr.read().decode() if driver.stderr else ""
     done = set(journal_keys(out))
+    assert len(done) == 3
     options = {"engine": "ray", "workers": 2} if then == "ray" else {}
     summary = augment(source, out, **options, **SETTINGS)
     assert summary.already_done == len(done) and summary.generated == 12 - len(done)  # nothing made twice
     assert snapshot(out) == snapshot(local)
     assert sorted(journal_keys(out)) == sorted(set(journal_keys(out)))
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise AssertionError("a model was loaded before the options were checked")
-
-    for name in ("load_captioner", "load_scorer", "load_sd_pipeline", "load_text_model"):
-        monkeypatch.setattr(f"sgid.stages.bundle.{name}", refuse)
 
 
 @pytest.mark.parametrize(
@@ -191,10 +207,12 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--engine", "ray", "--gpus-per-worker", "-1"], "invalid --gpus-per-worker -1.0"),
         (["--engine", "ray", "--gpus-per-worker", "x"], "invalid float value: 'x'"),
         (["--shard-size", "0"], "invalid --shard-size 0"),
+        (["--vae-tiling", "always"], "invalid --vae-tiling 'always'; choose from: auto, on, off"),
+        (["--engine", "ray", "--workers", "0", "--dry-run"], "invalid --workers 0: must be >= 1"),
     ],
 )
 def test_bad_engine_options_exit_2_in_one_line_before_any_model_loads(
-    flags: list[str], message: str, image_folder: Path, tmp_path: Path, capsys, no_model_loading
+    flags: list[str], message: str, image_folder: Path, tmp_path: Path, capsys, forbid_model_loading
 ) -> None:  # type: ignore[no-untyped-def]
     code = main(["augment", str(image_folder), "--out", str(tmp_path / "out"), "--models", "tiny", *flags])
     err = capsys.readouterr().err
@@ -203,7 +221,7 @@ def test_bad_engine_options_exit_2_in_one_line_before_any_model_loads(
 
 
 def test_without_ray_the_ray_engine_names_the_extra(
-    image_folder: Path, tmp_path: Path, capsys, no_model_loading, monkeypatch: pytest.MonkeyPatch
+    image_folder: Path, tmp_path: Path, capsys, forbid_model_loading, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     monkeypatch.setitem(sys.modules, "ray.data", None)
@@ -213,8 +231,13 @@ def test_without_ray_the_ray_engine_names_the_extra(
 
 
 def test_gpus_asked_of_a_cluster_without_gpus_exit_2_before_any_model_loads(
-    ray_address: str, image_folder: Path, tmp_path: Path, capsys, no_model_loading
+    ray_address: str, image_folder: Path, tmp_path: Path, capsys, forbid_model_loading, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
+    # Only the cluster can say it has no GPUs, and it is joined after the models are resolved, which for
+    # --models tiny builds them (once, on disk): allowed here. Loading a model is not.
+    import sgid.models.tiny
+
+    monkeypatch.setattr(sgid.models.tiny, "ensure_tiny_models", ensure_tiny_models)
     flags = ["--engine", "ray", "--gpus-per-worker", "1", "--models", "tiny"]
     code = main(["augment", str(image_folder), "--out", str(tmp_path / "out"), *flags])
     err = capsys.readouterr().err

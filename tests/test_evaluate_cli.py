@@ -237,7 +237,7 @@ def test_save_models_writes_loadable_classifiers(toy) -> None:
         (["--backbone", "zero_shot_clip", "--methods", "randaugment"], "is not trained"),
     ],
 )
-def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, message) -> None:
+def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, message, forbid_model_loading) -> None:
     assert main(_args(toy, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("sgid: error: ") and err.count("\n") == 1 and "Traceback" not in err
@@ -404,3 +404,51 @@ def test_swap_training_draws_generated_images_at_rate_p(toy) -> None:
     details = next(r["details"] for r in _results(toy["out"])["runs"] if r["variant"] == "generated@swap-p0.5")
     assert details["plan_size"] == 12 and details["plan_generated"] == 0 and details["draws"] == 96
     assert 0.35 < details["generated_fraction_seen"] < 0.65  # 96 seeded coin flips at p = 0.5
+
+
+def test_worker_processes_do_not_change_the_results(toy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    methods = ["--methods", "baseline,randaugment,random_erasing", "--seeds", "1", "--epochs", "2"]
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"workers-{workers}"
+        assert main(_args(toy, *methods, "--workers", workers, out=out)) == 0
+        runs[workers] = [(r["variant"], r["accuracy"], r["details"]["final_train_loss"]) for r in _results(out)["runs"]]
+    assert len(runs["0"]) == 3 and runs["0"] == runs["2"]
+
+
+def test_a_resumed_sweep_does_not_redo_its_learning_rate_search(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    config = EvalConfig(
+        methods=("baseline",),
+        backbone="vit_b16_in21k",
+        pretrained=False,
+        arch=TINY_VIT,
+        image_size=32,
+        seeds=2,
+        epochs=1,
+        batch_size=8,
+        threads=1,
+        quiet=True,
+    )
+    fits: list[str] = []
+    real_fit, real_run_one = api.fit, api.run_one
+
+    def counting_fit(*args, desc: str = "", **kwargs):  # type: ignore[no-untyped-def]
+        fits.append(desc)
+        return real_fit(*args, desc=desc, **kwargs)
+
+    def interrupted(data, variant, seed, *rest):  # type: ignore[no-untyped-def]
+        if seed == 1:
+            raise KeyboardInterrupt("test: interrupted before seed 1")
+        return real_run_one(data, variant, seed, *rest)
+
+    monkeypatch.setattr(api, "fit", counting_fit)
+    monkeypatch.setattr(api, "run_one", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="before seed 1"):
+        evaluate(tiny_data(per_image=0), config, tmp_path / "vit")
+    assert [d.split()[-2] for d in fits] == ["lr", "lr", "lr", "lr", "seed"]  # the grid of 4, then seed 0
+    search = json.loads((tmp_path / "vit" / "runs" / "tiny" / "baseline" / "lr_search.json").read_text())
+    fits.clear()
+    monkeypatch.setattr(api, "run_one", real_run_one)
+    resumed = evaluate(tiny_data(per_image=0), config, tmp_path / "vit")
+    assert fits == ["tiny baseline seed 1"] and (resumed.trained, resumed.reused) == (1, 1)
+    assert [r.details["lr"] for r in resumed.records] == [search["chosen"]] * 2

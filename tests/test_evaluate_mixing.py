@@ -46,15 +46,15 @@ def test_replace_p1_uses_only_generated_images_at_fixed_size(real, generated) ->
     assert len({ex.key for ex in examples}) == len(examples)  # no generated image twice
 
 
-@pytest.mark.parametrize("p", [0.25, 0.5, 0.75])
-def test_replace_p_replaces_that_share_of_every_class_by_their_own_generated_images(real, generated, p) -> None:
+@pytest.mark.parametrize(("p", "count"), [(0.25, 2), (0.3125, 3), (0.5, 4), (0.45, 4), (0.75, 6)])
+def test_replace_p_replaces_that_share_of_every_class_by_their_own_generated_images(real, generated, p, count) -> None:
     plan = mix_replace(real, generated, p, seed=3)
     examples = plan.examples()
     assert len(examples) == len(real)
     assert _counts(examples) == _counts(list(real))
     for label in range(3):
         in_class = [ex for ex in examples if ex.label == label]
-        assert sum(ex.generated for ex in in_class) == round(p * 8)
+        assert sum(ex.generated for ex in in_class) == count  # round(p · 8), halves up (0.3125 · 8 = 2.5 -> 3)
     kept = {ex.key for ex in examples if not ex.generated}
     replaced_sources = {ex.source for ex in examples if ex.generated}
     assert not kept & replaced_sources  # a replaced image is replaced by one of its own generated images
@@ -87,6 +87,9 @@ def test_add_expands_by_the_generated_images(real, generated) -> None:
     assert len(plan.slots) == len(real) + len(generated)  # ×(1+k) with k=2
     half = mix_add(real, generated, 0.5, seed=0)
     assert _counts([ex for ex in half.examples() if ex.generated]) == {0: 8, 1: 8, 2: 8}
+    for p, count in ((0.3, 5), (0.28125, 5), (0.9, 14)):  # round(p · 16) per class, halves up (4.5 -> 5)
+        some = mix_add(real, generated, p, seed=0)
+        assert _counts([ex for ex in some.examples() if ex.generated]) == {0: count, 1: count, 2: count}
 
 
 def test_balance_reaches_equal_class_counts() -> None:
@@ -126,10 +129,10 @@ def test_swap_keeps_the_real_images_and_offers_their_own_generated_ones(real, ge
 def test_swap_draws_generated_images_at_rate_p(real, generated, p) -> None:
     plan = mix_swap(real, generated, p, seed=0)
     rng = np.random.default_rng(1234)
-    draws = [draw(slot, p, rng) for _ in range(250) for slot in plan.slots]  # 6,000 draws
+    draws = [draw(slot, p, rng) for _ in range(5000) for slot in plan.slots]  # 120,000 draws
     rate = sum(ex.generated for ex in draws) / len(draws)
-    # Binomial standard error at p=0.5 and n=6000 is 0.0065; 0.03 is > 4.5 standard errors.
-    assert abs(rate - p) < 0.03
+    # Binomial standard error at p=0.5 and n=120,000 is 0.0014; 0.007 is 5 standard errors.
+    assert abs(rate - p) < 0.007
     chosen = Counter(ex.key for ex in draws if ex.generated)
     if p:  # both generated images of a source are used, about equally
         first, second = chosen[f"gen:{real[0].key}#0"], chosen[f"gen:{real[0].key}#1"]

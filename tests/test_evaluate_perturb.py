@@ -164,8 +164,8 @@ def test_moex_applies_to_a_quarter_of_the_batches_on_the_early_feature_map_with_
 
 def test_moex_hook_is_removed_even_when_the_forward_fails() -> None:
     layer = nn.Identity()
-    with pytest.raises(RuntimeError), moex_at(layer, torch.tensor([0]), 1, 1e-5):
-        raise RuntimeError
+    with pytest.raises(RuntimeError, match="the forward failed"), moex_at(layer, torch.tensor([0]), 1, 1e-5):
+        raise RuntimeError("the forward failed")
     assert not layer._forward_hooks
 
 

@@ -124,6 +124,24 @@ def test_threshold_filter_rejects_below_the_absolute_value(tmp_path) -> None:  #
     assert result.verdict.reasons[0] == "threshold: similarity to the source 0.2500 < 0.6"
 
 
+def test_threshold_filter_decides_at_its_threshold(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path, {"cat": 1}, k=2)
+    images = FakeImages(
+        {"cat/0.png": unit(1), "cat/0_sgid_0.png": at_cosine(0.6 - 1e-6)}, default=at_cosine(0.6 + 1e-6)
+    )
+    data = data_of(run)
+    assert ThresholdFilter(images, 0.6).apply(data, everything(data)).verdict.reject.tolist() == [True, False]
+
+
+def test_realfake_decides_at_its_threshold(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sgid.filters.base import Scores
+
+    data = data_of(make_run(tmp_path, {"cat": 2}, k=2))
+    scores = Scores(np.array([0.3 - 1e-9, 0.3, 0.3 + 1e-9, np.nan]))
+    verdict = RealFakeFilter(FakeImages({}), threshold=0.3).decide(data, scores, everything(data))
+    assert verdict.reject.tolist() == [True, False, False, False] and verdict.summary == {"threshold": 0.3}
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -278,6 +296,10 @@ def test_confidence_rejects_images_confidently_assigned_to_another_class(tmp_pat
     np.testing.assert_allclose(result.scores.values, [0.9, 0.3, 0.45])
     assert result.scores.extra["confidence_predicted"] == ["cat", "dog", "cat"]
     assert "says 'dog' (p=0.7000 >= 0.6), not 'cat'" in result.verdict.reasons[1]
+    # at the threshold itself the image goes; just below it stays
+    answers = {pixels[0]: [0.4, 0.6], pixels[1]: [0.4 + 1e-9, 0.6 - 1e-9], pixels[2]: [0.1, 0.9]}
+    at_threshold = ConfidenceFilter(fake_classifier(answers), ["cat", "dog"], threshold=0.6)
+    assert at_threshold.apply(data, everything(data)).verdict.reject.tolist() == [True, False, False]
 
 
 def test_confidence_refuses_a_classifier_without_the_runs_classes(tmp_path) -> None:  # type: ignore[no-untyped-def]

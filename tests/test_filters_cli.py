@@ -18,18 +18,6 @@ def run(tmp_path: Path) -> Path:
     return make_run(tmp_path, {"cat": 4, "dog": 4}, k=2)
 
 
-@pytest.fixture
-def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to prepare or load a model fails the test: bad input must be refused before that."""
-    import sgid.models.loading as loading
-
-    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise AssertionError("a model was prepared before the input was checked")
-
-    monkeypatch.setattr(loading, "resolve_models", refuse)
-    monkeypatch.setattr(loading, "load_scorer", refuse)
-
-
 def test_filter_then_filter_again_then_metrics_reuses_every_feature(
     run: Path,
     tmp_path: Path,
@@ -148,7 +136,7 @@ def test_bad_input_is_one_line_exit_2_before_any_model(
     message: str,
     run: Path,
     tmp_path: Path,  # type: ignore[no-untyped-def]
-    no_models,
+    forbid_model_loading,
     capsys,
 ) -> None:
     args = [a.format(tmp=tmp_path, run=run) for a in argv]
@@ -173,7 +161,7 @@ def test_a_broken_run_folder_is_one_line_exit_2(
     message: str,
     run: Path,
     tmp_path: Path,  # type: ignore[no-untyped-def]
-    no_models,
+    forbid_model_loading,
     capsys,
 ) -> None:
     manifest = run / "metadata.jsonl"

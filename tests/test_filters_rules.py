@@ -54,6 +54,19 @@ def test_threshold_is_strict_and_ignores_inactive_and_unscored() -> None:
     assert below_threshold(scores, 0.8, active).tolist() == [True, False, True, False, False, False]
 
 
+@pytest.mark.parametrize("threshold", [-0.3, 0.0, 0.27, 0.8])
+def test_threshold_rejects_just_below_and_keeps_the_threshold_itself(threshold: float) -> None:
+    scores = np.array([threshold - 1e-9, threshold, threshold + 1e-9])
+    assert below_threshold(scores, threshold, np.ones(3, dtype=bool)).tolist() == [True, False, False]
+
+
+def test_per_label_mean_rejects_just_below_the_mean() -> None:
+    scores = np.array([0.3 - 1e-9, 0.3 + 1e-9, 0.6 - 1e-9, 0.6 + 1e-9])
+    reject, means = below_group_mean(scores, ["a", "a", "b", "b"], np.ones(4, dtype=bool))
+    assert means == pytest.approx({"a": 0.3, "b": 0.6}, abs=1e-15)
+    assert reject.tolist() == [True, False, True, False]
+
+
 def test_best_of_k_keeps_the_top_of_each_group_and_breaks_ties_by_position() -> None:
     scores = np.array([0.3, 0.9, 0.5, 0.4, 0.4, 0.1])
     groups = ["s1", "s1", "s1", "s2", "s2", None]
@@ -78,6 +91,14 @@ def test_confidence_rejects_only_confident_predictions_of_another_class() -> Non
     np.testing.assert_allclose(top, [0.9, 0.8, 0.55, 0.5, 0.9])
     reject = confidently_other(predicted, top, labels, 0.6, np.ones(5, dtype=bool))
     assert reject.tolist() == [False, True, False, False, False]
+
+
+def test_confidence_threshold_itself_rejects_and_just_below_keeps() -> None:
+    probs = np.array([[0.3, 0.7], [0.3 + 1e-9, 0.7 - 1e-9], [0.3 - 1e-9, 0.7 + 1e-9]])
+    labels = np.zeros(3, dtype=np.int64)
+    predicted, top = top_class(probs, labels)
+    reject = confidently_other(predicted, top, labels, 0.7, np.ones(3, dtype=bool))
+    assert reject.tolist() == [True, False, True]
 
 
 def test_rowwise_cosine_is_nan_for_missing_rows() -> None:

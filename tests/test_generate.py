@@ -10,7 +10,7 @@ from sgid.seeding import generator
 from sgid.stages.generate import Img2ImgGenerator
 from sgid.stages.prompt import PromptEncoder, build_prompt
 
-STEPS, STRENGTH = 6, 0.5
+STEPS, STRENGTH = 6, 0.7  # int(6 x 0.7) = 4 denoising steps; not 0.5, the default
 
 
 @pytest.fixture(scope="module")

@@ -268,7 +268,7 @@ def test_resume_after_kill_equals_uninterrupted_run(
 ) -> None:
     out = tmp_path / "concepts"
     count_steps(monkeypatch, LoraTrainer, fail_at=3)  # killed during the third step; the checkpoint holds step 2
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="test: interrupted at step 3"):
         learn_concepts(dataset, out, FAST, models="tiny", cache_dir=cache_dir, quiet=True)
     assert (out / "checkpoints" / "joint.safetensors").is_file() and not (
         out / "pytorch_lora_weights.safetensors"

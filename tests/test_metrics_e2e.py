@@ -154,3 +154,5 @@ def test_a_moved_dataset_is_found_with_source_dir(augmented_run: Path, tmp_path:
         )
         == 0
     )
+    rows = read_jsonl(tmp_path / "f" / "decisions.jsonl")  # every image scored against its (moved) source
+    assert len(rows) == 12 and all(isinstance(r["original_score"], float) for r in rows)

@@ -1,116 +1,74 @@
-"""A run killed at any moment (kill -9) and rerun ends exactly as an uninterrupted run."""
+"""A run killed at any moment (kill -9) and rerun ends exactly as an uninterrupted run.
+
+The kill is deterministic: the test-only ``SGID_TEST_KILL_AFTER_ROWS=N`` makes the run SIGKILL itself right after
+its N-th journal row, so the image in flight (the second of a batch of two) is lost; the rerun remakes that batch
+whole and keeps the missing image, so every file ends byte for byte as in the uninterrupted run.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
-from conftest import make_image_folder
+from method_runs import METHOD_OPTIONS, assert_same_run, rows, run_killed
 from sgid.errors import RunDirError
-from sgid.pipeline import augment
+from sgid.methods import METHODS
 from sgid.runstore import JOURNAL, RunStore
 
-OPTIONS = ["--models", "tiny", "--steps", "20", "-k", "2", "--quiet"]
+KILL_AFTER = 3  # odd, so the run dies in the middle of a batch of two
 
 
-def snapshot(out: Path) -> dict[str, bytes]:
-    """Every user-visible file; run.json without the fields that name the invocation (its folder)."""
-    result = {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
-    }
-    run = json.loads(result.pop("run.json"))
-    for volatile in ("command",):
-        run.pop(volatile)
-    for section in (run["config"], run["identity"]):
-        for execution_only in ("out_dir", "cache_dir", "caption_cache", "batch_size"):
-            section.pop(execution_only, None)
-    run.pop("identity_sha256")
-    result["run.json"] = json.dumps(run, sort_keys=True).encode()
-    return result
+def journal_lines(out) -> list[bytes]:  # type: ignore[no-untyped-def]
+    return (out / JOURNAL).read_bytes().splitlines()
 
 
-def start(source: Path, out: Path, cache_dir: Path, batch: int) -> subprocess.Popen:  # type: ignore[type-arg]
-    env = dict(os.environ, SGID_CACHE=str(cache_dir), HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "sgid", "augment", str(source), "--out", str(out), "--batch-size", str(batch)]
-    return subprocess.Popen(command + OPTIONS, env=env, stderr=subprocess.PIPE)
+def test_every_method_is_killed_and_resumed() -> None:
+    assert set(METHODS.names()) <= set(METHOD_OPTIONS), "add the new method to tests/method_runs.py"
 
 
-def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> None:  # type: ignore[type-arg,no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else "exited early"
-        assert time.monotonic() < deadline, "the run never reached the kill point"
-        time.sleep(0.02)
-    assert process.poll() is None, "finished before it could be killed: the test would prove nothing"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+@pytest.mark.parametrize("method", [m for m in METHOD_OPTIONS if "+" not in m])
+def test_killed_after_three_rows_then_rerun_equals_uninterrupted(method: str, method_runs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    reference = method_runs.reference(method)
+    out = tmp_path / "out"
+    run_killed(method_runs.augment, method, out, after=KILL_AFTER)
+    assert len(journal_lines(out)) == KILL_AFTER and not (out / "metadata.jsonl").exists()
+    summary = method_runs.augment(method, out)
+    assert (summary.already_done, summary.generated) == (KILL_AFTER, len(rows(reference)) - KILL_AFTER)
+    assert_same_run(out, reference)
+    again = method_runs.augment(method, out)  # a finished run is left as it is
+    assert again.generated == 0 and again.total_images == len(rows(reference))
 
 
-def journal_rows(out: Path) -> int:
-    path = out / JOURNAL
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+def test_a_chain_killed_in_each_stage_resumes_to_the_uninterrupted_run(method_runs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    method = "text2img+sgid"
+    reference = method_runs.reference(method)
+    first_stage = len(rows(reference.parent / "out.stages" / "1-text2img"))
+    out = tmp_path / "out"
+    stage_one = tmp_path / "out.stages" / "1-text2img"
+    run_killed(method_runs.augment, method, out, after=KILL_AFTER)
+    assert len(journal_lines(stage_one)) == KILL_AFTER and not out.exists()
+    # the rest of stage 1, then three rows into stage 2
+    run_killed(method_runs.augment, method, out, after=first_stage - KILL_AFTER + KILL_AFTER)
+    assert len(journal_lines(stage_one)) == first_stage and len(journal_lines(out)) == KILL_AFTER
+    summary = method_runs.augment(method, out)
+    assert summary.already_done == KILL_AFTER
+    assert_same_run(stage_one, reference.parent / "out.stages" / "1-text2img")
+    assert_same_run(out, reference)
+    assert all(r["chain"] == ["text2img", "sgid"] for r in rows(out))
 
 
-def run_killed_then_resumed(source: Path, out: Path, cache_dir: Path, batch: int, ready) -> None:  # type: ignore[no-untyped-def]
-    kill_when(start(source, out, cache_dir, batch), ready)
-    resumed = start(source, out, cache_dir, batch)
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode() if resumed.stderr else ""
+def test_the_kill_hook_counts_journal_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def commit_five() -> None:
+        with RunStore(tmp_path / "out", {}, {"x": 1}).session() as store:
+            for i in range(5):
+                store.commit_image(str(i), {"file_name": f"c/{i}.png", "source": f"c/{i}.png", "k": 0}, b"png")
+
+    run_killed(commit_five, after=2)
+    assert len(journal_lines(tmp_path / "out")) == 2
+    with RunStore(tmp_path / "out", {}, {"x": 1}).session() as store:  # unset: no kill
+        assert [store.is_done(str(i)) for i in range(5)] == [True, True, False, False, False]
 
 
-def uninterrupted(source: Path, out: Path, cache_dir: Path, batch: int) -> Path:
-    """The reference: the same settings as OPTIONS, run in one go (captions computed, not cached)."""
-    augment(
-        source,
-        out,
-        models="tiny",
-        steps=20,
-        multiplier=2,
-        batch_size=batch,
-        quiet=True,
-        cache_dir=cache_dir,
-        caption_cache=False,
-    )
-    return out
-
-
-@pytest.mark.parametrize("batch", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_kill_during_generation_then_rerun_equals_uninterrupted(tmp_path: Path, cache_dir: Path, batch: int) -> None:
-    source = make_image_folder(tmp_path / "in", {"a": 3, "b": 3}, size=(32, 24))
-    reference = uninterrupted(source, tmp_path / "reference", cache_dir, batch)
-    out = tmp_path / "killed"
-    run_killed_then_resumed(source, out, cache_dir, batch, lambda: journal_rows(out) >= 3)
-    got, expected = snapshot(out), snapshot(reference)
-    assert got.keys() == expected.keys() and len([k for k in got if k.endswith(".png")]) == 12
-    if batch == 1:
-        assert got == expected  # byte for byte
-    else:  # manifests byte for byte; pixels within batched-arithmetic rounding
-        assert {k: v for k, v in got.items() if not k.endswith(".png")} == {
-            k: v for k, v in expected.items() if not k.endswith(".png")
-        }
-
-
-@pytest.mark.slow
-def test_kill_during_captioning_then_rerun_equals_uninterrupted(tmp_path: Path, cache_dir: Path) -> None:
-    source = make_image_folder(tmp_path / "in", {"a": 12, "b": 12}, size=(32, 24))
-    reference = uninterrupted(source, tmp_path / "reference", cache_dir, 1)
-    fresh_cache = tmp_path / "fresh-cache"  # nothing cached: the first run must caption
-    (fresh_cache / "tiny-models").mkdir(parents=True)
-    os.symlink(cache_dir / "tiny-models" / "v2", fresh_cache / "tiny-models" / "v2")
-    out = tmp_path / "killed"
-    run_killed_then_resumed(source, out, fresh_cache, 1, lambda: (fresh_cache / "cache.sqlite").exists())
-    assert snapshot(out) == snapshot(reference)
-
-
-def test_torn_journal_line_is_ignored_and_truncated(tmp_path: Path) -> None:
+def test_torn_journal_line_is_ignored_and_truncated(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
     store = RunStore(out, {"sgid_version": "test"}, {"x": 1})
     with store.session():
@@ -123,7 +81,7 @@ def test_torn_journal_line_is_ignored_and_truncated(tmp_path: Path) -> None:
     assert (out / JOURNAL).read_bytes().endswith(b"}\n")
 
 
-def test_an_image_deleted_by_hand_is_regenerated(tmp_path: Path) -> None:
+def test_an_image_deleted_by_hand_is_regenerated(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
     with RunStore(out, {}, {"x": 1}).session() as store:
         store.commit_image("a", {"file_name": "c/a.png", "source": "c/a.png", "k": 0}, b"png-a")
@@ -132,7 +90,7 @@ def test_an_image_deleted_by_hand_is_regenerated(tmp_path: Path) -> None:
         assert not store.is_done("a")
 
 
-def test_a_second_concurrent_run_is_refused(tmp_path: Path) -> None:
+def test_a_second_concurrent_run_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with RunStore(tmp_path / "out", {}, {"x": 1}).session():
         with pytest.raises(RunDirError, match="another sgid run"):
             RunStore(tmp_path / "out", {}, {"x": 1}).open()

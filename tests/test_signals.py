@@ -99,20 +99,45 @@ def test_the_python_api_stops_cleanly_and_restores_the_handlers(
     def scripts_own(signum: int, frame: object) -> None:
         raise AssertionError("sgid's handler is not in place")
 
-    # the script's own SIGTERM handler (not SIG_DFL: an earlier ray.init in this process leaves one of its own)
-    previous = signal.signal(signal.SIGTERM, scripts_own)
+    previous = [signal.signal(signum, scripts_own) for signum in (signal.SIGINT, signal.SIGTERM)]
     try:
         with pytest.raises(Interrupted) as stopped:
             augment(source, out, cache_dir=cache_dir, **AUGMENT)
         handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous, strict=True):
+            signal.signal(signum, handler)
     assert stopped.value.exit_code == 130 and "4 images kept" in str(stopped.value)
     assert assert_consistent(out) == 4
-    assert handlers == (signal.default_int_handler, scripts_own)
+    assert handlers == (scripts_own, scripts_own)  # the script's own handlers are back
     monkeypatch.undo()
     augment(source, out, cache_dir=cache_dir, **AUGMENT)
     assert outputs(out) == outputs(reference)
+
+
+def test_an_ignored_sigint_stays_ignored(
+    signal_case: tuple[Path, Path], cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell script's background job starts with SIGINT ignored (Ctrl-C in the terminal must not stop it):
+    sgid keeps it ignored and the run ends whole, while SIGTERM is still handled."""
+    source, reference = signal_case
+    generate, seen = Stages.generate, []
+
+    def generate_and_interrupt(stages: Stages, *args: Any) -> Any:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        os.kill(os.getpid(), signal.SIGINT)  # delivered, and ignored
+        return generate(stages, *args)
+
+    monkeypatch.setattr(Stages, "generate", generate_and_interrupt)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        summary = augment(source, tmp_path / "out", cache_dir=cache_dir, **AUGMENT)
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert summary.generated == 12 and after is signal.SIG_IGN
+    assert seen and all(handler is interrupt._handler for handler in seen)
+    assert outputs(tmp_path / "out") == outputs(reference)
 
 
 def test_a_stop_while_planning_writes_nothing_it_did_not_finish(

@@ -149,9 +149,11 @@ class AugmentConfig:
         parts = chain_parts(self.method)  # a chain's stages are configured and checked one by one
         if len(parts) == 1:
             METHODS.get(self.method)(self).check()
-        from sgid.models.loading import MODEL_PRESETS
+        from sgid.models.loading import MODEL_PRESETS, check_dtype, parse_device
 
         MODEL_PRESETS.get(self.models)
+        parse_device(self.device)  # spelling only: whether the device is there is checked where the run executes
+        check_dtype(self.dtype)
         if self.backend is not None:
             _check_backend(self.backend, parts)
         parse_guidance(self.guidance)
@@ -278,10 +280,16 @@ def _check_control(config: AugmentConfig, methods: list[str]) -> None:
     """``--control`` guides image-to-image generation: refuse it where nothing is, and its flags without it."""
     from sgid.methods import METHODS
 
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    changed = [n for n in ("controlnet", "control_model", "control_scale") if getattr(config, n) != defaults[n]]
+    if config.control is None and changed:
+        raise SgidError(f"--{changed[0].replace('_', '-')} needs --control KIND (canny, depth)")
+    if config.control != "canny" and (config.canny_low, config.canny_high) != (
+        defaults["canny_low"],
+        defaults["canny_high"],
+    ):
+        raise SgidError("--canny-low and --canny-high apply to --control canny only")
     if config.control is None:
-        for name in ("controlnet", "control_model"):
-            if getattr(config, name) is not None:
-                raise SgidError(f"--{name.replace('_', '-')} needs --control KIND (canny, depth)")
         return
     from sgid.stages.control import CONTROLS
 

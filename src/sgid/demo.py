@@ -58,14 +58,19 @@ def is_demo_output(folder: Path) -> bool:
 
 def run_demo(out: Path, *, models: str = "tiny", multiplier: int = 2, **options: Any) -> Path:
     """Build the demo folder under ``out/input``, augment into ``out/augmented``, write ``out/index.html``."""
+    from sgid.config import AugmentConfig
     from sgid.gallery import render_gallery
+    from sgid.options import resolve_options
     from sgid.pipeline import augment
     from sgid.runstore import atomic_write
 
     out = Path(out)
+    augmented = out / "augmented"
+    settings = {k: v for k, v in options.items() if k != "print_summary"}
+    settings = resolve_options({"models": models, "multiplier": multiplier, **settings})
+    AugmentConfig.build(out / "input", augmented, **settings)  # every option checked before anything is written
     check_out_dir(out, command="demo", owned=is_demo_output)
     source = build_demo_folder(out / "input")
-    augmented = out / "augmented"
     augment(source, augmented, models=models, multiplier=multiplier, **options)
     note = TINY_WARNING if models == "tiny" else ""
     page = render_gallery(augmented, source, title="sgid demo: SGID augmentations", note=note)

@@ -263,16 +263,35 @@ def choose_clip(
 
     if scorer is None and models is None:
         scorer = run_models.get("scorer")
+    resolved_device = resolve_device(device or "auto")  # checked before resolve_models builds tiny models
+    resolved_dtype = resolve_dtype(dtype or "auto", resolved_device)
     choice = resolve_models(
         models or run_preset or "default", cache_dir=cache_dir or default_cache_dir(), scorer=scorer
     )
-    resolved_device = resolve_device(device or "auto")
-    return ClipChoice(
-        choice.scorer,
-        choice.scorer.name.startswith("tiny:"),
-        resolved_device,
-        resolve_dtype(dtype or "auto", resolved_device),
-    )
+    return ClipChoice(choice.scorer, choice.scorer.name.startswith("tiny:"), resolved_device, resolved_dtype)
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    """The runtime options of the commands that read a run with CLIP (``sgid filter``, ``sgid metrics``):
+    ``--models --scorer --device --dtype --cache-dir``, ``--no-cache`` and ``--quiet``, as one object."""
+
+    models: str | None = None
+    scorer: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    cache_dir: str | Path | None = None
+    cache: bool = True
+    quiet: bool = False
+
+    @classmethod
+    def from_args(cls, args: Any) -> ClipOptions:
+        """From a command's parsed flags (see :func:`sgid.commands.augment.add_model_options`)."""
+        return cls(**{f: getattr(args, f) for f in cls.__dataclass_fields__})
+
+    def keywords(self) -> dict[str, Any]:
+        """As the keyword arguments of ``filter_run`` and ``metrics_run``."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
 
 @dataclass
@@ -284,30 +303,20 @@ class RunClip:
     tiny_note: str | None  # the tiny-models warning, when they are used (also recorded in reports)
 
 
-def open_run_clip(
-    run_models: Mapping[str, str],
-    run_preset: str | None,
-    *,
-    models: str | None,
-    scorer: str | None,
-    device: str | None,
-    dtype: str | None,
-    cache_dir: str | Path | None,
-    cache: bool,
-    quiet: bool,
-) -> RunClip:
+def open_run_clip(run_models: Mapping[str, str], run_preset: str | None, options: ClipOptions) -> RunClip:
     """Choose the CLIP model (see :func:`choose_clip`), say so when it is the tiny one, open the cache."""
     from sgid.models.loading import TINY_WARNING, default_cache_dir
     from sgid.progress import note
 
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    o = options
+    root = Path(o.cache_dir) if o.cache_dir else default_cache_dir()
     choice = choose_clip(
-        run_models, run_preset, models=models, scorer=scorer, device=device, dtype=dtype, cache_dir=root
+        run_models, run_preset, models=o.models, scorer=o.scorer, device=o.device, dtype=o.dtype, cache_dir=root
     )
     tiny_note = TINY_WARNING if choice.tiny else None
     if tiny_note:
-        note(tiny_note, quiet)
-    return RunClip(choice, FeatureCache(root / FEATURE_CACHE_FILE if cache else None), tiny_note)
+        note(tiny_note, o.quiet)
+    return RunClip(choice, FeatureCache(root / FEATURE_CACHE_FILE if o.cache else None), tiny_note)
 
 
 def load_clip(choice: ClipChoice) -> tuple[Any, str]:

@@ -18,7 +18,7 @@ handles both signals in the driver process (the one that writes; engines' worker
   (:func:`writing`). Finished images and journal lines are on disk; a rerun resumes.
 
 Handlers are only installed from the main thread (Python delivers signals there); elsewhere the defaults
-stay.
+stay. A signal the process was started with ignored (SIG_IGN: a background job of a shell script) stays ignored.
 """
 
 from __future__ import annotations
@@ -109,7 +109,10 @@ def handlers() -> Iterator[None]:
         return
     _received.clear()
     for signum in SIGNALS:
-        _installed[signum] = signal.signal(signum, _handler)
+        # An ignored signal stays ignored (Unix convention: a shell starts background jobs with SIGINT ignored,
+        # so that Ctrl-C in the terminal does not stop them; nohup-like wrappers do the same).
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            _installed[signum] = signal.signal(signum, _handler)
     try:
         yield
     finally:
@@ -152,7 +155,7 @@ def raising() -> Iterator[None]:
 def reassert() -> None:
     """Put sgid's handlers back if a library replaced them (``ray.init`` installs its own SIGTERM handler)."""
     if _installed and _in_main_thread():
-        for signum in SIGNALS:
+        for signum in _installed:
             if signal.getsignal(signum) is not _handler:
                 signal.signal(signum, _handler)
 

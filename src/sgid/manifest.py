@@ -11,7 +11,7 @@ output that could not be used. The core fields every reader relies on are typed 
     >>> row.file_name, row.k, row.label_text, row["prompt"]
     ('cat/a.png', 0, 'cat', 'A picture of a cat')
     >>> list(row.to_json())
-    ['file_name', 'label', 'label_text', 'source', 'source_sha256', 'k', 'method', 'prompt', 'new_field']
+    ['file_name', 'label', 'k', 'method', 'prompt', 'new_field']
 
 Rows are also read-only mappings (``row["prompt"]``, ``row.get("seed")``, ``dict(row)``), the JSON object
 they stand for. :func:`read_run` reads a whole folder (``run.json``, ``metadata.jsonl``, ``errors.jsonl``)

@@ -8,7 +8,7 @@ field's name stays accepted as an alias (``caption_cache``, ``templates``, ``ins
 dataclass (e.g. one a method declares for its own options) joins the table through :func:`options_of`.
 
 >>> [o.name for o in augment_options() if o.aliases]
-['no_cache', 'template', 'instruction']
+['template', 'instruction', 'no_cache']
 >>> resolve_options({"no_cache": True, "templates": ["a {label}"]})
 {'caption_cache': False, 'templates': ['a {label}']}
 """

@@ -12,6 +12,10 @@ Each finished image is written to a hidden temporary file and renamed into place
 the journal. A run killed at any moment loses at most the item in flight: on restart a torn last journal line
 is ignored, items without a journal line are regenerated (same seed, same bytes), and metadata.jsonl and
 errors.jsonl are rebuilt from the journal and atomically replaced.
+
+Test-only hook: with ``SGID_TEST_KILL_AFTER_ROWS=N`` in the environment, a process SIGKILLs itself right after
+it has journaled its N-th entry (rows and output errors, counted across the run stores it opens), so kill-and-
+resume tests stop a run at an exact point without timing. It is read when a store opens; never set it otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -47,6 +52,8 @@ __all__ = [
 
 JOURNAL = ".sgid-journal.jsonl"
 LOCK = WRITER_LOCK
+KILL_AFTER_ROWS = "SGID_TEST_KILL_AFTER_ROWS"  # test-only, see the module docstring
+_journaled_in_process = 0  # entries this process has journaled, for the test-only kill hook
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -109,6 +116,33 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def check_identity(
+    marker: Path,
+    identity: dict[str, Any],
+    previous: dict[str, Any],
+    *,
+    overwrite: bool,
+    holds: str,
+    key: str = "identity",
+    unnamed: str = "identity",
+) -> bool:
+    """The identity check every folder sgid owns makes (a run, an evaluation, a concepts folder) when it holds
+    an earlier job (``previous``, read from ``marker``): True when that job has other settings and ``overwrite``
+    allows replacing it; False when they are the same (resume); else a one-line refusal naming the settings that
+    differ. ``key``: where the identity is recorded (``key`` and ``key + "_sha256"``); ``holds``: what the folder
+    holds, in the message; ``unnamed``: what to name when no single setting differs."""
+    if previous.get(f"{key}_sha256") == identity_hash(identity):
+        return False
+    if overwrite:
+        return True
+    recorded = previous.get(key)
+    changed = _changed_keys(recorded if isinstance(recorded, dict) else {}, identity)
+    raise RunDirError(
+        f"{marker.parent} holds {holds} with different settings ({', '.join(changed) or unnamed}); rerun with the "
+        f"same settings to resume, choose another --out, or pass --overwrite"
+    )
+
+
 def item_key(source: str, k: int | None, method: str) -> str:
     return f"{source}\x1f{k}\x1f{method}"
 
@@ -129,6 +163,7 @@ class RunStore:
         self._journal: int | None = None  # file descriptor of the journal, opened for appending
         self._journal_size = 0
         self._lock = FolderLock(self.out)
+        self._kill_after: int | None = None  # test-only (SGID_TEST_KILL_AFTER_ROWS)
 
     # -- opening -----------------------------------------------------------------------------------------
     def open(self) -> RunStore:
@@ -145,6 +180,7 @@ class RunStore:
         self._load_journal()
         self._journal = os.open(self.out / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._journal_size = os.fstat(self._journal).st_size
+        self._kill_after = int(os.environ[KILL_AFTER_ROWS]) if os.environ.get(KILL_AFTER_ROWS) else None
         return self
 
     def peek(self) -> RunStore:
@@ -163,13 +199,7 @@ class RunStore:
             raise RunDirError(f"--out {self.out} exists and is not a folder")
         if run_file.exists():
             previous = self._read_run_file(run_file)
-            if previous.get("identity_sha256") != identity_hash(self.identity) and not self.overwrite:
-                recorded = previous.get("identity")
-                changed = _changed_keys(recorded if isinstance(recorded, dict) else {}, self.identity)
-                raise RunDirError(
-                    f"{self.out} holds a run with different settings ({', '.join(changed) or 'identity'}); "
-                    f"rerun with the same settings to resume, choose another --out, or pass --overwrite"
-                )
+            check_identity(run_file, self.identity, previous, overwrite=self.overwrite, holds="a run")
         elif any(p.name != LOCK for p in self.out.iterdir()):
             raise RunDirError(
                 f"{self.out} is not empty and holds no sgid run (no {RUN_FILE}); choose an empty or new folder"
@@ -273,6 +303,8 @@ class RunStore:
             os.ftruncate(self._journal, self._journal_size)
             raise
         self._journal_size += len(data)
+        if self._kill_after is not None:
+            _count_for_kill_hook(self._kill_after)
 
     # -- manifests ---------------------------------------------------------------------------------------
     def write_manifests(self) -> None:
@@ -296,6 +328,14 @@ class RunStore:
             yield self
         finally:
             self.close()
+
+
+def _count_for_kill_hook(limit: int) -> None:
+    """The test-only kill hook: SIGKILL this process once it has journaled ``limit`` entries."""
+    global _journaled_in_process
+    _journaled_in_process += 1
+    if _journaled_in_process >= limit:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _journal_entry(line: bytes) -> tuple[str, str, dict[str, Any]] | None:

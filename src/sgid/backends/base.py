@@ -385,15 +385,3 @@ class Backend:
 
 #: Model families by name: the ``--backend`` value is the registry key.
 BACKENDS: Registry[type[Backend]] = Registry("backend")
-
-
-__all__ = [
-    "BACKENDS",
-    "Backend",
-    "Conditioning",
-    "GenerationOutput",
-    "GenerationRequest",
-    "Guide",
-    "StepHook",
-    "denoise",
-]

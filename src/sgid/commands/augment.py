@@ -56,6 +56,16 @@ def add_model_options(
     group.add_argument("--cache-dir", help=f"where tiny models and {cached} live [default: ~/.cache/sgid]")
 
 
+def add_run_reader_options(parser: argparse.ArgumentParser) -> None:
+    """The runtime flags of the commands that read a run with CLIP only (filter, metrics): the model flags,
+    ``--no-cache`` and ``--quiet`` (:class:`sgid.features.ClipOptions`)."""
+    add_model_options(parser, clip_only=True)
+    parser.add_argument(
+        "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
+
+
 def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generator backend (docs/backends.md)")
     group.add_argument(

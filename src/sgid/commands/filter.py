@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sgid.commands.augment import add_model_options
+from sgid.commands.augment import add_run_reader_options
 
 HELP = "filter the generated images of an augment run (CLIP label/prompt/original, threshold, best-of-k, human, ...)"
 FILTER_NAMES = "label, prompt, original, threshold, best_of_k, realfake, confidence, human"
@@ -75,16 +75,13 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="human: the database sgid review wrote (its accept/reject and best-of-K selections)",
     )
-    add_model_options(p, clip_only=True)
-    p.add_argument(
-        "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
-    )
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
+    add_run_reader_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from sgid.commands.augment import warn_unused_model_flags
+    from sgid.features import ClipOptions
     from sgid.filters import FilterOptions, filter_run
 
     warn_unused_model_flags(args, "filter")
@@ -107,12 +104,6 @@ def run(args: argparse.Namespace) -> int:
         args.filters,
         options=options,
         source_dir=args.source_dir,
-        models=args.models,
-        scorer=args.scorer,
-        device=args.device,
-        dtype=args.dtype,
-        cache_dir=args.cache_dir,
-        cache=args.cache,
-        quiet=args.quiet,
+        **ClipOptions.from_args(args).keywords(),
     )
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sgid.commands.augment import add_model_options
+from sgid.commands.augment import add_run_reader_options
 
 HELP = "measure generated vs real images: similarity, diversity, CLIP score, FID, KID (overall and per class)"
 
@@ -41,16 +41,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="KID subset sampling seed [default: 0]")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
-    add_model_options(p, clip_only=True)
-    p.add_argument(
-        "--no-cache", dest="cache", action="store_false", help="do not read or write the image-feature cache"
-    )
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
+    add_run_reader_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from sgid.commands.augment import warn_unused_model_flags
+    from sgid.features import ClipOptions
     from sgid.metrics import metrics_run
 
     warn_unused_model_flags(args, "metrics")
@@ -62,16 +59,10 @@ def run(args: argparse.Namespace) -> int:
         features=args.features,
         inception_weights=args.inception_weights,
         source_dir=args.source_dir,
-        models=args.models,
-        scorer=args.scorer,
-        device=args.device,
-        dtype=args.dtype,
-        cache_dir=args.cache_dir,
-        cache=args.cache,
         kid_subsets=args.kid_subsets,
         kid_subset_size=args.kid_subset_size,
         seed=args.seed,
         plots=args.plots,
-        quiet=args.quiet,
+        **ClipOptions.from_args(args).keywords(),
     )
     return 0

@@ -89,12 +89,12 @@ def learn_concepts(
     learner.check_inputs(listing, chosen, classes)
     tokens = concept_tokens(listing.classes)  # over all folders, so a token never depends on --classes
     check_out_dir(out_dir, [("the input folder", input_dir)], command="learn-concepts")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
     choice = resolve_models(models, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), generator=sd_model)
     store = ConceptsDir(out_dir, {"model": choice.generator.name, **learner.identity(chosen)}, overwrite=overwrite)
     store.check()
     # 2. Load a private copy of the model: training adds tokens (and adapters) to it
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
     pipe = load_sd_pipeline(choice.generator, "img2img", torch_device, torch_dtype, False, private=True)
     parts = DiffusionParts.from_pipeline(pipe)
     resolution = learner.settings.resolution or parts.native_resolution

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from sgid.errors import RunDirError, SgidError
-from sgid.runstore import FolderLock, atomic_write, identity_hash
+from sgid.runstore import FolderLock, atomic_write, check_identity, identity_hash
 
 CONCEPTS_FILE = "concepts.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -139,12 +139,9 @@ class ConceptsDir:
             raise RunDirError(f"--out {self.path} exists and is not a folder")
         if (self.path / CONCEPTS_FILE).exists():
             previous = self._read_own_index()
-            if previous.get("identity_sha256") != identity_hash(self.identity) and not self.overwrite:
-                changed = _changed_keys(previous.get("identity", {}), self.identity)
-                raise RunDirError(
-                    f"{self.path} holds concepts learned with different settings ({', '.join(changed)}); rerun "
-                    f"with the same settings to resume, choose another --out, or pass --overwrite"
-                )
+            check_identity(
+                self.path / CONCEPTS_FILE, self.identity, previous, overwrite=self.overwrite, holds="concepts learned"
+            )
         elif any(p.name != LOCK for p in self.path.iterdir()):
             raise RunDirError(
                 f"{self.path} is not empty and holds no {CONCEPTS_FILE}; choose an empty or new folder for --out"
@@ -286,8 +283,3 @@ class ConceptsDir:
         """Record a class that could not be trained (e.g. no readable image); a rerun tries it again."""
         self.index["classes"][class_name] = dict(entry, status="failed")
         self._write_index()
-
-
-def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return changed or ["identity"]

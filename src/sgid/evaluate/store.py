@@ -23,7 +23,7 @@ from typing import Any
 
 from sgid.errors import RunDirError
 from sgid.evaluate.stats import RunRecord
-from sgid.runstore import FolderLock, atomic_write, identity_hash
+from sgid.runstore import FolderLock, atomic_write, check_identity, identity_hash
 
 PROTOCOL_FILE = "evaluation.json"
 LOCK = ".sgid-evaluate-lock"
@@ -68,17 +68,15 @@ class EvaluationStore:
         protocol_file = self.out / PROTOCOL_FILE
         if protocol_file.exists():
             previous = _read_json(protocol_file)
-            if previous.get("protocol_sha256") != identity_hash(self.protocol):
-                if not self.overwrite:
-                    changed = sorted(
-                        k
-                        for k in {*self.protocol, *previous.get("protocol", {})}
-                        if self.protocol.get(k) != previous.get("protocol", {}).get(k)
-                    )
-                    raise RunDirError(
-                        f"{self.out} holds an evaluation with different settings ({', '.join(changed)}); rerun with "
-                        f"the same settings to resume, choose another --out, or pass --overwrite"
-                    )
+            if check_identity(
+                protocol_file,
+                self.protocol,
+                previous,
+                overwrite=self.overwrite,
+                holds="an evaluation",
+                key="protocol",
+                unnamed="",
+            ):
                 self.clear()
         elif any(p.name != LOCK for p in self.out.iterdir()):
             raise RunDirError(

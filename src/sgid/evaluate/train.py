@@ -1,7 +1,8 @@
 """Training and testing one classifier: seeded, on the CPU or a GPU, with per-epoch progress.
 
 A run is reproducible: :func:`seed_everything` seeds python, numpy and torch; the loader shuffles with its own
-seeded generator; swap coins are drawn from ``(seed, epoch, index)`` so they do not depend on worker processes.
+seeded generator; swap coins and every random transform of a draw (crop, flip, RandAugment, Random Erasing) are
+drawn from ``(seed, epoch, index)``, so results do not depend on ``--workers``.
 The optimizer and schedule come from the backbone's :class:`~sgid.evaluate.backbones.Recipe`: SGD with the lr
 divided by 10 at 50% and 75% of the epochs (stepped per epoch), or AdamW with the lr decayed linearly to 0 over
 the training steps (the HF Trainer default the paper used for ViT and CLIP).
@@ -27,6 +28,7 @@ from sgid.evaluate.mixing import Plan, draw
 from sgid.evaluate.perturb import BatchAugment, image_ops, soft_cross_entropy, tensor_ops
 from sgid.evaluate.transforms import eval_transform, train_transform
 from sgid.progress import bar
+from sgid.seeding import global_rngs
 
 #: Convolutions run in NHWC ("channels last"): 1.5× faster for the small CNN on a CPU, and the layout cuDNN prefers.
 CHANNELS_LAST = torch.channels_last
@@ -40,6 +42,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def draw_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one draw's random transforms (crop, flip, RandAugment, Random Erasing): they depend on the
+    draw alone, never on which process (the main one or a DataLoader worker) makes it or on what it made before."""
+    return int(np.random.default_rng([seed % 2**63, epoch, index, 1]).integers(2**63))
 
 
 class ImageCache:
@@ -89,7 +97,9 @@ class TrainingSet(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         example = self.example(index)
-        return self.transform(self.cache.get(example)), example.label, int(example.generated)
+        with global_rngs(draw_seed(self.seed, self.epoch, index)):
+            image = self.transform(self.cache.get(example))
+        return image, example.label, int(example.generated)
 
 
 class EvalSet(Dataset):

@@ -13,7 +13,7 @@ from typing import Any
 
 from sgid.dataset import Source, scan
 from sgid.errors import SgidError
-from sgid.features import ClipModels, open_run_clip
+from sgid.features import ClipModels, ClipOptions, open_run_clip
 from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, FilterOptions, PredictProba
 from sgid.filters.chain import run_chain
 from sgid.filters.output import check_out_dir, write_output
@@ -111,15 +111,7 @@ def filter_run(
         loaded = NoModels()  # e.g. --filters human: no model is chosen, built or loaded
     if loaded is None:
         clip = open_run_clip(
-            run.models,
-            run.models_preset,
-            models=models,
-            scorer=scorer,
-            device=device,
-            dtype=dtype,
-            cache_dir=cache_dir,
-            cache=cache,
-            quiet=quiet,
+            run.models, run.models_preset, ClipOptions(models, scorer, device, dtype, cache_dir, cache, quiet)
         )
         scorer_id, tiny_note, feature_cache = clip.choice.identity, clip.tiny_note, clip.cache
         loaded = LoadedFilterModels(clip.choice, feature_cache, quiet=quiet)

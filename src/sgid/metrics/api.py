@@ -26,6 +26,7 @@ from sgid.errors import SgidError
 from sgid.features import (
     FEATURES,
     ClipModels,
+    ClipOptions,
     ExtractorOptions,
     FeatureStore,
     build_extractor,
@@ -111,15 +112,7 @@ def metrics_run(
         check_sources(with_source)
     # 2. Models: CLIP for similarity, diversity and CLIP score; the --features extractor for FID and KID
     run_clip = open_run_clip(
-        run.models,
-        run.models_preset,
-        models=models,
-        scorer=scorer,
-        device=device,
-        dtype=dtype,
-        cache_dir=cache_dir,
-        cache=cache,
-        quiet=quiet,
+        run.models, run.models_preset, ClipOptions(models, scorer, device, dtype, cache_dir, cache, quiet)
     )
     choice, feature_cache, tiny_note = run_clip.choice, run_clip.cache, run_clip.tiny_note
     clip = ClipModels(choice, feature_cache, quiet=quiet)

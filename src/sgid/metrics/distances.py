@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,18 +103,7 @@ def kernel_distance_stats(
     return KernelDistance(float(mean), float(std), subsets, size)
 
 
-def kernel_distance(
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    subsets: int = 100,
-    subset_size: int = 1000,
-    degree: int = 3,
-    gamma: float | None = None,
-    coef: float = 1.0,
-    seed: int = 0,
-) -> float:
-    """KID between feature sets ``a`` (N, D) and ``b`` (M, D); see :func:`kernel_distance_stats`."""
-    return kernel_distance_stats(
-        a, b, subsets=subsets, subset_size=subset_size, degree=degree, gamma=gamma, coef=coef, seed=seed
-    ).mean
+def kernel_distance(a: np.ndarray, b: np.ndarray, **options: Any) -> float:
+    """KID between feature sets ``a`` (N, D) and ``b`` (M, D); ``options`` and the rest: see
+    :func:`kernel_distance_stats`."""
+    return kernel_distance_stats(a, b, **options).mean

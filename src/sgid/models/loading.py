@@ -122,6 +122,11 @@ def resolve_models(
         kind = CONTROLS.get(control)
         if kind.needs_model:
             names["control_model"] = control_model or (kind.tiny_model if chosen.tiny else kind.default_model)
+    from sgid.models.tiny import COMPONENTS
+
+    unknown = [n for n in names.values() if n.startswith("tiny:") and n.split(":", 1)[1] not in COMPONENTS]
+    if unknown:  # before any tiny model is built
+        raise SgidError(f"unknown tiny model {unknown[0]!r}; choose from: tiny:{', tiny:'.join(COMPONENTS)}")
     refs: dict[str, ModelRef] = {}
     tiny_paths: dict[str, Path] | None = None
     for role, name in names.items():
@@ -131,8 +136,6 @@ def resolve_models(
 
                 tiny_paths = ensure_tiny_models(cache_dir)
             component = name.split(":", 1)[1]
-            if component not in tiny_paths:
-                raise SgidError(f"unknown tiny model {name!r}; choose from: tiny:{', tiny:'.join(tiny_paths)}")
             refs[role] = ModelRef(name=name, path=str(tiny_paths[component]))
         else:
             refs[role] = ModelRef(name=name, path=os.path.expanduser(name))
@@ -162,13 +165,20 @@ def is_tiny(choice: ModelChoice) -> bool:
     return any(ref.name.startswith("tiny:") for ref in (choice.captioner, choice.scorer, choice.generator))
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def parse_device(device: str) -> torch.device | None:
+    """``--device`` checked for spelling only (None for ``auto``); whether it exists here is resolve_device's."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
-        resolved = torch.device(device)
+        return torch.device(device)
     except RuntimeError:
         raise SgidError(f"invalid --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    resolved = parse_device(device)
+    if resolved is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise SgidError(f"--device {device} asked for, but no CUDA GPU is available; use --device cpu")
     return resolved
@@ -184,11 +194,15 @@ _DTYPES = {
 }
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype != "auto" and dtype not in _DTYPES:
+        raise SgidError(f"invalid --dtype {dtype!r}; choose from: auto, {', '.join(_DTYPES)}")
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    check_dtype(dtype)
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise SgidError(f"invalid --dtype {dtype!r}; choose from: auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 

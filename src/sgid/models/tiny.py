@@ -3,12 +3,17 @@ SD 1.x and SDXL, and a depth estimator, built from configs.
 
 Built the way diffusers' and transformers' own tests build their dummy components, saved once (safetensors)
 into the local cache, and from then on loaded through the same ``from_pretrained`` path as real checkpoints.
+The cache folder is keyed by the components' definition (a hash of this module, the tokenizers' vocabularies
+and the library versions that build them), so a changed definition is built afresh and never mixed up with an
+old build, and an unchanged one is reused across sessions and projects sharing the cache.
 Everything runs offline on a CPU in seconds. The weights are random: captions are word salad and images are
 noise. The tiny preset exists to exercise the pipeline, never to judge it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,7 +24,7 @@ import torch
 
 from sgid.models.vocab import bert_vocab_file, clip_vocab_files
 
-#: Bump when the tiny components change so stale caches are rebuilt.
+#: Part of the cache folder's name, with :func:`definition_hash` (which changes by itself with the definition).
 TINY_VERSION = "3"
 TINY_SEED = 0
 WIDTH = 32  # hidden size of every tiny transformer
@@ -28,8 +33,25 @@ IMAGE_SIZE = 30  # BLIP/CLIP vision input (diffusers/transformers tests use 30 w
 COMPONENTS = ("blip", "clip", "sd", "pix2pix", "lm", "sdxl", "controlnet", "controlnet_sdxl", "depth")
 
 
+@functools.cache
+def definition_hash() -> str:
+    """12 hex digits of sha256 over what defines the tiny components: this module's and the vocabularies'
+    source, and the versions of the libraries that build and save them."""
+    import diffusers
+    import transformers
+
+    from sgid.models import vocab
+
+    digest = hashlib.sha256()
+    for module_file in (__file__, vocab.__file__):
+        digest.update(Path(module_file).read_bytes())
+    for version in (torch.__version__, transformers.__version__, diffusers.__version__):
+        digest.update(version.encode())
+    return digest.hexdigest()[:12]
+
+
 def tiny_root(cache_dir: Path) -> Path:
-    return cache_dir / "tiny-models" / f"v{TINY_VERSION}"
+    return cache_dir / "tiny-models" / f"v{TINY_VERSION}-{definition_hash()}"
 
 
 def ensure_tiny_models(cache_dir: Path) -> dict[str, Path]:
