@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,20 +79,35 @@ def write_folder(root: Path, counts: dict[str, int], size: int = 32, offset: int
 
 
 def write_generated(
-    out: Path, train: Path, per_image: int = 1, *, originals: bool = False, source_prefix: str = ""
+    out: Path,
+    train: Path,
+    per_image: int = 1,
+    *,
+    originals: bool = False,
+    source_prefix: str = "",
+    sha256: bool = True,
 ) -> Path:
-    """A hand-made ``sgid augment`` output folder for the images of ``train`` (metadata.jsonl + run.json)."""
+    """A hand-made ``sgid augment`` output folder for the images of ``train`` (metadata.jsonl + run.json); each
+    row records its source's ``source_sha256`` as sgid augment does (unless ``sha256`` is False)."""
     rows = []
     for class_dir in sorted(p for p in train.iterdir() if p.is_dir()):
         (out / class_dir.name).mkdir(parents=True, exist_ok=True)
         for image_path in sorted(class_dir.iterdir()):
             source = f"{source_prefix}{class_dir.name}/{image_path.name}"
+            digest = {"source_sha256": hashlib.sha256(image_path.read_bytes()).hexdigest()} if sha256 else {}
             image = np.asarray(Image.open(image_path).convert("RGB"))
             if originals:
                 name = f"{class_dir.name}/{image_path.stem}.png"
                 Image.fromarray(image).save(out / name)
                 rows.append(
-                    {"file_name": name, "label": class_dir.name, "source": source, "k": None, "method": "original"}
+                    {
+                        "file_name": name,
+                        "label": class_dir.name,
+                        "source": source,
+                        **digest,
+                        "k": None,
+                        "method": "original",
+                    }
                 )
             for k in range(per_image):
                 name = f"{class_dir.name}/{image_path.stem}_sgid_{k}.png"
@@ -101,6 +117,7 @@ def write_generated(
                         "file_name": name,
                         "label": class_dir.name,
                         "source": source,
+                        **digest,
                         "k": k,
                         "method": "sgid",
                         "guidance_scale": 1.1,

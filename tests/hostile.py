@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,10 +46,19 @@ def sgid_env(cache_dir: Path, **extra: str) -> dict[str, str]:
     return dict(os.environ, SGID_CACHE=str(cache_dir), HF_HUB_OFFLINE="1", **extra)
 
 
-def start_sgid(*args: str | Path, cache_dir: Path, **popen: Any) -> subprocess.Popen[bytes]:
-    """``python -m sgid ARGS`` in a subprocess, stderr piped."""
+def start_sgid(
+    *args: str | Path, cache_dir: Path, preexec_fn: Callable[[], None] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """``python -m sgid ARGS`` in a subprocess, stderr piped, SIGINT handled as in a terminal (a test runner
+    started in the background has SIGINT ignored, and sgid keeps an ignored signal ignored)."""
+
+    def prepare() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn is not None:
+            preexec_fn()
+
     command = [sys.executable, "-m", "sgid", *map(str, args)]
-    return subprocess.Popen(command, env=sgid_env(cache_dir), stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(command, env=sgid_env(cache_dir), stderr=subprocess.PIPE, preexec_fn=prepare, **popen)
 
 
 def run_sgid(*args: str | Path, cache_dir: Path, timeout: float = 300, **popen: Any) -> tuple[int, str]:

@@ -175,6 +175,40 @@ def test_a_backend_other_than_the_checkpoints_is_refused_in_one_line(refs) -> No
         load_sd_pipeline(refs["sdxl"], "img2img", CPU, torch.float32, True, private=True)
 
 
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_every_backend_weights_prompts_the_weighting_way(refs, name: str) -> None:  # type: ignore[no-untyped-def]
+    """--weighting (issue 10, point 3) reaches every text encoder of every family."""
+    mode = next(iter(BACKENDS.get(name).pipelines))
+    weights = [(1.5, 0.9)] * 2
+    results = {}
+    for weighting in ("literal", "mean-restore", "compel"):
+        backend = make(refs, name, mode, weighting=weighting)
+        assert [e.weighting for e in backend.encoders()] == [weighting] * len(backend.encoders())
+        results[weighting] = backend.encode(PROMPTS, weights, NEGATIVES).embeds
+        plain = backend.encode(PROMPTS, None, NEGATIVES).embeds
+        assert torch.equal(backend.encode(PROMPTS, [(1.0, 1.0)] * 2, NEGATIVES).embeds, plain)
+    assert not torch.allclose(results["literal"], results["mean-restore"])
+    assert not torch.allclose(results["literal"], results["compel"])
+
+
+def test_sdxl_compel_weights_the_penultimate_layer(refs) -> None:  # type: ignore[no-untyped-def]
+    """compel on SDXL: empty + (z − empty)·w, with z and empty both each encoder's penultimate hidden state."""
+    backend = make(refs, "sdxl", "img2img", weighting="compel")
+    prompt = PROMPTS[0]
+    for encoder in backend.encoders():
+
+        @torch.no_grad()
+        def penultimate(text: str, encoder=encoder) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            tokenizer = encoder.tokenizer
+            ids = tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+            return encoder.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+
+        w = encoder.token_weights(prompt, 1.5, 1.2).view(1, 77, 1)
+        z, empty = penultimate(prompt.text), penultimate("")
+        expected = torch.where(w == 1, z, empty + (z - empty) * w)
+        torch.testing.assert_close(encoder.encode([prompt], [(1.5, 1.2)]), expected, rtol=1e-5, atol=1e-6)
+
+
 # -- ControlNet guidance ------------------------------------------------------------------------------------
 
 GUIDED = [n for n in BACKENDS if BACKENDS.get(n).control_pipelines and BACKENDS.get(n).tiny_controlnet]

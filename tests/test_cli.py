@@ -30,6 +30,9 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--models", "huge"], "unknown models preset 'huge'"),
         (["--caption", "longest"], "invalid --caption 'longest'"),
         (["--guidance", "lots"], "invalid --guidance 'lots'"),
+        (["--guidance-floor", "lots"], "invalid --guidance-floor 'lots'"),
+        (["--method", "diverse_caption", "--summarize"], "--summarize needs --text-model"),
+        (["--weighting", "loud"], "unknown --weighting mode 'loud'; choose from: literal, mean-restore, compel"),
         (["--num-beams", "3"], "beam search cannot return 10 captions with num_beams=3"),
         (["--top-p", "2"], "invalid --top-p 2.0: must be in (0, 1]"),  # named by its flag, not its field
         (["--top-k", "-1"], "invalid --top-k -1: must be >= 0"),

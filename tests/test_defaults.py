@@ -47,14 +47,16 @@ def test_paper_beam_width_is_a_setting() -> None:
     [(0.0, 1.0), (0.25, 1.25), (0.5, 1.0), (0.57, 0.8404), (1.0, -1.0), (0.3, 1.24), (-0.1, 0.76), (0.2, 1.24)],
 )
 def test_guidance_mapping_f(s: float, g: float) -> None:
-    assert PAPER_GUIDANCE(s) == pytest.approx(g, abs=1e-12)
+    assert PAPER_GUIDANCE.raw(s) == pytest.approx(g, abs=1e-12)
+    assert PAPER_GUIDANCE(s) == pytest.approx(max(g, 0.0), abs=1e-12)  # applied: floored at 0
 
 
 def test_constant_guidance_and_parsing() -> None:
     assert parse_guidance("7.5")(0.3) == 7.5
     assert parse_guidance(2)(None) == 2.0
     assert parse_guidance("paper") is PAPER_GUIDANCE
-    assert GuidanceMap().describe() == "f(s) = -4*s^2 + 2*s + 1"
+    assert GuidanceMap().describe() == "f(s) = -4*s^2 + 2*s + 1, floored at 0"
+    assert GuidanceMap(floor=None).describe() == "f(s) = -4*s^2 + 2*s + 1"
     with pytest.raises(SgidError, match="--guidance"):
         parse_guidance("strong")
     with pytest.raises(ValueError, match="needs a similarity"):

@@ -99,6 +99,8 @@ def test_small_square_images_train_at_their_own_size_with_a_cifar_stem() -> None
     assert resnet.resolve_image_size((32, 32)) == 32 and resnet.resolve_image_size((500, 375)) == 224
     assert BACKBONES.get("vit_b16_in21k").resolve_image_size((32, 32)) == 224
     assert resnet.resolve_image_size((32, 32), requested=64) == 64
+    wrn = BACKBONES.get("wrn28_10")  # like ResNet-50 (appendix I): 32 on CIFAR, 224 on the other datasets
+    assert wrn.resolve_image_size((32, 32)) == 32 and wrn.resolve_image_size((500, 375)) == 224
     model = build_backbone("resnet18", 10, image_size=32, pretrained=False)
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, torch.nn.Identity)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,8 @@ def test_save_models_writes_loadable_classifiers(toy) -> None:
         (["--linear-probe"], "--linear-probe needs a pre-trained backbone"),
         (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
         (["--backbone", "zero_shot_clip", "--methods", "randaugment"], "is not trained"),
+        (["--compare-to", "mixup"], "invalid --compare-to 'mixup'; choose from: baseline, best, random_erasing"),
+        (["--correction", "bonferroni"], "invalid --correction 'bonferroni'; choose from: none, holm"),
     ],
 )
 def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, message, forbid_model_loading) -> None:
@@ -275,6 +278,39 @@ def test_generated_folder_from_other_images_is_refused(toy, tmp_path, capsys) ->
     wrong = write_generated(tmp_path / "wrong", other, source_prefix="elsewhere/")
     assert main(_args(toy, "--generated", str(wrong), "--methods", "generated")) == 2
     assert "none of the generated images in" in capsys.readouterr().err
+
+
+def test_generated_folder_made_from_test_images_is_refused(toy, tmp_path, capsys) -> None:
+    """Same relative paths as the training images ("cat/0.png"), but the content of the test images."""
+    leak = write_generated(tmp_path / "leak", toy["test"])
+    assert main(_args(toy, "--generated", str(leak), "--methods", "generated")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--generated {leak} was made from test images: cat/0_sgid_0.png" in err
+    assert "test/validation image cat/0.png" in err
+    assert not toy["out"].exists()
+
+
+def test_generated_folder_with_other_sources_is_refused_at_the_first_mismatch(toy, tmp_path, capsys) -> None:
+    changed = tmp_path / "changed"
+    shutil.copytree(toy["train"], changed)
+    Image.new("RGB", (32, 32), "red").save(changed / "cat" / "3.png")  # one source differs from --train's
+    wrong = write_generated(tmp_path / "wrong", changed)
+    assert main(_args(toy, "--generated", str(wrong), "--methods", "generated")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cat/3_sgid_0.png was made from another cat/3.png than the training image" in err
+    rows = [json.loads(line) for line in (toy["generated"] / "metadata.jsonl").read_text().splitlines()]
+    rows[-1]["source"] = "dog/99.png"  # not a training image at all
+    extra = tmp_path / "extra"
+    shutil.copytree(toy["generated"], extra)
+    (extra / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(_args(toy, "--generated", str(extra), "--methods", "generated")) == 2
+    assert "was made from dog/99.png, which is not a training image" in capsys.readouterr().err
+
+
+def test_generated_rows_without_source_sha256_are_linked_by_path_with_a_note(toy, tmp_path, capsys) -> None:
+    old = write_generated(tmp_path / "old", toy["train"], sha256=False)
+    assert main(_args(toy, "--generated", str(old), "--methods", "generated", "--seeds", "1")) == 0
+    assert f"note: 12 generated image(s) in {old} record no source_sha256" in capsys.readouterr().err
 
 
 def test_python_api_restores_torch_threads_and_returns_the_summary(tmp_path) -> None:

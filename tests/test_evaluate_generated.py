@@ -190,3 +190,36 @@ def test_a_tiny_model_augment_run_is_flagged_in_results_md(augmented_run: Path, 
         "Warning: `sgid` was generated with the tiny random-weight models"
         in (tmp_path / "out" / "results.md").read_text()
     )
+
+
+def _as_method(folder: Path, method: str, variant: str) -> None:
+    """Rewrite a hand-made folder's rows and run.json as made by ``method`` in ``variant``."""
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["method"] != "original":
+            row.update(method=method, variant=variant)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = json.loads((folder / "run.json").read_text())
+    info["config"]["method"] = method
+    info["variant"] = variant
+    (folder / "run.json").write_text(json.dumps(info))
+
+
+def test_rows_made_by_a_stand_in_say_so(two_runs) -> None:
+    """Issue 10, point 4: a fallback (templates, borrowed captions) is never presented as the paper's baseline."""
+    _as_method(two_runs["t2i"], "text2img", "templates")
+    _as_method(two_runs["sgid"], "diverse_caption", "summarised")
+    generated = ["--generated", f"text2img={two_runs['t2i']}", f"dc={two_runs['sgid']}"]
+    assert _evaluate(two_runs, *generated, "--methods", "text2img,text2img+cutmix,dc", "--seeds", "1") == 0
+    labels = {s["variant"]: s["label"] for s in _results(two_runs["out"])["summary"]}
+    assert labels["text2img@add"] == "text2img (templates) [add]"
+    assert labels["text2img+cutmix@add"] == "text2img+cutmix (templates) [add]"
+    assert labels["dc@add"] == "dc [add]"  # the paper's variant: no remark
+    table = (two_runs["out"] / "results.md").read_text()
+    assert "| text2img (templates) [add] |" in table and "| text2img (templates) |" in table  # row, provenance
+    bare = two_runs["out"].parent / "bare"
+    assert (
+        _evaluate(two_runs, "--generated", str(two_runs["t2i"]), "--seeds", "1", "--methods", "generated", out=bare)
+        == 0
+    )
+    assert "| generated (text2img: templates) [add] |" in (bare / "results.md").read_text()

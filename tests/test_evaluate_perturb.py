@@ -72,11 +72,46 @@ def test_a_proportion_sweep_makes_one_variant_per_value_for_generated_methods() 
 # -- the paper's hyperparameters -----------------------------------------------------------------------------
 
 
-def test_random_erasing_is_timm_on_the_cpu_with_p05_sh04_r103() -> None:
+def test_random_erasing_has_the_official_codes_settings() -> None:
     eraser = random_erasing()
-    assert eraser.probability == 0.5 and eraser.min_area == 0.02 and eraser.max_area == 0.4
-    assert eraser.log_aspect_ratio == pytest.approx((math.log(0.3), math.log(1 / 0.3)))
-    assert str(eraser.device) == "cpu" and eraser.mode == "const"
+    assert (eraser.probability, eraser.sl, eraser.sh, eraser.r1, eraser.attempts) == (0.5, 0.02, 0.4, 0.3, 100)
+    assert eraser.fill == (0.4914, 0.4822, 0.4465)  # written into the normalised tensor, as the official code does
+
+
+def official_erase(image: torch.Tensor, seed: int) -> torch.Tensor:
+    """The official algorithm (zhunzhong07/Random-Erasing, transforms.RandomErasing) replayed by hand."""
+    import random
+
+    rng = random.Random(seed)
+    if rng.uniform(0, 1) > 0.5:
+        return image
+    for _ in range(100):
+        area = image.shape[1] * image.shape[2]
+        target_area = rng.uniform(0.02, 0.4) * area
+        aspect_ratio = rng.uniform(0.3, 1 / 0.3)
+        h = int(round(math.sqrt(target_area * aspect_ratio)))
+        w = int(round(math.sqrt(target_area / aspect_ratio)))
+        if w < image.shape[2] and h < image.shape[1]:
+            x1, y1 = rng.randint(0, image.shape[1] - h), rng.randint(0, image.shape[2] - w)
+            out = image.clone()
+            for c, mean in enumerate((0.4914, 0.4822, 0.4465)):
+                out[c, x1 : x1 + h, y1 : y1 + w] = mean
+            return out
+    return image
+
+
+def test_random_erasing_equals_the_official_algorithm_draw_for_draw() -> None:
+    import random
+
+    eraser = random_erasing()
+    image = torch.randn(3, 32, 24)
+    erased = 0
+    for seed in range(60):
+        random.seed(seed)
+        ours = eraser(image.clone())
+        assert torch.equal(ours, official_erase(image, seed)), seed
+        erased += not torch.equal(ours, image)
+    assert 15 < erased < 45  # p = 0.5
 
 
 def test_random_erasing_erases_half_the_images_with_one_rectangle_of_the_allowed_size() -> None:
@@ -86,9 +121,10 @@ def test_random_erasing_erases_half_the_images_with_one_rectangle_of_the_allowed
     eraser = random_erasing()
     erased_fractions = []
     for _ in range(400):
-        image = torch.ones(3, 32, 32)
+        image = torch.zeros(3, 32, 32)
         out = eraser(image)
-        erased_fractions.append(float((out[0] == 0).float().mean()))
+        assert torch.equal(out[1] != 0, out[0] != 0)  # one rectangle, every channel
+        erased_fractions.append(float((out[0] == 0.4914).float().mean()))
     erased = [f for f in erased_fractions if f > 0]
     assert abs(len(erased) / 400 - 0.5) < 0.08
     assert min(erased) >= 0.015 and max(erased) <= 0.42

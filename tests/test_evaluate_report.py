@@ -113,3 +113,82 @@ def test_plots_show_per_class_accuracy_and_accuracy_against_p(tmp_path: Path) ->
     names = sorted(f.name for f in files)
     assert names == ["accuracy_vs_p_dtd.png", "accuracy_vs_p_pets.png", "per_class_dtd.png", "per_class_pets.png"]
     assert all(f.stat().st_size > 5000 and f.read_bytes()[:4] == b"\x89PNG" for f in files)
+
+
+# -- issue 10, point 5: what a star means ---------------------------------------------------------------------
+
+
+def test_confidence_interval_and_effect_size_equal_scipys(records) -> None:
+    rows = {(s.dataset, s.variant): s for s in summarize(records)}
+    for dataset in ("pets", "dtd"):
+        for variant, values in (("randaugment", BETTER), ("cutmix", WORSE)):
+            row = rows[(dataset, variant)]
+            result = stats.ttest_rel(values[dataset], BASE[dataset])
+            interval = result.confidence_interval(0.95)
+            assert row.ci95 == pytest.approx((interval.low, interval.high), rel=1e-9)
+            diffs = np.subtract(values[dataset], BASE[dataset])
+            assert row.effect_size == pytest.approx(diffs.mean() / diffs.std(ddof=1), rel=1e-12)
+            assert row.effect_size == pytest.approx(result.statistic / np.sqrt(5), rel=1e-9)  # d_z = t / sqrt(n)
+            assert row.compared_to == "baseline" and row.pairs == 5
+    assert rows[("pets", "baseline")].ci95 is None and rows[("pets", "baseline")].compared_to is None
+
+
+def test_holm_equals_statsmodels() -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    from sgid.evaluate.stats import holm
+
+    for family in ([0.01, 0.04, 0.03, 0.005], [0.2, 0.01, 0.5], [0.049, 0.049], [0.9], [0.001, 0.8, 0.3, 0.02, 0.04]):
+        assert holm(family) == pytest.approx(list(multipletests(family, method="holm")[1]), rel=1e-12)
+    assert holm([0.01, None, 0.04]) == pytest.approx([0.02, None, 0.04])
+
+
+def test_holm_correction_over_the_rows_of_each_column(records) -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    close = _records("moex", {"pets": [0.52, 0.52, 0.50, 0.53, 0.51], "dtd": [0.31, 0.30, 0.30, 0.33, 0.31]})
+    same = _records("same", {"pets": [0.51, 0.51, 0.50, 0.50, 0.50], "dtd": [0.31, 0.30, 0.29, 0.33, 0.30]})
+    everything = [*records, *close, *same]
+    plain = {(s.dataset, s.variant): s for s in summarize(everything)}
+    holm_rows = {(s.dataset, s.variant): s for s in summarize(everything, correction="holm")}
+    for dataset in ("pets", "dtd", AVG):
+        tested = ["randaugment", "cutmix", "moex", "same"]
+        raw = [plain[(dataset, v)].p_value for v in tested]
+        expected = multipletests(raw, method="holm")[1]
+        for variant, adjusted in zip(tested, expected, strict=True):
+            row = holm_rows[(dataset, variant)]
+            assert row.p_value == plain[(dataset, variant)].p_value  # the raw p stays scipy's
+            assert row.p_adjusted == pytest.approx(adjusted, rel=1e-12)
+            assert row.significant == (adjusted < 0.05)
+        assert all(plain[(dataset, v)].p_adjusted is None for v in tested)
+    # moex on pets: p = 0.033 alone, 0.065 after Holm over four rows
+    assert plain[("pets", "moex")].p_value < 0.05 and plain[("pets", "moex")].mark == "*"
+    assert holm_rows[("pets", "moex")].p_adjusted > 0.05 and holm_rows[("pets", "moex")].mark == ""
+
+
+def test_compare_to_best_and_to_a_method(records) -> None:
+    best = {(s.dataset, s.variant): s for s in summarize(records, compare_to="best")}
+    # pets: randaugment is best; everything else is tested against it, and it against the runner-up (baseline)
+    assert best[("pets", "baseline")].compared_to == "randaugment"
+    assert best[("pets", "cutmix")].compared_to == "randaugment"
+    assert best[("pets", "randaugment")].compared_to == "baseline"
+    expected = stats.ttest_rel(BASE["pets"], BETTER["pets"]).pvalue
+    assert best[("pets", "baseline")].p_value == pytest.approx(expected, rel=1e-12)
+    assert best[("pets", "baseline")].mark == "†" and best[("pets", "randaugment")].mark == "*"
+    versus = {(s.dataset, s.variant): s for s in summarize(records, compare_to="cutmix")}
+    assert versus[("dtd", "cutmix")].compared_to is None
+    assert versus[("dtd", "randaugment")].compared_to == "cutmix"
+    expected = stats.ttest_rel(BETTER["dtd"], WORSE["dtd"]).pvalue
+    assert versus[("dtd", "randaugment")].p_value == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_caption_says_what_a_star_compares_to(records) -> None:
+    text = results_markdown("t", {}, summarize(records, compare_to="best"), records, "best", "holm")
+    assert "Compared to: **best**." in text and "Holm-adjusted over the rows of each column" in text
+    assert "## Difference to the best method" in text and "vs randaugment" in text
+    default = results_markdown("t", {}, summarize(records), records)
+    assert "Compared to: **baseline**." in default and "better than the baseline with p < 0.05" in default
+    row = next(s for s in summarize(records) if s.dataset == "pets" and s.variant == "randaugment")
+    assert row.ci95 is not None and row.effect_size is not None
+    cell = f"{100 * row.delta:+.2f} [{100 * row.ci95[0]:+.2f}, {100 * row.ci95[1]:+.2f}], d_z {row.effect_size:.2f}"
+    assert cell in default

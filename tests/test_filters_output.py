@@ -197,5 +197,6 @@ def test_the_filtered_folder_is_a_valid_generated_input_of_sgid_evaluate(
     generated = data.read_generated(out, classes)
     kept = [r["file_name"] for r in read_jsonl(out / "decisions.jsonl") if r["decision"] == "keep"]
     assert sorted(ex.key.split(":", 1)[1] for ex in generated) == sorted(kept)
-    data.check_links(generated, train, out)  # every kept image still links to its real source
+    assert all(ex.source_sha256 for ex in generated)  # provenance kept through the filter
+    data.verify_sources(generated, train, (), out)  # every kept image still links to its real source, by content
     assert len(data.linked_generated(generated, train)) == len(kept)

@@ -45,10 +45,14 @@ def two_by_two(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "in", {"cat": 2, "dog": 2}, size=(24, 20))
 
 
-def test_text2img_uses_no_source_pixels(tmp_path: Path, cache_dir: Path) -> None:
+def test_text2img_uses_no_source_pixels(tmp_path: Path, cache_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     a = make_image_folder(tmp_path / "a", {"cat": 2, "dog": 1}, seed=1)
     b = make_image_folder(tmp_path / "b", {"cat": 2, "dog": 1}, seed=2)  # same names and sizes, other pixels
-    augment(a, tmp_path / "out-a", method="text2img", multiplier=2, cache_dir=cache_dir, **FAST)
+    augment(a, tmp_path / "out-a", method="text2img", multiplier=2, cache_dir=cache_dir, **{**FAST, "quiet": False})
+    # the fallback is said once, and recorded in run.json and every row (issue 10, point 4)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("text2img: no --text-model")]
+    assert len(notes) == 1 and "variant 'templates'" in notes[0]
+    assert json.loads((tmp_path / "out-a" / "run.json").read_text())["variant"] == "templates"
     augment(b, tmp_path / "out-b", method="text2img", multiplier=2, cache_dir=cache_dir, **FAST)
     assert pngs(tmp_path / "out-a") == pngs(tmp_path / "out-b")
     manifest = rows(tmp_path / "out-a")
@@ -56,6 +60,7 @@ def test_text2img_uses_no_source_pixels(tmp_path: Path, cache_dir: Path) -> None
     for row in manifest:
         assert row["method"] == "text2img" and row["uses_source_pixels"] is False
         assert row["sentence_source"] == "template" and row["label_text"] in row["prompt"]
+        assert row["variant"] == "templates"
         assert row["guidance_scale"] == 7.5 and row["noise_rate"] is None and row["captions"] == []
 
 
@@ -123,8 +128,9 @@ def test_text2img_language_model_sentences(two_by_two: Path, tmp_path: Path, cac
         )
     manifest = rows(tmp_path / "one")
     assert manifest == rows(tmp_path / "two")  # sentences are seeded per label
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["variant"] == "lm"
     for row in manifest:
-        assert row["sentence_source"] == "language_model"
+        assert row["sentence_source"] == "language_model" and row["variant"] == "lm"
         assert row["prompt"].startswith(f"a photo of a {row['label_text']}, ")
 
 
@@ -138,11 +144,14 @@ def test_diverse_captions_never_come_from_the_image_itself(tmp_path: Path, cache
     assert len(manifest) == (3 + 2) * 3
     for row in manifest:
         lender = row["caption_source"]
+        assert row["variant"] == "borrowed"
         assert lender != row["source"] and lender.split("/")[0] == row["label"]
         assert row["caption"] in captions_of[lender]
         assert row["prompt"] == f"A picture of a {row['label_text']}, {row['caption']}"
-        s = row["similarity"]  # g = f(s) = -4s^2 + 2s + 1, the paper's map, written out
-        assert isinstance(s, float) and row["guidance_scale"] == pytest.approx(-4 * s * s + 2 * s + 1, abs=1e-12)
+        s = row["similarity"]  # g = f(s) = -4s^2 + 2s + 1, the paper's map, written out; applied with the floor 0
+        assert isinstance(s, float) and row["guidance_raw"] == pytest.approx(-4 * s * s + 2 * s + 1, abs=1e-12)
+        assert row["guidance_scale"] == max(row["guidance_raw"], 0.0)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["variant"] == "borrowed"
     fox = [e for e in errors(tmp_path / "out") if e["source"] == "fox/0.png"]
     assert len(fox) == 3 and all("no other image of label 'fox'" in e["reason"] for e in fox)
 
@@ -158,7 +167,8 @@ def test_diverse_caption_summaries(two_by_two: Path, tmp_path: Path, cache_dir: 
         cache_dir=cache_dir,
         **FAST,
     )
-    assert {r["caption_source"] for r in rows(tmp_path / "out")} == {"summary"}
+    assert {(r["caption_source"], r["variant"]) for r in rows(tmp_path / "out")} == {("summary", "summarised")}
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["variant"] == "summarised"
 
 
 def test_instruct_pix2pix(two_by_two: Path, tmp_path: Path, cache_dir: Path, tiny) -> None:  # type: ignore[no-untyped-def]
@@ -179,6 +189,7 @@ def test_instruct_pix2pix(two_by_two: Path, tmp_path: Path, cache_dir: Path, tin
     assert len(manifest) == 4
     for row in manifest:
         assert row["instruction"] in ("make it snowy", "put it at night") and row["prompt"] == row["instruction"]
+        assert row["variant"] == row["instruction_source"] == "given"
         assert (row["text_guidance_scale"], row["image_guidance_scale"]) == (7.5, 1.2)
         assert row["generator_model"] == "tiny:pix2pix"
         assert Image.open(tmp_path / "out" / row["file_name"]).size == (24, 20)
@@ -213,6 +224,8 @@ def test_method_specific_validation(two_by_two: Path, tmp_path: Path) -> None:
         AugmentConfig.build(two_by_two, tmp_path / "o", method="text2img+magic")
     with pytest.raises(SgidError, match="must contain"):
         AugmentConfig.build(two_by_two, tmp_path / "o", method="text2img", templates=("a photo",))
+    with pytest.raises(SgidError, match="--summarize needs --text-model"):
+        AugmentConfig.build(two_by_two, tmp_path / "o", method="diverse_caption", summarize=True)
 
 
 def test_text2img_then_sgid_keeps_provenance(two_by_two: Path, tmp_path: Path, cache_dir: Path) -> None:
@@ -316,6 +329,42 @@ def test_retrieval_returns_planted_images_and_drops_planted_duplicates(tmp_path:
         assert (tmp_path / "out" / row["file_name"]).read_bytes()
     dropped = [e for e in errors(tmp_path / "out") if e["source"].startswith("pool:")]
     assert [e["source"] for e in dropped] == ["pool:copy_of_r0.png"] and "red/r0.png" in dropped[0]["reason"]
+
+
+def test_retrieval_exclude_drops_pool_images_near_the_test_set(tmp_path: Path, cache_dir: Path) -> None:
+    """--exclude DIR (issue 10, point 6): a pool image that near-duplicates a test image is never retrieved."""
+    from sgid.stages.bundle import Stages
+
+    train, pool, test = tmp_path / "train", tmp_path / "pool", tmp_path / "test"
+    for folder, name, colour in [("red", "r0", (250, 0, 0)), ("green", "g0", (0, 250, 0))]:
+        (train / folder).mkdir(parents=True, exist_ok=True)
+        solid(colour).save(train / folder / f"{name}.png")
+    (test / "green").mkdir(parents=True)
+    solid((100, 200, 50)).save(test / "green" / "t0.png")
+    pool.mkdir()
+    for name, colour in {
+        "reddish.png": (200, 90, 20),
+        "greenish.png": (100, 200, 50),
+        "teal.png": (0, 150, 150),
+    }.items():
+        solid(colour).save(pool / name)
+    stages = Stages(scorer=ColourScorer(), scorer_id="colour")  # type: ignore[arg-type]
+    options = {"method": "retrieval", "pool": pool, "quiet": True, "cache_dir": cache_dir, "caption_cache": False}
+    Augmenter(AugmentConfig.build(train, tmp_path / "open", **options), stages=stages).run()
+    assert {r["source"]: r["pool_path"] for r in rows(tmp_path / "open")}["green/g0.png"] == "greenish.png"
+    config = AugmentConfig.build(train, tmp_path / "out", exclude=[str(test)], **options)
+    Augmenter(config, stages=stages).run()
+    assert {r["source"]: r["pool_path"] for r in rows(tmp_path / "out")} == {
+        "green/g0.png": "teal.png",
+        "red/r0.png": "reddish.png",
+    }
+    (dropped,) = [e for e in errors(tmp_path / "out") if e["source"] == "pool:greenish.png"]
+    assert f"near-duplicate of excluded image {test / 'green' / 't0.png'}" in dropped["reason"]
+    assert f"--exclude {test}" in dropped["reason"]
+    with pytest.raises(SgidError, match="--exclude .* is not a folder"):
+        AugmentConfig.build(train, tmp_path / "x", exclude=[str(tmp_path / "nope")], **options)
+    with pytest.raises(SgidError, match="--exclude applies to --method retrieval"):
+        AugmentConfig.build(train, tmp_path / "x", exclude=[str(test)])
 
 
 def test_retrieval_with_tiny_clip_end_to_end(two_by_two: Path, tmp_path: Path, cache_dir: Path) -> None:

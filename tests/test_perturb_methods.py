@@ -19,9 +19,8 @@ from sgid.evaluate.perturb import cutmix, randaugment, random_erasing
 from sgid.images import resize
 from sgid.pipeline import augment
 from sgid.seeding import global_rngs
-from sgid.stages.perturb import IMAGE_PERTURBATIONS, IMAGENET_MEAN
+from sgid.stages.perturb import IMAGE_PERTURBATIONS, IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NAMES = IMAGE_PERTURBATIONS.names()
 
 
@@ -71,7 +70,7 @@ def test_randaugment_equals_the_evaluation_transform() -> None:
     assert len(seen) >= 4  # the seeds really choose different operations
 
 
-def test_random_erasing_equals_timm_on_the_normalised_tensor() -> None:
+def test_random_erasing_equals_the_evaluations_eraser_on_the_normalised_tensor() -> None:
     image, perturbation = noise_image(2, (56, 40)), IMAGE_PERTURBATIONS.get("random_erasing")()
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     areas = []

@@ -15,8 +15,8 @@ from typing import Any
 from sgid.errors import SgidError
 from sgid.presets import PRESETS
 from sgid.stages.caption import CaptionSettings
-from sgid.stages.guidance import GuidanceMap, parse_guidance
-from sgid.stages.prompt import DEFAULT_LABEL_TEMPLATE, PROMPT_MODES
+from sgid.stages.guidance import DEFAULT_FLOOR, GuidanceMap, parse_floor, parse_guidance
+from sgid.stages.prompt import DEFAULT_LABEL_TEMPLATE, PROMPT_MODES, WEIGHTINGS
 from sgid.stages.score import SIMILARITY_MODES
 
 CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
@@ -71,9 +71,11 @@ class AugmentConfig:
     prompt: str = "complete"
     label_template: str = DEFAULT_LABEL_TEMPLATE
     prompt_weighting: bool = True
+    weighting: str = "literal"  # how w_l, w_c act on the text encoding: literal (the paper), compel, mean-restore
     label_weight: float = 1.5
     caption_weight: float = 0.9
     guidance: str = "paper"
+    guidance_floor: float | None = DEFAULT_FLOOR  # applied g = max(f(s*), floor); None: f(s*) as it is
     diffusers_guidance: bool = False
     negative_prompt: str = ""
     noise: float = 0.5
@@ -98,6 +100,7 @@ class AugmentConfig:
     pool: Path | None = None  # retrieval: folder of unlabelled images
     retrieval_query: str = "text"  # retrieval: "text", "image" or "both"
     duplicate_threshold: float = 0.95  # retrieval: drop pool images this similar to a training image
+    exclude: tuple[Path, ...] = ()  # retrieval: also drop pool images this similar to any image of these folders
     concepts: Path | None = None  # learned textual-inversion concepts (sgid learn-concepts)
     lora: str | None = None  # LoRA weights for the Stable Diffusion UNet/text encoder
     lora_scale: float = 1.0
@@ -147,6 +150,8 @@ class AugmentConfig:
         from sgid.methods import METHODS, chain_parts
 
         parts = chain_parts(self.method)  # a chain's stages are configured and checked one by one
+        if self.exclude and "retrieval" not in parts:
+            raise SgidError("--exclude applies to --method retrieval (it drops pool images near the excluded images)")
         if len(parts) == 1:
             METHODS.get(self.method)(self).check()
         from sgid.models.loading import MODEL_PRESETS, check_dtype, parse_device
@@ -157,6 +162,8 @@ class AugmentConfig:
         if self.backend is not None:
             _check_backend(self.backend, parts)
         parse_guidance(self.guidance)
+        parse_floor(self.guidance_floor)
+        WEIGHTINGS.get(self.weighting)
         if "{label}" not in self.label_template:
             raise SgidError(f"--label-template must contain {{label}}: {self.label_template!r}")
         _check(self.sentences, "--sentences", lambda v: v >= 1, "must be >= 1")
@@ -226,13 +233,18 @@ class AugmentConfig:
         for name in ("label_names", "cache_dir", "pool", "concepts"):
             if settings.get(name) is not None:
                 settings[name] = Path(settings[name])
+        if settings.get("exclude") is not None:
+            exclude = settings["exclude"]
+            settings["exclude"] = tuple(Path(p) for p in ([exclude] if isinstance(exclude, (str, Path)) else exclude))
+        if isinstance(settings.get("guidance_floor"), str):
+            settings["guidance_floor"] = parse_floor(settings["guidance_floor"])
         if isinstance(settings.get("guidance"), (int, float)):
             settings["guidance"] = repr(float(settings["guidance"]))
         return cls(input_dir=Path(input_dir), out_dir=Path(out_dir), preset=preset, captions=captions, **settings)
 
     @property
     def guidance_map(self) -> GuidanceMap:
-        return parse_guidance(self.guidance)
+        return parse_guidance(self.guidance, self.guidance_floor)
 
     @property
     def weights(self) -> tuple[float, float]:

@@ -88,6 +88,33 @@ def empty_classes_note(root: Path, empty: tuple[str, ...]) -> str:
     return f"{root}: {len(empty)} class folder(s) without images left out: {names}"
 
 
+#: label texts that name no class: "class 001", "cls_3", "n01440764" (a WordNet id), "17"
+CODE_LIKE = re.compile(r"^(?:(?:class|cls|label|category|id|c)[\s_-]*)?\d+$|^n\d{8}$", re.IGNORECASE)
+
+
+def code_like_labels(labels: dict[str, str]) -> list[str]:
+    """The label texts that look like codes rather than names (sorted).
+
+    >>> code_like_labels({"a": "class 001", "b": "n01440764", "c": "17", "d": "pink primrose", "e": "class a"})
+    ['17', 'class 001', 'n01440764']
+    """
+    return sorted(text for text in labels.values() if CODE_LIKE.match(text.strip()))
+
+
+def label_code_warning(labels: dict[str, str], template: str = "A picture of a {label}") -> str | None:
+    """One line warning (printed by ``sgid.progress.warn``) that label texts look like codes (they go into
+    prompts, filters and the zero-shot row)."""
+    codes = code_like_labels(labels)
+    if not codes:
+        return None
+    examples = ", ".join(repr(code) for code in codes[:3]) + (", …" if len(codes) > 3 else "")
+    return (
+        f"{len(codes)} of {len(labels)} label texts look like codes ({examples}), so prompts read "
+        f"{template.replace('{label}', codes[0])!r}; give the real names with --label-names FILE "
+        f'(CSV \'folder,label\' or JSON {{"folder": "label"}})'
+    )
+
+
 def read_label_names(path: Path) -> dict[str, str]:
     """Read a label-names file: JSON ``{"folder": "label text"}`` or CSV/TSV with two columns (folder, label),
     with an optional ``folder,label`` (or ``class,label``) header. UTF-8 (a byte-order mark is fine), any line

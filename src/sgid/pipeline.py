@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 from sgid import __version__, interrupt
 from sgid.cache import Cache, cache_key
 from sgid.config import AugmentConfig
-from sgid.dataset import Listing, Source, empty_classes_note, read_label_names, scan
+from sgid.dataset import Listing, Source, empty_classes_note, label_code_warning, read_label_names, scan
 from sgid.engines import ENGINES, Engine
 from sgid.errors import SgidError, disk_full_is_one_line
 from sgid.estimate import DryRun, denoising_steps, guidance_passes
@@ -86,6 +86,7 @@ from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import PARTS, Stages, runs_diffusion, used_models
 from sgid.stages.caption import Caption
+from sgid.stages.guidance import range_note
 from sgid.versions import package_versions
 
 MANIFEST_FLUSH_SECONDS = 30.0
@@ -101,6 +102,7 @@ class RunSummary:
     failed: int  # rows in errors.jsonl
     total_images: int  # rows in metadata.jsonl
     seconds: float
+    notes: tuple[str, ...] = ()  # lines printed after the summary (the range of g used)
 
     def line(self) -> str:
         return (
@@ -146,6 +148,8 @@ def augment(
     summary = [Augmenter(stage).run() for stage in stages][-1]
     if print_summary:
         note(summary.line(), config.quiet)
+        for line in summary.notes:
+            note(line, config.quiet)
     return summary
 
 
@@ -222,6 +226,12 @@ class Augmenter:
             try:
                 # 2. Load the driver's models, failing before any work when weights are missing
                 self._load(driver, engine)
+                codes = label_code_warning(listing.labels, c.label_template)
+                if codes:  # a warning, after every check (a refused run prints its one error line only)
+                    warn(codes)
+                variant_note = self.method.variant_note()
+                if variant_note:
+                    note(variant_note, c.quiet)
                 self._announce(listing, store, choice)  # the models are there: now the long part, said first
                 interrupt.check()
                 cache = Cache(self.cache_dir / "cache.sqlite" if c.caption_cache else None)
@@ -234,7 +244,10 @@ class Augmenter:
             finally:
                 engine.close()
         failed = len(store.input_errors) + len(store.output_errors)
-        return RunSummary(c.out_dir, generated, done_before, failed, len(store.rows), time.monotonic() - started)
+        guidance = self._guidance_note(store.rows.values())
+        notes = (guidance,) if guidance else ()
+        seconds = time.monotonic() - started
+        return RunSummary(c.out_dir, generated, done_before, failed, len(store.rows), seconds, notes)
 
     def _finished_run(self, listing: Listing, store: RunStore, started: float) -> RunSummary | None:
         """The summary of a run that has nothing left to do (every item finished and listed in metadata.jsonl,
@@ -282,6 +295,17 @@ class Augmenter:
                 "(or --models tiny to try the pipeline)"
             )
         note(line)
+
+    def _guidance_note(self, rows: Iterable[Mapping[str, Any]]) -> str | None:
+        """The range of g = f(s*) the run's images were made with (None for a constant guidance)."""
+        if not self.config.guidance_map.needs_similarity:
+            return None
+        used = [
+            (row["guidance_raw"], row["guidance_scale"])
+            for row in rows
+            if row.get("method") == self.method.name and row.get("guidance_raw") is not None
+        ]
+        return range_note(used, self.config.guidance_floor) if used else None
 
     # -- --dry-run -----------------------------------------------------------------------------------------
     def dry_run(self) -> DryRun:
@@ -477,6 +501,7 @@ class Augmenter:
         return {
             "sgid_version": __version__,
             "config": self.config.to_dict(),
+            "variant": self.method.variant(),
             "models": {role: ref.name for role, ref in used_models(choice, self.method).items()},
             "versions": package_versions(),
             "command": " ".join(["sgid", *sys.argv[1:]]) if sys.argv and "sgid" in sys.argv[0] else None,

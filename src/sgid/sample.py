@@ -40,7 +40,8 @@ class Sample:
     negative_prompt: str = ""
     label_weight: float = 1.0
     caption_weight: float = 1.0
-    guidance_scale: float | None = None  # None until a borrowed caption is scored (see Method.finalize)
+    guidance_scale: float | None = None  # the applied g; None until a borrowed caption is scored (Method.finalize)
+    guidance_raw: float | None = None  # f(s*) before the floor (equal to guidance_scale unless clamped)
     # generation
     kind: str = "img2img"  # which generator: img2img, text2img, instruct; or COPY
     strength: float | None = None  # the noise rate n (img2img)

@@ -203,7 +203,13 @@ class Backend:
     uses_concepts: ClassVar[bool] = False
 
     def __init__(
-        self, pipe: Any, mode: str = "img2img", *, diffusers_guidance: bool = False, guide: Guide | None = None
+        self,
+        pipe: Any,
+        mode: str = "img2img",
+        *,
+        diffusers_guidance: bool = False,
+        guide: Guide | None = None,
+        weighting: str = "literal",
     ) -> None:
         if mode not in self.pipelines:
             raise ValueError(f"the {self.name} backend has no {mode} mode ({', '.join(self.pipelines)})")
@@ -211,6 +217,7 @@ class Backend:
         self.mode = mode
         self.diffusers_guidance = diffusers_guidance
         self.guide = guide
+        self.weighting = weighting  # how (w_l, w_c) act on the text encoding (``sgid.stages.prompt.WEIGHTINGS``)
 
     @classmethod
     def matches_unet(cls, unet_config: Mapping[str, Any]) -> bool:
@@ -248,7 +255,7 @@ class Backend:
 
     # -- conditioning --------------------------------------------------------------------------------------
     def encoders(self) -> list[PromptEncoder]:
-        """The prompt encoders, one per text encoder."""
+        """The prompt encoders, one per text encoder, each weighting the backend's way (``weighting``)."""
         raise NotImplementedError
 
     def encode(

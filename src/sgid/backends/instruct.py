@@ -33,9 +33,10 @@ class InstructPix2Pix(StableDiffusion):
         *,
         diffusers_guidance: bool = False,
         guide: Guide | None = None,
+        weighting: str = "literal",
         image_guidance: float = 1.5,
     ) -> None:
-        super().__init__(pipe, mode, diffusers_guidance=diffusers_guidance, guide=guide)
+        super().__init__(pipe, mode, diffusers_guidance=diffusers_guidance, guide=guide, weighting=weighting)
         self.image_guidance = image_guidance
 
     @classmethod

@@ -39,7 +39,7 @@ class StableDiffusion(Backend):
 
     def encoders(self) -> list[PromptEncoder]:
         if not hasattr(self, "_encoders"):
-            self._encoders = [PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder)]
+            self._encoders = [PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.weighting)]
         return self._encoders
 
     def encode(

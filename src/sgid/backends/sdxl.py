@@ -4,7 +4,7 @@
 ControlNet, ``img2img`` follows ``StableDiffusionXLControlNetImg2ImgPipeline``. As in diffusers:
 
 * the prompt embeddings are both encoders' penultimate hidden states side by side (768 + 1280 for SDXL base);
-  SGID's prompt weights multiply the rows of each encoder's output, as for SD 1.5;
+  SGID's prompt weights act on each encoder's output the ``--weighting`` way, as for SD 1.5;
 * the pooled embedding (``text_embeds``) is the second encoder's projected output for the unweighted prompt;
 * ``time_ids`` are (original size, crop top-left, target size) = ((h, w), (0, 0), (h, w)), or for a refiner
   checkpoint (``requires_aesthetics_score``) ((h, w), (0, 0), aesthetic score 6 / negative 2.5);
@@ -52,7 +52,7 @@ class StableDiffusionXL(Backend):
         if not hasattr(self, "_encoders"):
             pipe = self.pipe
             pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
-            self._encoders = [PromptEncoder(t, e, hidden_layer=-2) for t, e in pairs if e is not None]
+            self._encoders = [PromptEncoder(t, e, self.weighting, hidden_layer=-2) for t, e in pairs if e is not None]
         return self._encoders
 
     def encode(

@@ -154,7 +154,10 @@ def register(subparsers: Any) -> None:
         "beam or nucleus (seeded random pick from that set) [default: clip]",
     )
     cap.add_argument(
-        "--similarity", default=None, help="cosine (paper) or softmax over the candidates [default: cosine]"
+        "--similarity",
+        default=None,
+        help="s*: cosine (CLIP ViT-B/32 gives about 0.15-0.40, where f(s*) stays near 1.2) or softmax over the "
+        "candidates (anywhere in (0, 1]; f < 1 above 0.5, < 0 above 0.81) [default: cosine]",
     )
     cap.add_argument("--beam-captions", type=int, default=None, help="beam-search captions per image [default: 10]")
     cap.add_argument("--num-beams", type=int, default=None, help="beam width; must be >= --beam-captions [default: 10]")
@@ -165,7 +168,13 @@ def register(subparsers: Any) -> None:
     cap.add_argument("--top-k", type=int, default=None, help="top-k before nucleus; 0 disables [default: 0]")
     cap.add_argument("--min-length", type=int, default=None, help="caption min length, BLIP's convention [default: 5]")
     cap.add_argument("--max-length", type=int, default=None, help="caption max length [default: 20]")
-    cap.add_argument("--repetition-penalty", type=float, default=None, help="[default: 1.0]")
+    cap.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=None,
+        help="for beam and nucleus captions; 1.0 = none, as the paper gives none (BLIP's own code uses 1.1 for its "
+        "nucleus sampling and 1.0 for beam search) [default: 1.0]",
+    )
     cap.add_argument("--caption-batch-size", type=int, default=None, help="images per BLIP/CLIP call [default: 8]")
     cap.add_argument(
         "--no-cache",
@@ -185,7 +194,14 @@ def register(subparsers: Any) -> None:
         "--prompt-weighting",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="multiply label/caption rows of the text encoding by the weights [default: on]",
+        help="weight the label and caption tokens of the text encoding by w_l and w_c [default: on]",
+    )
+    gen.add_argument(
+        "--weighting",
+        default=None,
+        help="how the weights act: literal (multiply the encoder's output rows, the paper's wording), compel "
+        "(empty + (z - empty)*w, via the compel library) or mean-restore (multiply, then restore the mean, as "
+        "diffusers' long-prompt-weighting pipeline) [default: literal]",
     )
     gen.add_argument("--label-weight", type=float, default=None, help="w_l [default: 1.5]")
     gen.add_argument("--caption-weight", type=float, default=None, help="w_c [default: 0.9]")
@@ -193,6 +209,13 @@ def register(subparsers: Any) -> None:
         "--guidance",
         default=None,
         help="'paper' for g = f(s*) = -4s^2 + 2s + 1, or a constant scale [default: paper]",
+    )
+    gen.add_argument(
+        "--guidance-floor",
+        default=None,
+        metavar="G",
+        help="apply max(f(s*), G): f is negative for s* > 0.81 (e.g. with --similarity softmax), which would push "
+        "away from the prompt; 'none' applies f as it is [default: 0]",
     )
     gen.add_argument(
         "--diffusers-guidance",
@@ -313,6 +336,14 @@ def register(subparsers: Any) -> None:
         type=float,
         default=None,
         help="retrieval: drop pool images with this cosine similarity to a training image [default: 0.95]",
+    )
+    other.add_argument(
+        "--exclude",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="retrieval: also drop pool images this similar to any image under DIR, e.g. the test set "
+        "(repeatable; each drop is listed in errors.jsonl)",
     )
     other.add_argument(
         "--concepts",

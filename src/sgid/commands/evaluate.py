@@ -133,6 +133,21 @@ def register(subparsers: Any) -> None:
     model.add_argument("--threads", metavar="N", type=int, help="torch CPU threads [default: the CPUs available]")
     model.add_argument("--workers", metavar="N", type=int, default=0, help="data-loading processes [default: 0]")
 
+    verdict = p.add_argument_group("verdict")
+    verdict.add_argument(
+        "--compare-to",
+        metavar="ROW",
+        default="baseline",
+        help="what each row is tested against: baseline, best (the column's best row; it is tested against the "
+        "runner-up) or a method of --methods [default: baseline]",
+    )
+    verdict.add_argument(
+        "--correction",
+        metavar="NAME",
+        default="none",
+        help="multiple-comparison correction over the rows of each column: none or holm [default: none]",
+    )
+
     out = p.add_argument_group("output")
     out.add_argument("--out", "-o", metavar="DIR", help="output folder: results.md, results.json, plots/, runs/")
     out.add_argument("--save-models", action="store_true", help="save every classifier under OUT/models/")
@@ -183,6 +198,8 @@ def _config(args: argparse.Namespace) -> Any:
         zero_shot_row=args.zero_shot_row,
         zero_shot_weights=args.zero_shot_weights,
         save_models=args.save_models,
+        compare_to=args.compare_to,
+        correction=args.correction,
         device=args.device,
         threads=args.threads,
         workers=args.workers,

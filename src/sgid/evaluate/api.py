@@ -29,12 +29,12 @@ from sgid.errors import SgidError, disk_full_is_one_line
 from sgid.evaluate.backbones import BACKBONES, SMALL_IMAGE, BackboneSpec
 from sgid.evaluate.checkpoint import save_classifier
 from sgid.evaluate.data import EvalData, Example, fraction_subset, k_shot, linked_generated, stratified_split
-from sgid.evaluate.generated import tiny_warning
+from sgid.evaluate.generated import stand_in_suffix, tiny_warning
 from sgid.evaluate.methods import BASELINE, GENERATED, Variant, parse_methods, variants
 from sgid.evaluate.mixing import MIX_MODES, NEEDS_PROPORTION, NO_PROPORTION, Plan, make_plan
 from sgid.evaluate.perturb import PERTURBATIONS
 from sgid.evaluate.report import results_json, results_markdown, write_plots
-from sgid.evaluate.stats import RunRecord, Summary, summarize
+from sgid.evaluate.stats import BEST, CORRECTIONS, RunRecord, Summary, statistics, summarize
 from sgid.evaluate.store import EvaluationStore, finished_runs
 from sgid.evaluate.train import TrainSettings, fit, test_accuracy
 from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
@@ -71,6 +71,8 @@ class EvalConfig:
     zero_shot_weights: str | None = None  # its weights, when the trained backbone is another one
     zero_shot_arch: dict[str, Any] = field(default_factory=dict)
     save_models: bool = False
+    compare_to: str = BASELINE  # what each row is tested against: baseline, best, or a method (--compare-to)
+    correction: str = "none"  # multiple-comparison correction per column: none or holm (--correction)
     device: str = "auto"
     threads: int | None = None
     workers: int = 0
@@ -122,7 +124,9 @@ class EvalConfig:
             )
         if self.linear_probe and not spec.pretrained:
             raise SgidError(f"--linear-probe needs a pre-trained backbone, not {self.backbone} (from scratch)")
-        return spec, variants(methods, self.mix, self.proportions)
+        variant_list = variants(methods, self.mix, self.proportions)
+        check_comparison(self.compare_to, self.correction, variant_list)
+        return spec, variant_list
 
     def protocol(self) -> dict[str, Any]:
         """What makes runs comparable: changing any of it in an existing --out is refused."""
@@ -143,6 +147,23 @@ class EvalConfig:
             "zero_shot_weights": self.zero_shot_weights,
             "zero_shot_arch": self.zero_shot_arch,
         }
+
+
+def check_comparison(compare_to: str, correction: str, variant_list: Sequence[Variant]) -> None:
+    """``--compare-to`` names baseline, best, a method of ``--methods`` or one of its variants;
+    ``--correction`` is none or holm."""
+    if correction not in CORRECTIONS:
+        raise SgidError(f"invalid --correction {correction!r}; choose from: {', '.join(CORRECTIONS)}")
+    if compare_to in (BASELINE, BEST) or any(v.slug == compare_to for v in variant_list):
+        return
+    matches = [v.slug for v in variant_list if v.method.name == compare_to]
+    if not matches:
+        names = [BASELINE, BEST, *dict.fromkeys(v.method.name for v in variant_list if v.method.name != BASELINE)]
+        raise SgidError(f"invalid --compare-to {compare_to!r}; choose from: {', '.join(names)}")
+    if len(matches) > 1:
+        raise SgidError(
+            f"--compare-to {compare_to} runs at several proportions; name one of its rows: {', '.join(matches)}"
+        )
 
 
 @dataclass
@@ -292,6 +313,16 @@ def select_lr(
     return chosen, search
 
 
+def row_label(data: EvalData, variant: Variant) -> str:
+    """The variant's label, saying when its generated images come from a stand-in for the paper's baseline:
+    ``text2img (templates) [add]``."""
+    name = variant.method.name
+    if variant.method.source is None:
+        return variant.label
+    suffix = stand_in_suffix(data.runs_of(variant.method.source))
+    return name + suffix + variant.label[len(name) :]
+
+
 def run_one(
     data: EvalData,
     variant: Variant,
@@ -359,7 +390,7 @@ def run_one(
     record = RunRecord(
         dataset=data.name,
         variant=variant.slug,
-        label=variant.label,
+        label=row_label(data, variant),
         method=variant.method.name,
         seed=seed,
         accuracy=acc.accuracy,
@@ -572,18 +603,35 @@ def _run_all(
                 r.seed,
             ),
         )
-        summary = summarize(records)
+        summary = summarize(records, config.compare_to, config.correction)
         protocol = dict(
-            config.protocol(), seeds=config.seeds, mix=config.mix, proportions=list(config.proportions), device=device
+            config.protocol(),
+            seeds=config.seeds,
+            mix=config.mix,
+            proportions=list(config.proportions),
+            compare_to=config.compare_to,
+            correction=config.correction,
+            device=device,
         )
         if not spec.pretrained:
             del protocol["pretrained"]
         protocol.update({f"training ({name})": s.describe() for name, s in settings.items()})
         protocol.update({f"left out ({d.name})": "; ".join(d.notes) for d in datasets if d.notes})
         files = [
-            store.write("results.json", results_json(protocol, records, summary)),
             store.write(
-                "results.md", results_markdown(f"sgid evaluate: {config.backbone}", protocol, summary, records)
+                "results.json",
+                results_json(protocol, records, summary, statistics(config.compare_to, config.correction)),
+            ),
+            store.write(
+                "results.md",
+                results_markdown(
+                    f"sgid evaluate: {config.backbone}",
+                    protocol,
+                    summary,
+                    records,
+                    config.compare_to,
+                    config.correction,
+                ),
             ),
             *write_plots(summary, store.out),
         ]

@@ -6,6 +6,12 @@ the training folder (``"<class>/<file>"``); a generated example made by ``sgid a
 from into k-shot and fractional subsets: a generated image is used only if its source is in the training subset.
 Generated images without a source (text-to-image methods) are kept for every class in the training set.
 
+A generated folder must come from the training images: every ``source`` must be a training image, and its
+recorded ``source_sha256`` must equal that image's content (the file's bytes; for a ``--dataset`` image, the PNG
+that ``--export-train`` writes). A folder made from test (or validation) images is refused by name, and so is the
+first image whose source differs. Rows without ``source_sha256`` (hand-made manifests) are linked by path only,
+and a note says how many.
+
 Subsets are drawn per class with a seed (k-shot: ``k`` images per class; fraction: ``round(f·n_c)`` per class, at
 least one — 001's 10% protocol).
 """
@@ -29,6 +35,7 @@ from sgid.evaluate.generated import GeneratedRun, GeneratedSpecs, parse_generate
 from sgid.evaluate.methods import GENERATED
 from sgid.images import ImageError, load_rgb, png_bytes
 from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info, recorded_input_dir
+from sgid.progress import note
 from sgid.runstore import atomic_write
 
 
@@ -75,6 +82,7 @@ class Example:
     source: str | None = None  # generated: key of the real image it was made from (None: no source)
     generated: bool = False
     group: str = GENERATED  # generated: the --generated set it belongs to, a method name ("sgid", "generated")
+    source_sha256: str | None = field(default=None, compare=False)  # generated: the source's recorded content hash
 
 
 @dataclass(frozen=True)
@@ -187,6 +195,7 @@ def read_generated(
                 load=FileImage(path),
                 source=row.source,
                 generated=True,
+                source_sha256=row.source_sha256,
                 group=group,
             )
         )
@@ -202,19 +211,81 @@ def generated_input_dir(directory: Path) -> str | None:
     return str(input_dir) if input_dir else None
 
 
-def check_links(generated: Sequence[Example], train: Sequence[Example], directory: Path) -> None:
-    """Fail if a generated folder has sources but none of them is a training image (wrong --train)."""
+def export_bytes(example: Example) -> bytes:
+    """The bytes ``sgid augment`` reads for a real example: the file itself, or the PNG ``--export-train`` writes."""
+    if isinstance(example.load, FileImage):
+        return example.load.path.read_bytes()
+    return png_bytes(example.load())
+
+
+def content_sha256(example: Example) -> str:
+    return hashlib.sha256(export_bytes(example)).hexdigest()
+
+
+def verify_sources(
+    generated: Sequence[Example], train: Sequence[Example], held_out: Sequence[Example], directory: Path
+) -> None:
+    """Refuse a generated folder whose sources are not the training images (one line naming the first mismatch):
+    a source that is a test or validation image (same content), a source that is no training image, or one whose
+    recorded ``source_sha256`` differs from the training image at that path."""
     sourced = [ex for ex in generated if ex.source is not None]
     if not sourced:
         return
-    keys = {ex.key for ex in train}
-    if not any(ex.source in keys for ex in sourced):
-        made_from = generated_input_dir(directory)
-        hint = f" (it was made from {made_from})" if made_from else ""
+    real = {ex.key: ex for ex in train}
+    if not any(ex.source in real for ex in sourced):
+        _refuse_unlinked(sourced, held_out, directory)
+    hashes: dict[str, str] = {}
+    held: dict[str, str] | None = None
+    unverified = 0
+    for ex in sourced:
+        match = real.get(ex.source)  # type: ignore[arg-type]
+        if match is not None and ex.source_sha256 is None:
+            unverified += 1
+            continue
+        if match is not None:
+            if match.key not in hashes:
+                hashes[match.key] = content_sha256(match)
+            if hashes[match.key] == ex.source_sha256:
+                continue
+        held = held if held is not None else {content_sha256(h): h.key for h in held_out}
+        name = ex.key.split(":", 1)[-1]
+        if ex.source_sha256 in held:
+            raise SgidError(
+                f"--generated {directory} was made from test images: {name} comes from {ex.source}, which is "
+                f"test/validation image {held[ex.source_sha256]}; generate from the training images only"
+            )
+        if match is None:
+            raise SgidError(
+                f"--generated {directory}: {name} was made from {ex.source}, which is not a training image; "
+                f"every source must be an image of --train"
+            )
         raise SgidError(
-            f"none of the generated images in {directory} come from the training images{hint}; "
-            f"their 'source' paths must be relative to --train"
+            f"--generated {directory}: {name} was made from another {ex.source} than the training image at that "
+            f"path (source_sha256 {str(ex.source_sha256)[:12]}… ≠ {hashes[match.key][:12]}…); regenerate from this "
+            f"--train"
         )
+    if unverified:
+        note(
+            f"note: {unverified} generated image(s) in {directory} record no source_sha256; they are linked to "
+            f"their sources by path only"
+        )
+
+
+def _refuse_unlinked(sourced: Sequence[Example], held_out: Sequence[Example], directory: Path) -> None:
+    """No source is a training image: say whether the folder came from the test images, else from where."""
+    held = {content_sha256(h): h.key for h in held_out}
+    leaked = next((ex for ex in sourced if ex.source_sha256 in held), None)
+    if leaked is not None:
+        raise SgidError(
+            f"--generated {directory} was made from test images: {leaked.key.split(':', 1)[-1]} comes from "
+            f"test/validation image {held[leaked.source_sha256]}; generate from the training images only"  # type: ignore[index]
+        )
+    made_from = generated_input_dir(directory)
+    hint = f" (it was made from {made_from})" if made_from else ""
+    raise SgidError(
+        f"none of the generated images in {directory} come from the training images{hint}; "
+        f"their 'source' paths must be relative to --train"
+    )
 
 
 # -- subsets -------------------------------------------------------------------------------------------------
@@ -286,7 +357,7 @@ def export_image_folder(examples: Sequence[Example], out: Path) -> int:
     for ex in examples:
         path = out / ex.key
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, png_bytes(ex.load()))  # never a half-written image, even on a full disk
+        atomic_write(path, export_bytes(ex))  # never a half-written image, even on a full disk
     return len(examples)
 
 
@@ -332,7 +403,7 @@ def attach_generated(data: EvalData, directories: GeneratedSpecs) -> EvalData:
     runs: list[GeneratedRun] = []
     for (group, directory), tag in zip(pairs, tags, strict=True):
         examples = read_generated(directory, data.classes, tag=tag, group=group)
-        check_links(examples, data.train, directory)
+        verify_sources(examples, data.train, (*data.test, *data.val), directory)
         found.extend(examples)
         runs.append(read_provenance(group, directory, len(examples)))
     return replace(data, generated=tuple(found), runs=tuple(runs))

@@ -12,6 +12,10 @@ oxford_pets   OxfordIIITPet trainval / test                 oxford-iiit-pet/
 dtd           DTD train / val / test (partition 1)          dtd/
 ============  ============================================  =========================================
 
+Class names are torchvision's own ("pink primrose", "Abyssinian", "AM General Hummer SUV 2000", …; Caltech101:
+its category folders): they become the class folders of :func:`sgid.evaluate.data.export_image_folder`, hence
+the label text of ``sgid augment``'s prompts, the label filter and the zero-shot row.
+
 Caltech101 has no official split; the usual protocol (Fei-Fei et al.) of 30 training images per class with the
 rest for testing is drawn once with a fixed seed. Example keys are ``"<class>/<split>_<index>.png"``;
 :func:`sgid.evaluate.data.export_image_folder` writes the training split under exactly those names, so the
@@ -83,7 +87,6 @@ def _two_split(
     train_kw: dict[str, Any],
     test_kw: dict[str, Any],
     val_kw: dict[str, Any] | None = None,
-    class_names: Callable[[Any], Sequence[str]] | None = None,
 ) -> Loader:
     def load(root: Path) -> EvalData:
         import torchvision.datasets as tvd
@@ -91,8 +94,7 @@ def _two_split(
         factory = getattr(tvd, factory_name)
         train = _open(name, factory, root, **train_kw)
         test = _open(name, factory, root, **test_kw)
-        raw = class_names(train) if class_names else train.classes
-        classes = tuple(_folder_safe(c) for c in raw)
+        classes = tuple(_folder_safe(c) for c in train.classes)
         val = _examples(_open(name, factory, root, **val_kw), classes, "val") if val_kw else ()
         return EvalData(name, classes, _examples(train, classes, "train"), _examples(test, classes, "test"), val)
 
@@ -126,15 +128,7 @@ DATASETS.add("cifar100", _two_split("cifar100", "CIFAR100", {"train": True}, {"t
 DATASETS.add("caltech101", _load_caltech101)
 DATASETS.add("stanford_cars", _two_split("stanford_cars", "StanfordCars", {"split": "train"}, {"split": "test"}))
 DATASETS.add(
-    "flowers102",
-    _two_split(
-        "flowers102",
-        "Flowers102",
-        {"split": "train"},
-        {"split": "test"},
-        {"split": "val"},
-        class_names=lambda ds: [f"class_{i:03d}" for i in range(1, 103)],
-    ),
+    "flowers102", _two_split("flowers102", "Flowers102", {"split": "train"}, {"split": "test"}, {"split": "val"})
 )
 DATASETS.add("oxford_pets", _two_split("oxford_pets", "OxfordIIITPet", {"split": "trainval"}, {"split": "test"}))
 DATASETS.add("dtd", _two_split("dtd", "DTD", {"split": "train"}, {"split": "test"}, {"split": "val"}))

@@ -1,6 +1,10 @@
 """Named generated runs for ``sgid evaluate --generated``: ``NAME=DIR`` (or a bare ``DIR``, named ``generated``)
-and the provenance recorded for each: folder, run identity, augment method, models, and whether the models were
-the tiny random ones.
+and the provenance recorded for each: folder, run identity, augment method and its variant, models, and whether
+the models were the tiny random ones.
+
+A run whose method used a stand-in for the paper's language model (``variant`` ``templates``, ``borrowed`` or
+``built_in``, recorded by ``sgid augment``) labels its rows, e.g. "text2img (templates)", so a table never
+presents a fallback as the paper's baseline.
 
     >>> parse_generated(["sgid=runs/sgid", "runs/t2i"], ["randaugment"])
     [('sgid', PosixPath('runs/sgid')), ('generated', PosixPath('runs/t2i'))]
@@ -22,6 +26,8 @@ from sgid.evaluate.methods import GENERATED, GENERATED_NAME, check_generated_nam
 from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info
 
 TINY_PREFIX = "tiny:"  # model names of the tiny random-weight stand-ins (sgid.models.loading)
+#: variants that stand in for the paper's language-model baselines (text2img, diverse_caption, instruct_pix2pix)
+STAND_INS = ("templates", "borrowed", "built_in")
 
 #: What a caller may pass as generated folders: ``["sgid=runs/sgid", "runs/t2i"]`` or ``{"sgid": "runs/sgid"}``.
 GeneratedSpecs = Sequence[str | Path] | Mapping[str, str | Path]
@@ -36,6 +42,7 @@ class GeneratedRun:
     identity: str | None  # run.json identity_sha256 (the augment run's settings); None if not recorded
     manifest_sha256: str  # the metadata.jsonl read
     method: str | None  # the augment method (run.json config.method, else the manifest's)
+    variant: str | None = None  # the method's variant(s) in the rows ("templates", "lm+templates"), else run.json's
     models: dict[str, str] = field(default_factory=dict)  # role -> model name (run.json "models")
     tiny: bool = False  # made with the tiny random-weight models: its images are noise
     filtered_from: str | None = None  # a sgid filter output: the run it filtered
@@ -96,12 +103,15 @@ def read_provenance(name: str, folder: Path, images: int) -> GeneratedRun:
     tiny = config.get("models") == "tiny" or any(v.startswith(TINY_PREFIX) for v in models.values())
     identity = info.get("identity_sha256")
     filtered_from = info.get("filtered_from")
+    recorded = info.get("variant")
+    variant = _manifest_values(folder, "variant") or (recorded if isinstance(recorded, str) else None)
     return GeneratedRun(
         name=name,
         folder=str(folder.resolve()),
         identity=identity if isinstance(identity, str) else None,
         manifest_sha256=hashlib.sha256(manifest).hexdigest(),
         method=method,
+        variant=variant,
         models=models,
         tiny=tiny,
         filtered_from=filtered_from if isinstance(filtered_from, str) else None,
@@ -121,11 +131,36 @@ def _run_info(folder: Path) -> dict[str, Any]:
 
 
 def _manifest_method(folder: Path) -> str | None:
+    return _manifest_values(folder, "method", ",")
+
+
+def _manifest_values(folder: Path, key: str, separator: str = "+") -> str | None:
+    """The distinct values of ``key`` in the generated rows (not copies of originals), sorted and joined."""
     try:
         rows = read_run(folder).rows
     except SgidError:
         return None
-    return ",".join(sorted({r.method for r in rows if "method" in r and not r.is_original})) or None
+    return separator.join(sorted({r[key] for r in rows if isinstance(r.get(key), str) and not r.is_original})) or None
+
+
+def stand_in_suffix(runs: Iterable[GeneratedRun]) -> str:
+    """`` (templates)`` for a set whose runs used a stand-in variant (`` (text2img: templates)`` when the set's
+    name is not the augment method's); empty when none did.
+
+    >>> stand_in_suffix([GeneratedRun("text2img", "/r", None, "0", "text2img", "templates")])
+    ' (templates)'
+    >>> stand_in_suffix([GeneratedRun("generated", "/r", None, "0", "text2img", "lm+templates")])
+    ' (text2img: lm+templates)'
+    >>> stand_in_suffix([GeneratedRun("text2img", "/r", None, "0", "text2img", "lm")])
+    ''
+    """
+    parts: list[str] = []
+    for run in runs:
+        variant = run.variant or ""
+        if not any(v in STAND_INS for v in variant.split("+")):
+            continue
+        parts.append(variant if run.method == run.name else f"{run.method}: {variant}")
+    return f" ({'; '.join(dict.fromkeys(parts))})" if parts else ""
 
 
 def tiny_warning(runs: Iterable[GeneratedRun | Mapping[str, Any]]) -> str | None:

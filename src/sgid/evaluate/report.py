@@ -1,8 +1,10 @@
 """results.json, results.md (rows = methods, columns = datasets + Avg, like the paper's table 1) and plots.
 
 Accuracies are stored as fractions and shown as percentages. A cell reads ``mean ± std`` over the seeds, followed
-by ``*`` when the method beats the baseline with p < 0.05 (paired t-test over seeds), or ``†`` when it is
-significantly worse (the paper marks only gains; a harness that reports honestly marks both).
+by ``*`` when the method beats the row it is compared to (``--compare-to``, the baseline by default; named in the
+table's caption) with p < 0.05 (paired t-test over seeds, Holm-adjusted with ``--correction holm``), or ``†`` when
+it is significantly worse (the paper marks only gains; a harness that reports honestly marks both). The second
+table gives each difference in percentage points with its 95% confidence interval, Cohen's d_z and the p-value.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from sgid.evaluate.generated import tiny_warning
-from sgid.evaluate.stats import ALPHA, AVG, RunRecord, Summary
+from sgid.evaluate.methods import BASELINE
+from sgid.evaluate.stats import ALPHA, AVG, BEST, RunRecord, Summary
 from sgid.runstore import write_figure
 
 MAX_CLASSES_IN_MARKDOWN = 20
@@ -29,9 +32,15 @@ def generated_provenance(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def results_json(protocol: dict[str, Any], records: Sequence[RunRecord], summary: Sequence[Summary]) -> dict[str, Any]:
+def results_json(
+    protocol: dict[str, Any],
+    records: Sequence[RunRecord],
+    summary: Sequence[Summary],
+    statistics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "protocol": protocol,
+        "statistics": statistics or {},
         "generated": generated_provenance(records),
         "runs": [r.to_json() for r in records],
         "summary": [s.to_json() for s in summary],
@@ -50,11 +59,34 @@ def _cell(s: Summary | None) -> str:
     return f"{_pct(s.mean)} ± {_pct(s.std)}{s.mark}"
 
 
-def _p_cell(s: Summary | None) -> str:
+def _p_cell(s: Summary | None, compare_to: str = BASELINE) -> str:
+    """``+1.23 [+0.40, +2.06], d_z 1.50 (p=0.012)*``: difference in points, 95% CI, effect size, p-value."""
     if s is None or s.delta is None:
         return "–"
     p = "p n/a" if s.p_value is None else f"p={s.p_value:.3g}"
-    return f"{100 * s.delta:+.2f} ({p}){s.mark}"
+    if s.p_adjusted is not None:
+        p += f", Holm {s.p_adjusted:.3g}"
+    ci = "" if s.ci95 is None else f" [{100 * s.ci95[0]:+.2f}, {100 * s.ci95[1]:+.2f}]"
+    effect = "" if s.effect_size is None else f", d_z {s.effect_size:.2f}"
+    versus = f" vs {s.compared_to}" if compare_to == BEST else ""
+    return f"{100 * s.delta:+.2f}{ci}{effect} ({p}){s.mark}{versus}"
+
+
+def comparison_caption(compare_to: str, correction: str) -> str:
+    """What a mark means, for the table's caption."""
+    if compare_to == BEST:
+        against = "the best row of its column (the best row: than the runner-up)"
+    elif compare_to == BASELINE:
+        against = "the baseline"
+    else:
+        against = f"`{compare_to}`"
+    test = "paired t-test over seeds, scipy.stats.ttest_rel"
+    if correction == "holm":
+        test += "; p-values Holm-adjusted over the rows of each column"
+    return (
+        f"`*`: better than {against} with p < {ALPHA:g}, `†`: worse with p < {ALPHA:g} ({test}). "
+        f"Compared to: **{compare_to}**."
+    )
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -72,7 +104,12 @@ def _rows(summary: Sequence[Summary]) -> tuple[list[str], list[tuple[str, bool]]
 
 
 def results_markdown(
-    title: str, protocol: dict[str, Any], summary: Sequence[Summary], records: Sequence[RunRecord]
+    title: str,
+    protocol: dict[str, Any],
+    summary: Sequence[Summary],
+    records: Sequence[RunRecord],
+    compare_to: str = BASELINE,
+    correction: str = "none",
 ) -> str:
     datasets, variants, cells = _rows(summary)
     labels = {s.variant: s.label + (" (reference)" if s.reference else "") for s in summary}
@@ -85,25 +122,28 @@ def results_markdown(
     lines.append(
         f"Test accuracy (%), mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} "
         f"({', '.join(map(str, seeds))}); every method uses the same seeds, so runs pair up. "
-        f"`*`: better than the baseline with p < {ALPHA:g}, `†`: worse with p < {ALPHA:g} "
-        f"(paired t-test over seeds, scipy.stats.ttest_rel)."
+        + comparison_caption(compare_to, correction)
     )
     lines.append("")
     header = ["Method", *datasets, "Avg."]
     lines += _table(header, [[labels[v], *(_cell(cells.get((v, d))) for d in [*datasets, AVG])] for v, _ in variants])
+    against = {BASELINE: "the baseline", BEST: "the best method"}.get(compare_to, compare_to)
     lines += [
         "",
-        "## Difference to the baseline",
+        f"## Difference to {against}",
         "",
-        "Percentage points (mean over paired seeds) and the paired t-test p-value.",
+        "Percentage points (mean of the paired differences over seeds) [95% confidence interval], Cohen's d_z "
+        "(mean / standard deviation of the paired differences) and the paired t-test p-value"
+        + (" (and its Holm adjustment)." if correction == "holm" else "."),
         "",
     ]
+    compared = {v for (v, _), s in cells.items() if s.compared_to is not None}
     lines += _table(
         header,
         [
-            [labels[v], *(_p_cell(cells.get((v, d))) for d in [*datasets, AVG])]
+            [labels[v], *(_p_cell(cells.get((v, d)), compare_to) for d in [*datasets, AVG])]
             for v, ref in variants
-            if v != "baseline" and not ref
+            if v in compared and not ref
         ],
     )
     for dataset in datasets:
@@ -141,7 +181,8 @@ def _generated_section(generated: Sequence[dict[str, Any]]) -> list[str]:
             models += " (**tiny random weights**)"
         identity = (run.get("identity") or "–")[:12]
         folder = run["folder"] + (f" (filtered from {run['filtered_from']})" if run.get("filtered_from") else "")
-        cells = [run["dataset"], f"`{run['name']}`", folder, run.get("method") or "–", identity, models]
+        method = (run.get("method") or "–") + (f" ({run['variant']})" if run.get("variant") else "")
+        cells = [run["dataset"], f"`{run['name']}`", folder, method, identity, models]
         rows.append([cell.replace("|", "\\|") for cell in cells] + [str(run["images"])])
     lines += _table(["Dataset", "Method", "Folder", "Augment method", "Run identity", "Models", "Images"], rows)
     return lines

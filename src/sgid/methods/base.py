@@ -84,6 +84,15 @@ class Method:
         batches (one kind and size each) are laid out before captions exist. Override along with ``plan``."""
         return self.generator_kinds[0]
 
+    def variant(self) -> str | None:
+        """Which reading of the method this run is, when the method has a stand-in for a part the paper gets
+        from a model sgid may not have (e.g. ``templates`` vs ``lm`` sentences); recorded in run.json."""
+        return None
+
+    def variant_note(self) -> str | None:
+        """One line to print when the run uses a stand-in rather than the paper's version of the method."""
+        return None
+
     def needs_captions(self) -> bool:
         return False
 
@@ -105,14 +114,18 @@ class Method:
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         raise NotImplementedError
 
+    def guidance(self, similarity: float | None) -> tuple[float, float]:
+        """(raw f(s*), applied g): the guidance for ``similarity`` before and after the floor."""
+        guidance_map = self.config.guidance_map
+        raw = guidance_map.raw(similarity)
+        return raw, guidance_map.clamp(raw)
+
     def finalize(self, sample: Sample, similarity: float) -> Sample:
         """Set the similarity of a caption scored after planning, and the guidance that depends on it."""
         assert sample.caption is not None
-        return replace(
-            sample,
-            caption=replace(sample.caption, similarity=similarity),
-            guidance_scale=self.config.guidance_map(similarity),
-        )
+        raw, applied = self.guidance(similarity)
+        caption = replace(sample.caption, similarity=similarity)
+        return replace(sample, caption=caption, guidance_raw=raw, guidance_scale=applied)
 
     def manifest_fields(self, sample: Sample) -> dict[str, Any]:
         return dict(sample.extra)

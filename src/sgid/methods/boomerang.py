@@ -23,11 +23,13 @@ class BoomerangMethod(Method):
         c = self.config
         mode = "label" if c.boomerang_prompt == "label" else "none"
         label = context.prompt_labels[sample.source.class_name]
+        raw, applied = self.guidance(None)
         return replace(
             sample,
             prompt=build_prompt(label, None, mode, c.label_template),
             negative_prompt=c.negative_prompt,
-            guidance_scale=c.guidance_map(None),
+            guidance_raw=raw,
+            guidance_scale=applied,
             kind="img2img",
             strength=c.noise,
             extra={"boomerang_prompt": c.boomerang_prompt},

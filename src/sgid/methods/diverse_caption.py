@@ -42,6 +42,20 @@ class DiverseCaptionMethod(SgidMethod):
         if self.config.summarize and self.config.text_model is None:
             raise SgidError("--summarize needs --text-model (the language model that writes the descriptions)")
 
+    def variant(self) -> str:
+        """``summarised``: each label's captions summarised by a language model (ALIA, the paper's
+        SGID+DiverseCaption); ``borrowed``: other images' captions used as they are."""
+        return "summarised" if self.config.summarize else "borrowed"
+
+    def variant_note(self) -> str | None:
+        if self.variant() == "summarised":
+            return None
+        return (
+            "diverse_caption: captions are borrowed from other images of the label as they are (variant "
+            "'borrowed'); the paper's SGID+DiverseCaption summarises them with a language model "
+            "(--summarize --text-model MODEL for variant 'summarised')"
+        )
+
     def pool_for(self, info_captions: tuple[Caption, ...]) -> list[Caption]:
         """The captions one image lends to others: its c* for ``clip``, else its captions of that strategy."""
         if not info_captions:
@@ -58,8 +72,8 @@ class DiverseCaptionMethod(SgidMethod):
                 pools[source.class_name] += [(source.relpath, c.text) for c in self.pool_for(info.captions)]
         if not self.config.summarize:
             return {"pools": dict(pools)}
-        if services.text is None:
-            raise RuntimeError("--summarize needs the text model")
+        if services.text is None:  # checked with the options (check); a caller that skipped it gets this
+            raise SgidError("--summarize needs --text-model MODEL")
         summaries: dict[str, list[tuple[str, str]]] = {}
         for class_name, pool in sorted(pools.items()):
             texts = "; ".join(dict.fromkeys(text for _, text in pool))[:1000]
@@ -83,4 +97,5 @@ class DiverseCaptionMethod(SgidMethod):
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         planned = super().plan(sample, context)
         assert planned.caption is not None
-        return replace(planned, extra={"caption_source": planned.caption.origin})
+        variant = "summarised" if planned.caption.origin == "summary" else "borrowed"
+        return replace(planned, extra={"variant": variant, "caption_source": planned.caption.origin})

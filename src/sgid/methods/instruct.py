@@ -40,6 +40,10 @@ class InstructPix2PixMethod(Method):
     def needs_text_model(self) -> bool:
         return self.config.text_model is not None and not self.config.instructions
 
+    def variant(self) -> str:
+        """Where instructions come from: ``given`` (--instruction), ``lm`` (--text-model) or ``built_in``."""
+        return "given" if self.config.instructions else "lm" if self.config.text_model else "built_in"
+
     def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
         if services.text is None:
             return {"instructions": {}}
@@ -56,16 +60,19 @@ class InstructPix2PixMethod(Method):
         pool = list(c.instructions) or generated or list(INSTRUCTIONS)
         seed = derive_seed(c.seed, sample.source.relpath, sample.k, "instruction")
         text = pool[random.Random(seed).randrange(len(pool))]
-        g = c.guidance_map(None)
+        raw, g = self.guidance(None)
         source = "given" if c.instructions else "language_model" if generated else "built_in"
+        variant = {"language_model": "lm"}.get(source, source)
         return replace(
             sample,
             prompt=Prompt(text, (0, 0), (0, 0)),
             negative_prompt=c.negative_prompt,
+            guidance_raw=raw,
             guidance_scale=g,
             kind="instruct",
             strength=None,
             extra={
+                "variant": variant,
                 "instruction": text,
                 "instruction_source": source,
                 "text_guidance_scale": g,

@@ -2,8 +2,10 @@
 
 Queries by CLIP similarity to the class text "a photo of a {label}" (``text``), to each training image
 (``image``), or to the mean of both (``both``). Pool images that are near-duplicates of a training image
-(cosine >= ``--duplicate-threshold``, 0.95) are dropped and listed in errors.jsonl. Every (source, k) gets its
-own pool image; the manifest records the ``query``, the ``score`` and the ``pool_path``.
+(cosine >= ``--duplicate-threshold``, 0.95) are dropped and listed in errors.jsonl, and so are pool images that
+near-duplicate any image of an ``--exclude DIR`` folder (e.g. the test set, so retrieval cannot copy test images
+into the training data). Every (source, k) gets its own pool image; the manifest records the ``query``, the
+``score`` and the ``pool_path``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from sgid.sample import COPY, Sample
 TEXT_QUERY = "a photo of a {label}"
 
 
-def list_pool(pool: Path) -> list[Path]:
+def list_pool(pool: Path, flag: str = "--pool") -> list[Path]:
+    """The image files under ``pool`` (recursively, hidden files and folders skipped), sorted."""
     if not pool.is_dir():
-        raise SgidError(f"--pool {pool} is not a folder")
+        raise SgidError(f"{flag} {pool} is not a folder")
     found = sorted(
         p
         for p in pool.rglob("*")
@@ -36,7 +39,7 @@ def list_pool(pool: Path) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(pool).parts)
     )
     if not found:
-        raise SgidError(f"--pool {pool} holds no images")
+        raise SgidError(f"{flag} {pool} holds no images")
     return found
 
 
@@ -47,7 +50,7 @@ class RetrievalMethod(Method):
     resize_to_source = False
     generator_kinds = ()  # items are copies of pool images: no generator is loaded
     defaults = {"guidance": "1.0", "prompt_weighting": False}
-    options = ("pool", "retrieval_query", "duplicate_threshold")
+    options = ("pool", "retrieval_query", "duplicate_threshold", "exclude")
 
     def needs_scorer(self) -> bool:
         return True
@@ -61,6 +64,9 @@ class RetrievalMethod(Method):
     def check(self) -> None:
         if self.config.pool is None:
             raise SgidError("--method retrieval needs --pool DIR (a folder of unlabelled images)")
+        for folder in self.config.exclude:
+            if not Path(folder).is_dir():
+                raise SgidError(f"--exclude {folder} is not a folder")
 
     def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
         from sgid.features import ClipImageFeatures, FeatureCache, FeatureStore
@@ -94,6 +100,8 @@ class RetrievalMethod(Method):
                     f"(cosine {closeness[dup]:.4f} >= {c.duplicate_threshold})",
                 }
             )
+        for folder in c.exclude:
+            self.drop_near(store, pool, pool_paths, excluded, notes, folder)
         queries, texts = self.queries(readable, train, context, services)
         matches = assign(queries, np.nan_to_num(pool), excluded)
         plans: dict[tuple[str, int], dict[str, Any]] = {}
@@ -116,6 +124,42 @@ class RetrievalMethod(Method):
                     "pool_file": str(pool_paths[match.pool_index]),
                 }
         return {"plans": plans, "notes": notes}
+
+    def drop_near(
+        self,
+        store: Any,
+        pool: np.ndarray,
+        pool_paths: list[Path],
+        excluded: np.ndarray,
+        notes: list[dict[str, Any]],
+        folder: Path,
+    ) -> None:
+        """Exclude (and list) the pool images that near-duplicate any image of ``folder`` (--exclude)."""
+        paths = list_pool(Path(folder), "--exclude")
+        features, unreadable = store.extract(paths)
+        for index, reason in sorted(unreadable.items()):
+            notes.append(
+                {
+                    "source": f"exclude:{paths[index]}",
+                    "k": None,
+                    "reason": f"{reason}; the pool was not checked against this excluded image",
+                }
+            )
+        usable = [i for i in range(len(paths)) if i not in unreadable]
+        near, neighbour, closeness = near_duplicates(
+            np.nan_to_num(pool), features[usable], self.config.duplicate_threshold
+        )
+        for dup in np.flatnonzero(near & ~excluded):
+            excluded[dup] = True
+            image = paths[usable[neighbour[dup]]].relative_to(folder).as_posix()
+            notes.append(
+                {
+                    "source": f"pool:{self.pool_name(pool_paths[dup])}",
+                    "k": None,
+                    "reason": f"near-duplicate of excluded image {Path(folder) / image} "
+                    f"(cosine {closeness[dup]:.4f} >= {self.config.duplicate_threshold}; --exclude {folder})",
+                }
+            )
 
     def pool_name(self, path: Path) -> str:
         return path.relative_to(need(self.config.pool, "--method retrieval needs --pool DIR")).as_posix()

@@ -51,6 +51,7 @@ class SgidMethod(Method):
         label_weight, caption_weight = c.weights
         # a caption borrowed from elsewhere has no similarity yet: it is scored, then ``finalize`` sets g
         unscored = caption is not None and caption.similarity is None
+        raw, applied = (None, None) if unscored else self.guidance(caption.similarity if caption else None)
         return replace(
             sample,
             caption=caption,
@@ -58,7 +59,8 @@ class SgidMethod(Method):
             negative_prompt=c.negative_prompt,
             label_weight=label_weight,
             caption_weight=caption_weight,
-            guidance_scale=None if unscored else c.guidance_map(caption.similarity if caption else None),
+            guidance_raw=raw,
+            guidance_scale=applied,
             kind="img2img",
             strength=c.noise,
         )

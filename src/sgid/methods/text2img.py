@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from sgid.methods.base import METHODS, Method, MethodContext, Services
+from sgid.progress import note
 from sgid.sample import Sample
 from sgid.seeding import derive_seed
 from sgid.stages.prompt import Prompt
@@ -58,6 +59,18 @@ class Text2ImgMethod(Method):
     def needs_text_model(self) -> bool:
         return self.config.text_model is not None
 
+    def variant(self) -> str:
+        """``lm``: sentences written by a language model (the paper's Text2Img, after He et al.); ``templates``."""
+        return "lm" if self.config.text_model is not None else "templates"
+
+    def variant_note(self) -> str | None:
+        if self.variant() == "lm":
+            return None
+        return (
+            "text2img: no --text-model, so sentences come from templates (variant 'templates'); the paper's "
+            "Text2Img writes them with a language model (pass --text-model for variant 'lm')"
+        )
+
     def templates(self) -> tuple[str, ...]:
         return self.config.templates or TEMPLATES
 
@@ -78,6 +91,13 @@ class Text2ImgMethod(Method):
             sentences[class_name] = sentences_from_model(
                 services.text, context.labels[class_name], self.config.sentences, seed
             )
+        empty = [name for name, found in sentences.items() if not found]
+        if empty:
+            note(
+                f"text2img: the language model wrote no sentence for {len(empty)} label(s) ({', '.join(empty[:5])}"
+                f"{', …' if len(empty) > 5 else ''}); their images use templates (rows with variant 'templates')",
+                self.config.quiet,
+            )
         return {"sentences": sentences}
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
@@ -94,14 +114,20 @@ class Text2ImgMethod(Method):
             random.Random(derive_seed(c.seed, sample.source.relpath, sample.k, "sentence")).randrange(len(pool))
         ]
         label_weight, caption_weight = c.weights
+        raw, applied = self.guidance(None)
         return replace(
             sample,
             prompt=Prompt(text, (0, len(text)), (0, 0)),  # the whole sentence counts as label guidance
             negative_prompt=c.negative_prompt,
             label_weight=label_weight,
             caption_weight=caption_weight,
-            guidance_scale=c.guidance_map(None),
+            guidance_raw=raw,
+            guidance_scale=applied,
             kind="text2img",
             strength=None,
-            extra={"sentence_source": "language_model" if generated else "template", "uses_source_pixels": False},
+            extra={
+                "variant": "lm" if generated else "templates",
+                "sentence_source": "language_model" if generated else "template",
+                "uses_source_pixels": False,
+            },
         )

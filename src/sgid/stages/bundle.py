@@ -282,7 +282,7 @@ def _load_generators(
         stages.concept_tokens = base.tokens or stages.concept_tokens
         stages.concept_labels = base.labels or stages.concept_labels
         stages.concepts_sha256 = base.concepts_sha256 or stages.concepts_sha256
-        options: dict[str, Any] = {"diffusers_guidance": config.diffusers_guidance}
+        options: dict[str, Any] = {"diffusers_guidance": config.diffusers_guidance, "weighting": config.weighting}
         if kind == "instruct":
             options["image_guidance"] = config.image_guidance
         control = None

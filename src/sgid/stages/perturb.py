@@ -10,8 +10,9 @@ under that seed (tests pin this, byte for byte).
 
 ===================  ==========================================================================================
 ``randaugment``      torchvision ``v2.RandAugment(num_ops=2, magnitude=9)``; records each operation and magnitude
-``random_erasing``   timm ``RandomErasing`` (area [0.02, 0.4], aspect [0.3, 1/0.3], constant fill: the mean
-                     pixel of the ImageNet normalisation the scratch ResNet-50 uses); records the box and fill
+``random_erasing``   the official Random Erasing (area [0.02, 0.4], aspect [0.3, 1/0.3], up to 100 tries; fill
+                     (0.4914, 0.4822, 0.4465) written into the tensor normalised with the ImageNet statistics the
+                     scratch ResNet-50 uses, i.e. the pixel mean + value·std); records the box and fill
 ``cutmix``           torchvision ``v2.CutMix(alpha=1)`` on the pair (partner, image): a box of the partner pasted
                      into the image; records the box and λ (the image's share of the area, its label weight)
 ===================  ==========================================================================================
@@ -29,8 +30,17 @@ from PIL import Image
 from sgid.registry import Registry
 from sgid.seeding import global_rngs
 
-#: The mean pixel Random Erasing fills with: zero after the ImageNet normalisation (sgid.evaluate.backbones).
+#: The normalisation of the from-scratch backbones (sgid.evaluate.backbones), in which Random Erasing fills.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def erasing_fill() -> list[int]:
+    """The pixel Random Erasing writes: its fill, written into the normalised tensor, denormalised."""
+    from sgid.evaluate.perturb import PERTURBATIONS
+
+    values = PERTURBATIONS.get("random_erasing").params["fill"]
+    return [round(255 * (m + v * s)) for m, v, s in zip(IMAGENET_MEAN, values, IMAGENET_STD, strict=True)]
 
 
 def _stand_in(size: tuple[int, int], batch: int | None = None) -> torch.Tensor:
@@ -101,23 +111,19 @@ class RandAugment(ImagePerturbation):
 @IMAGE_PERTURBATIONS.register("random_erasing")
 class RandomErasing(ImagePerturbation):
     name = "random_erasing"
-    implementation = "timm.data.random_erasing.RandomErasing"
+    implementation = "sgid.evaluate.perturb.RandomErasing (the official algorithm)"
 
     def sample(self, size: tuple[int, int], seed: int) -> dict[str, Any]:
         from sgid.evaluate.perturb import random_erasing
 
         width, height = size
-        # A one-channel marker: constant-mode erasing draws the same numbers whatever the channels hold, and
-        # the zeros it writes mark the box exactly. Applied always (p=1): the caller flips the p coin.
-        marker = torch.ones((1, height, width))
+        # The eraser's own draws, applied always (p=1): the caller flips the p coin.
         with global_rngs(seed):
-            random_erasing(probability=1.0)(marker)
-        rows = np.flatnonzero((marker[0] == 0).any(dim=1).numpy())
-        cols = np.flatnonzero((marker[0] == 0).any(dim=0).numpy())
-        fill = [round(255 * m) for m in IMAGENET_MEAN]
-        if rows.size == 0:  # no box fitted in 10 attempts (tiny images): timm leaves the image as it is
-            return {"box": None, "fill": fill}
-        return {"box": [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1], "fill": fill}
+            box = random_erasing(probability=1.0).draw(height, width)
+        if box is None:  # no box fitted in 100 attempts (tiny images): the image is left as it is
+            return {"box": None, "fill": erasing_fill()}
+        top, left, h, w = box
+        return {"box": [left, top, left + w, top + h], "fill": erasing_fill()}
 
     def apply(self, image: Image.Image, params: dict[str, Any], partner: Image.Image | None = None) -> Image.Image:
         if params["box"] is None:

@@ -1,19 +1,34 @@
 """Step 2 of SGID (paper §3.2): the textual prompt and its weighting.
 
 The prompt is the textual label l = "A picture of a [label]" joined with the chosen caption c*:
-"A picture of a [label], [caption]". Prompt weighting follows the paper's wording: encode the prompt once with
-the Stable Diffusion text encoder, then multiply the output rows of l's tokens by w_l (1.5) and of c*'s tokens
-by w_c (0.9). Start, end, separator and padding rows are left as they are.
+"A picture of a [label], [caption]". Prompt weighting gives l's tokens the weight w_l (1.5) and c*'s tokens w_c
+(0.9); start, end, separator and padding tokens keep weight 1. How a weight acts on the text encoding is a
+setting (``--weighting``, the registry :data:`WEIGHTINGS`):
+
+``literal`` (default)
+    The paper's words, "multiplying the token embeddings of l and c* by w_l and w_c": encode the prompt once
+    with the Stable Diffusion text encoder and multiply the output rows of each token by its weight, z·w
+    (the words "A picture of a" are part of l, so they are scaled too).
+``compel``
+    The compel library (``pip install 'sgid[weighting]'``), called with the prompt's fragments and their
+    weights: each weighted row moves away from the empty prompt's encoding, empty + (z − empty)·w; for a weight
+    below 1 compel also blends (by tan((1 − w)·π/2)) with the encoding of the prompt whose down-weighted words
+    are masked out.
+``mean-restore``
+    diffusers' long-prompt-weighting pipeline: multiply, z·w, then rescale the whole (77, D) encoding so its
+    mean equals the unweighted encoding's mean.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sgid.errors import SgidError
+from sgid.errors import SgidError, require
+from sgid.registry import Registry
 
 PROMPT_MODES = ("complete", "label", "caption", "none")
 DEFAULT_LABEL_TEMPLATE = "A picture of a {label}"
@@ -63,18 +78,22 @@ def build_prompt(
 
 
 class PromptEncoder:
-    """Encodes prompts with the Stable Diffusion text encoder, optionally weighting label and caption rows.
+    """Encodes prompts with the Stable Diffusion text encoder, weighting label and caption tokens by ``weighting``.
 
     Plain encoding is exactly diffusers' ``encode_prompt``: pad to ``model_max_length``, truncate, take the
     encoder's last hidden state.
     """
 
-    def __init__(self, tokenizer, text_encoder, *, hidden_layer: int | None = None) -> None:
-        """``hidden_layer``: the hidden state that encodes a prompt (None: the encoder's output, as SD 1.x/2.x
-        use; -2: the penultimate layer, as SDXL does)."""
+    def __init__(self, tokenizer, text_encoder, weighting: str = "literal", *, hidden_layer: int | None = None) -> None:
+        """``weighting``: how (w_l, w_c) act on the encoding (:data:`WEIGHTINGS`). ``hidden_layer``: the hidden
+        state that encodes a prompt (None: the encoder's output, as SD 1.x/2.x use; -2: the penultimate layer,
+        as SDXL does)."""
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.hidden_layer = hidden_layer
+        self.weighting = weighting
+        self._apply = WEIGHTINGS.get(weighting)
+        self._compel: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +126,7 @@ class PromptEncoder:
         return self._run(texts)[0].to(dtype=self.text_encoder.dtype)
 
     def token_weights(self, prompt: Prompt, label_weight: float, caption_weight: float) -> torch.Tensor:
-        """Per-token multipliers (length ``model_max_length``): w_l on label tokens, w_c on caption tokens."""
+        """Per-token weights (length ``model_max_length``): w_l on label tokens, w_c on caption tokens, else 1."""
         length = self.tokenizer.model_max_length
         encoded = self.tokenizer(
             prompt.text,
@@ -129,16 +148,105 @@ class PromptEncoder:
                 weights[position] = caption_weight
         return weights
 
+    def scales(self, prompts: list[Prompt], weights: list[tuple[float, float]], like: torch.Tensor) -> torch.Tensor:
+        """(B, 77, 1) per-token weights, on ``like``'s device and dtype."""
+        scale = torch.stack([self.token_weights(p, wl, wc) for p, (wl, wc) in zip(prompts, weights, strict=True)])
+        return scale.to(like.device, like.dtype).unsqueeze(-1)
+
+    def compel_provider(self) -> Any:
+        """compel's embeddings provider over this tokenizer and text encoder (built once)."""
+        if self._compel is None:
+            embeddings_provider = require("compel.embeddings_provider", "weighting")
+            returned = embeddings_provider.ReturnedEmbeddingsType
+            layers = {
+                None: returned.LAST_HIDDEN_STATES_NORMALIZED,
+                -2: returned.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+            }
+            if self.hidden_layer not in layers:
+                raise SgidError(f"--weighting compel reads the last or the penultimate layer, not {self.hidden_layer}")
+            dtype = self.text_encoder.dtype
+            self._compel = embeddings_provider.EmbeddingsProvider(
+                self.tokenizer,
+                self.text_encoder,
+                dtype_for_device_getter=lambda _device: dtype,
+                device=self.device,
+                returned_embeddings_type=layers[self.hidden_layer],
+            )
+        return self._compel
+
     def encode(self, prompts: list[Prompt], weights: list[tuple[float, float]] | None = None) -> torch.Tensor:
-        """(B, 77, D) prompt embeddings, each prompt's label rows × w_l and caption rows × w_c.
+        """(B, 77, D) prompt embeddings with each prompt's (w_l, w_c) applied the ``weighting`` way.
 
         ``weights`` holds one (w_l, w_c) per prompt; None or (1, 1) is plain encoding, bit for bit.
         """
-        embeds = self.encode_texts([p.text for p in prompts])
         if weights is None or all(w == (1.0, 1.0) for w in weights):
-            return embeds
-        scale = torch.stack([self.token_weights(p, wl, wc) for p, (wl, wc) in zip(prompts, weights, strict=True)])
-        return embeds * scale.to(embeds.device, embeds.dtype).unsqueeze(-1)
+            return self.encode_texts([p.text for p in prompts])
+        return self._apply(self, prompts, weights)
+
+
+Weighting = Callable[[PromptEncoder, list[Prompt], list[tuple[float, float]]], torch.Tensor]
+#: How prompt weights act on the text encoding; the key is the ``--weighting`` value.
+WEIGHTINGS: Registry[Weighting] = Registry("--weighting mode")
+
+
+@WEIGHTINGS.register("literal")
+def literal_weighting(
+    encoder: PromptEncoder, prompts: list[Prompt], weights: list[tuple[float, float]]
+) -> torch.Tensor:
+    """z·w: each output row of the text encoder times its token's weight (the paper's wording)."""
+    embeds = encoder.encode_texts([p.text for p in prompts])
+    return embeds * encoder.scales(prompts, weights, embeds)
+
+
+@WEIGHTINGS.register("mean-restore")
+def mean_restore_weighting(
+    encoder: PromptEncoder, prompts: list[Prompt], weights: list[tuple[float, float]]
+) -> torch.Tensor:
+    """z·w, rescaled so each prompt's encoding keeps its mean (diffusers' long-prompt-weighting pipeline)."""
+    embeds = encoder.encode_texts([p.text for p in prompts])
+    weighted = embeds * encoder.scales(prompts, weights, embeds)
+    before = embeds.float().mean(dim=(1, 2))
+    after = weighted.float().mean(dim=(1, 2))
+    return weighted * (before / after).to(embeds.dtype).view(-1, 1, 1)
+
+
+@WEIGHTINGS.register("compel")
+def compel_weighting(encoder: PromptEncoder, prompts: list[Prompt], weights: list[tuple[float, float]]) -> torch.Tensor:
+    """compel's weighting of the prompt's fragments (label sentence, separator, caption), one prompt at a time."""
+    provider = encoder.compel_provider()
+    rows = []
+    with torch.no_grad():
+        for prompt, (wl, wc) in zip(prompts, weights, strict=True):
+            fragments = prompt_fragments(prompt, wl, wc)
+            if all(w == 1.0 for _, w in fragments):
+                rows.append(encoder.encode_texts([prompt.text]))
+                continue
+            rows.append(
+                provider.get_embeddings_for_weighted_prompt_fragments(
+                    [[text for text, _ in fragments]], [[w for _, w in fragments]], device=encoder.device
+                )
+            )
+    return torch.cat(rows).to(encoder.device, encoder.text_encoder.dtype)
+
+
+def prompt_fragments(prompt: Prompt, label_weight: float, caption_weight: float) -> list[tuple[str, float]]:
+    """The prompt cut at its label and caption spans, with each piece's weight (empty pieces left out).
+
+    >>> prompt_fragments(build_prompt("cat", "a cat on a sofa"), 1.5, 0.9)
+    [('A picture of a cat', 1.5), (', ', 1.0), ('a cat on a sofa', 0.9)]
+    """
+    spans = sorted(
+        (span, weight)
+        for span, weight in ((prompt.label_span, label_weight), (prompt.caption_span, caption_weight))
+        if span[0] < span[1]
+    )
+    pieces: list[tuple[str, float]] = []
+    position = 0
+    for (start, end), weight in spans:
+        pieces += [(prompt.text[position:start], 1.0), (prompt.text[start:end], weight)]
+        position = end
+    pieces.append((prompt.text[position:], 1.0))
+    return [(text, weight) for text, weight in pieces if text.strip()]
 
 
 def _inside(token: tuple[int, int], span: tuple[int, int]) -> bool:
