@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,10 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--method", "diverse_caption", "--summarize"], "--summarize needs --text-model"),
         (["--weighting", "loud"], "unknown --weighting mode 'loud'; choose from: literal, mean-restore, compel"),
         (["--num-beams", "3"], "beam search cannot return 10 captions with num_beams=3"),
+        (["--top-p", "2"], "invalid --top-p 2.0: must be in (0, 1]"),  # named by its flag, not its field
+        (["--top-k", "-1"], "invalid --top-k -1: must be >= 0"),
+        (["--min-length", "30"], "invalid --min-length 30 / --max-length 20"),
+        (["--beam-captions", "0", "--nucleus-captions", "0"], "at least one caption is needed"),
         (["--noise", "abc"], "argument --noise: invalid float value: 'abc'"),
         (["--bogus"], "unrecognized arguments: --bogus"),
     ],
@@ -76,9 +81,12 @@ def test_unavailable_weights_fail_before_any_work(tmp_path: Path, image_folder: 
 def test_hub_id_offline_names_the_model_and_the_fix(tmp_path: Path, image_folder: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
-    code, err = run_cli(["augment", str(image_folder), "--out", str(tmp_path / "out")], capsys)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = run_cli(["augment", str(image_folder), "--out", str(tmp_path / "out")], capsys)
     # every missing model at once, one short line each, with the flag that points at a local copy
     lines = err.splitlines()
+    assert not [w for w in caught if "local_dir_use_symlinks" in str(w.message)]  # no upstream deprecation noise
     assert code == 2 and lines[0] == "sgid: error: 3 models cannot be loaded:" and len(lines) == 4
     for line, flag, name in zip(
         lines[1:],

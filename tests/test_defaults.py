@@ -110,7 +110,7 @@ def test_explicit_options_override_the_preset() -> None:
         ({"caption": "best"}, "--caption"),
         ({"prompt": "long"}, "--prompt"),
         ({"label_weight": -1.0}, "--label-weight"),
-        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 0.0}, "invalid --top-p 0.0"),
         ({"label_template": "A picture"}, "{label}"),
         ({"caption": "beam", "beam_captions": 0}, "beam captions"),
     ],

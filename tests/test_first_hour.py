@@ -144,6 +144,29 @@ def test_augment_on_a_cpu_with_real_models_says_how_to_make_it_small(tmp_path, c
     assert "--steps 20 --multiplier 1" in line and "--models tiny" in line
 
 
+def test_augment_says_how_long_the_generation_takes_after_its_first_batch(tmp_path, cache_dir, capsys) -> None:
+    source = make_image_folder(tmp_path / "in", {"cat": 2, "dog": 1})
+    args = ["augment", str(source), "--out", str(tmp_path / "out"), "--models", "tiny", "--steps", "2"]
+    assert main([*args, "--batch-size", "1", "--cache-dir", str(cache_dir)]) == 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("estimate: ")]
+    assert line.endswith("for the planned generation (measured on its first batch)")
+    assert err.index("planned: 3 image(s)") < err.index("estimate: ") < err.index("generated 3, skipped 0")
+    # one batch is all the work: nothing to estimate
+    assert main([*args, "--out", str(tmp_path / "one"), "--batch-size", "4", "--cache-dir", str(cache_dir)]) == 0
+    assert "estimate: " not in capsys.readouterr().err
+
+
+def test_a_long_generation_estimate_names_the_flags_that_make_it_small(capsys) -> None:
+    progress.estimate_note(700.0, 4, 8, "the planned generation", "its first batch", ["--steps 20"], quiet=False)
+    assert capsys.readouterr().err == (
+        "estimate: about 23m20s for the planned generation (measured on its first batch); to make it small: "
+        "--steps 20\n"
+    )
+    progress.estimate_note(70.0, 4, 8, "the planned generation", "its first batch", ["--steps 20"], quiet=False)
+    assert "to make it small" not in capsys.readouterr().err
+
+
 def test_a_rerun_with_nothing_to_do_loads_no_model(tmp_path, cache_dir, capsys, monkeypatch) -> None:
     source = make_image_folder(tmp_path / "in", {"cat": 2})
     (source / "cat" / "broken.png").write_bytes(b"not a png")  # unreadable: never done, never work either
@@ -221,6 +244,11 @@ def test_the_cli_prints_the_summary(tmp_path, cache_dir, capsys) -> None:
     assert "generated 1, skipped 0 already done" in capsys.readouterr().err
     rows = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 1
+    # provenance names the models the method ran with, never one it did not use (sgid uses no InstructPix2Pix)
+    models = json.loads((tmp_path / "out" / "run.json").read_text())["models"]
+    assert models == {"captioner": "tiny:blip", "scorer": "tiny:clip", "generator": "tiny:sd"}
+    assert main(["augment", str(source), "--out", str(tmp_path / "perturbed"), "--method", "randaugment"]) == 0
+    assert json.loads((tmp_path / "perturbed" / "run.json").read_text())["models"] == {}
 
 
 # -- help texts ----------------------------------------------------------------------------------------------
@@ -249,6 +277,8 @@ def test_help_defaults_are_the_real_ones() -> None:
         text = " ".join(_help(command).split())
         assert "[default: the run's own CLIP]" in text
         assert "--captioner" not in text and "--sd-model" not in text  # accepted, but unused: not offered
+        assert "where tiny models and the image-feature cache live" in text  # no captions there
+    assert "local folder [default: the preset's]" in " ".join(_help("augment").split())
     for command in ("augment", "demo", "filter", "metrics"):
         assert "fp32, fp16, bf16 [default: auto]" in " ".join(_help(command).split())
 

@@ -47,6 +47,9 @@ def test_evaluate_refuses_an_out_inside_its_data(data, capsys, inside, what) -> 
     args = ["evaluate", "--train", str(data["train"]), "--test", str(data["test"])]
     args += ["--generated", f"sgid={data['run']}", "--out", str(out), *EVALUATE]
     _refused(args, capsys, f"is inside {what}")
+    if inside == "run":  # a bare folder is the method 'generated'
+        args[args.index(f"sgid={data['run']}")] = str(data["run"])
+        _refused(args, capsys, "is inside the --generated folder ")
 
 
 def test_evaluate_refuses_an_out_that_contains_its_data(data, capsys) -> None:

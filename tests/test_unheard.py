@@ -3,6 +3,7 @@ loads (never an ``assert``), and a failed start leaves nothing that blocks the r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,11 @@ def test_the_cli_prints_each_warning_on_one_line_and_runs(tmp_path, cache_dir, c
     assert any("--pool does not apply" in w for w in warnings)
     assert any("--top-p does not apply" in w for w in warnings)
     assert any("boomerang: --steps 4 x --noise 0.2" in w for w in warnings)
+    # ignored means ignored: not recorded, not part of the run's identity, so a rerun without them resumes
+    config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
+    assert config["pool"] is None and config["captions"]["top_p"] == 0.9
+    assert main([*args, "--method", "boomerang", "--steps", "4"]) == 0
+    assert "different settings" not in capsys.readouterr().err
 
 
 def test_concepts_that_match_no_class_warn(tmp_path, capsys, monkeypatch) -> None:

@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from sgid.methods import (
     SkipItem,
     chain_parts,
     denoising_warning,
+    ignored_options,
     option_warnings,
 )
 from sgid.models.loading import (
@@ -79,11 +80,11 @@ from sgid.plan import (
     shards_of,
     target_size,
 )
-from sgid.progress import bar, counted, note, warn
+from sgid.progress import bar, counted, estimate_note, note, warn
 from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
-from sgid.stages.bundle import PARTS, Stages, runs_diffusion
+from sgid.stages.bundle import PARTS, Stages, runs_diffusion, used_models
 from sgid.stages.caption import Caption
 from sgid.stages.guidance import range_note
 from sgid.versions import package_versions
@@ -137,9 +138,9 @@ def augment(
     """
     settings = resolve_options(options)
     config = AugmentConfig.build(input_dir, out_dir, preset=preset, **settings)
-    for line in option_warnings(config, [k for k, v in settings.items() if v is not None]):
+    for line in option_warnings(config, _given(settings)):
         warn(line)
-    stages = _stages(config, input_dir, out_dir, preset, settings)
+    stages = _stages(input_dir, out_dir, preset, settings)
     if dry_run:
         return Augmenter(stages[0]).dry_run()
     for stage in stages:
@@ -156,23 +157,40 @@ augment.__signature__ = augment_signature()  # type: ignore[attr-defined]
 
 
 def _stages(
-    config: AugmentConfig, input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
+    input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
 ) -> list[AugmentConfig]:
-    """The run of each method of ``config.method`` (one, or a chain's), configured and checked."""
-    parts = chain_parts(config.method)
-    stages = [config]
-    if len(parts) > 1:
-        # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
-        # is configured (and checked) before the first one starts.
-        out = Path(out_dir)
-        stages = []
-        current: Path = Path(input_dir)
-        for number, part in enumerate(parts, start=1):
-            target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
-            stage = AugmentConfig.build(current, target, preset=preset, **{**options, "method": part})
-            stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
-            current = target
+    """The run of each method of ``options["method"]`` (one, or a chain's), configured and checked."""
+    parts = chain_parts(options.get("method") or "sgid")
+    if len(parts) == 1:
+        return [_stage_config(input_dir, out_dir, preset, options)]
+    # A chain: each method runs on the previous one's output; intermediate runs sit beside OUT. Every stage
+    # is configured (and checked) before the first one starts.
+    out = Path(out_dir)
+    stages: list[AugmentConfig] = []
+    current: Path = Path(input_dir)
+    for number, part in enumerate(parts, start=1):
+        target = out if number == len(parts) else out.parent / f"{out.name}.stages" / f"{number}-{part}"
+        stage = _stage_config(current, target, preset, {**options, "method": part})
+        stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
+        current = target
     return stages
+
+
+def _given(options: dict[str, Any]) -> list[str]:
+    return [k for k, v in options.items() if v is not None]
+
+
+def _stage_config(
+    input_dir: str | Path, out_dir: str | Path, preset: str | None, options: dict[str, Any]
+) -> AugmentConfig:
+    """The settings of one method's run, without the given options that method does not read (``augment``
+    warns about them): an ignored flag changes neither the run's identity nor what ``run.json`` records, so a
+    rerun without it resumes."""
+    config = AugmentConfig.build(input_dir, out_dir, preset=preset, **options)
+    ignored = ignored_options(config, _given(options))
+    if not ignored:
+        return config
+    return AugmentConfig.build(input_dir, out_dir, preset=preset, **{**options, **dict.fromkeys(ignored)})
 
 
 def _warn_denoising(config: AugmentConfig) -> None:
@@ -484,7 +502,7 @@ class Augmenter:
             "sgid_version": __version__,
             "config": self.config.to_dict(),
             "variant": self.method.variant(),
-            "models": {role: ref.name for role, ref in vars(choice).items() if ref is not None},
+            "models": {role: ref.name for role, ref in used_models(choice, self.method).items()},
             "versions": package_versions(),
             "command": " ".join(["sgid", *sys.argv[1:]]) if sys.argv and "sgid" in sys.argv[0] else None,
         }
@@ -730,11 +748,34 @@ class Augmenter:
     # -- 4. execute and write ------------------------------------------------------------------------------
     def _generate(self, layout: Layout, work: dict[int, Batch], engine: Engine, store: RunStore) -> int:
         shards = shards_of(layout, work)
-        progress = bar(sum(s.items for s in shards), "generating", "img", self.config.quiet)
+        planned = sum(s.items for s in shards)
+        progress = bar(planned, "generating", "img", self.config.quiet)
         with Committer(store, progress) as commit:
-            engine.run(shards, commit)
+            engine.run(shards, self._estimating(commit, shards, planned))
         progress.close()
         return commit.made
+
+    def _estimating(self, commit: Committer, shards: list[Shard], planned: int) -> Callable[[ItemResult], None]:
+        """``commit``, which once the first batch is in says how long the planned generation should take (one
+        process generating: a Ray pool's first batch says nothing of its other workers)."""
+        c = self.config
+        first = len(shards[0].batches[0].wanted) if shards else 0
+        diffusion = any(runs_diffusion(kind) for kind in self.method.generator_kinds)
+        if c.quiet or c.engine != "local" or not diffusion or first >= planned:
+            return commit
+        hints = [flag for flag, big in (("--steps 20", c.steps > 20), ("--multiplier 1", c.multiplier > 1)) if big]
+        started = time.monotonic()
+        received = 0
+
+        def receive(result: ItemResult) -> None:
+            nonlocal received
+            commit(result)
+            received += 1
+            if received == first:
+                seconds = time.monotonic() - started
+                estimate_note(seconds, first, planned, "the planned generation", "its first batch", hints, c.quiet)
+
+        return receive
 
     def _write_originals(self, listing: Listing, infos: dict[str, SourceInfo], store: RunStore) -> None:
         names = output_names(listing.sources, "original")

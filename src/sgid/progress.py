@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -135,6 +136,24 @@ def counter(desc: str, unit: str, quiet: bool, delay: float = 1.0) -> Any:
 def note(message: str, quiet: bool = False) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+#: an estimate above this names the flags that make the job small
+LONG_JOB_SECONDS = 600.0
+
+
+def estimate_note(
+    seconds: float, done: float, planned: float, work: str, measured_on: str, hints: Sequence[str], quiet: bool
+) -> None:
+    """``estimate: about 12m30s for the planned training (measured on its first epoch)``: ``done`` of the
+    ``planned`` units took ``seconds``; past :data:`LONG_JOB_SECONDS` the ``hints`` (flags) follow."""
+    if done <= 0 or seconds <= 0:
+        return
+    total = seconds / done * planned
+    line = f"estimate: about {duration(total)} for {work} (measured on {measured_on})"
+    if total > LONG_JOB_SECONDS and hints:
+        line += f"; to make it small: {' '.join(hints)}"
+    note(line, quiet)
 
 
 def warn(message: str) -> None:

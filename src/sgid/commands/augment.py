@@ -43,14 +43,17 @@ def add_model_options(
             help="model preset: default (the paper's: BLIP base, CLIP ViT-B/32, SD v1.5) or tiny (random-weight "
             f"stand-ins, offline, for testing) [default: {models_default}]",
         )
-        group.add_argument("--scorer", help="CLIP model for similarities: hub id or local folder [default: preset's]")
+        group.add_argument(
+            "--scorer", help="CLIP model for similarities: hub id or local folder [default: the preset's]"
+        )
     for flag, text in MODEL_HELP.items():
         group.add_argument(flag, help=argparse.SUPPRESS if clip_only else text)
     group.add_argument("--device", default=None, help="auto (cuda if available), cpu, cuda, cuda:N [default: auto]")
     group.add_argument(
         "--dtype", default=None, help="auto (fp16 on cuda, fp32 otherwise), fp32, fp16, bf16 [default: auto]"
     )
-    group.add_argument("--cache-dir", help="where tiny models and the caption cache live [default: ~/.cache/sgid]")
+    cached = "the image-feature cache" if clip_only else "the caption cache"
+    group.add_argument("--cache-dir", help=f"where tiny models and {cached} live [default: ~/.cache/sgid]")
 
 
 def add_run_reader_options(parser: argparse.ArgumentParser) -> None:

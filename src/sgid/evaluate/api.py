@@ -40,7 +40,7 @@ from sgid.evaluate.train import TrainSettings, fit, test_accuracy
 from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
 from sgid.evaluate.zeroshot import zero_shot_accuracy
 from sgid.outdir import check_out_dir
-from sgid.progress import bar, counted, duration, note, warn
+from sgid.progress import bar, counted, estimate_note, note, warn
 from sgid.seeding import derive_seed
 
 FORMAT_VERSION = 1
@@ -448,7 +448,6 @@ def _needs_training(d: EvalData, variant: Variant, seed: int, config: EvalConfig
 
 
 EpochHook = Callable[[int, float, int], None]
-LONG_JOB_SECONDS = 600.0  # an estimate above this says which flags make the evaluation small
 CPU_PASSES_HINT = 1_000_000  # image passes above which a CPU evaluation is called long before it is measured
 
 
@@ -507,11 +506,9 @@ class WorkPlan:
         if self.estimated or drawn == 0 or seconds <= 0:
             return
         self.estimated = True
-        total = seconds / drawn * self.image_passes
-        line = f"estimate: about {duration(total)} for the planned training (measured on its first epoch)"
-        if total > LONG_JOB_SECONDS and self.hints:
-            line += f"; to make it small: {' '.join(self.hints)}"
-        note(line, self.quiet)
+        estimate_note(
+            seconds, drawn, self.image_passes, "the planned training", "its first epoch", self.hints, self.quiet
+        )
 
 
 def _package_info() -> dict[str, Any]:
@@ -536,7 +533,11 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
         if trained_backbone:
             settings[d.name] = train_settings(d, spec, config, device)
     reads = [(what, folder) for d in datasets for what, folder in d.folders]
-    reads += [(f"the --generated {run.name} folder", Path(run.folder)) for d in datasets for run in d.runs]
+    reads += [
+        (f"the --generated {'' if run.name == GENERATED else run.name + ' '}folder", Path(run.folder))
+        for d in datasets
+        for run in d.runs
+    ]
     check_out_dir(out, reads, command="evaluate")
     for d in datasets:
         for line in d.notes:

@@ -29,6 +29,7 @@ __all__ = [
     "SkipItem",
     "chain_parts",
     "denoising_warning",
+    "ignored_options",
     "option_warnings",
 ]
 
@@ -45,16 +46,15 @@ def chain_parts(method: str) -> list[str]:
 CAPTION_OPTIONS = ("captioner", "caption", "similarity", "caption_batch_size", "caption_cache")
 
 
-def option_warnings(config: AugmentConfig, given: Iterable[str]) -> list[str]:
-    """One line per given setting that no method of the run reads (``--pool`` with ``sgid``, ``--instruction``
-    with ``text2img``), naming the methods that do. ``given``: the settings fields the user set explicitly."""
-    from sgid.options import flag_of
+def ignored_options(config: AugmentConfig, given: Iterable[str]) -> dict[str, list[str]]:
+    """The given settings that no method of the run reads (``--pool`` with ``sgid``, ``--instruction`` with
+    ``text2img``), each with the methods that do read it. ``given``: the settings fields the user set explicitly."""
     from sgid.stages.caption import CaptionSettings
 
     run = [METHODS.get(part)(config) for part in chain_parts(config.method)]
     every = {name: METHODS.get(name)(config) for name in METHODS.names()}
     captions = {*CAPTION_OPTIONS, *(f.name for f in dataclasses.fields(CaptionSettings))}
-    lines = []
+    ignored: dict[str, list[str]] = {}
     for field in given:
         if field in captions:
             used_by = [name for name, m in every.items() if m.needs_captions()]
@@ -65,11 +65,18 @@ def option_warnings(config: AugmentConfig, given: Iterable[str]) -> list[str]:
         else:
             continue
         if not applies:
-            lines.append(
-                f"{flag_of(field)} does not apply to --method {config.method} (only to {', '.join(used_by)}); "
-                f"it is ignored"
-            )
-    return lines
+            ignored[field] = used_by
+    return ignored
+
+
+def option_warnings(config: AugmentConfig, given: Iterable[str]) -> list[str]:
+    """One line per given setting that no method of the run reads, naming the methods that do."""
+    from sgid.options import flag_of
+
+    return [
+        f"{flag_of(field)} does not apply to --method {config.method} (only to {', '.join(used_by)}); it is ignored"
+        for field, used_by in ignored_options(config, given).items()
+    ]
 
 
 def denoising_warning(config: AugmentConfig) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import textwrap
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,9 +207,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def quiet_hub_logging() -> None:
-    """No hub progress bars or info logs: sgid shows its own progress."""
+    """No hub progress bars, info logs or upstream deprecation noise: sgid shows its own progress and errors."""
     import diffusers
     import transformers
+
+    # diffusers hands huggingface_hub an argument the hub deprecated: not the user's to fix
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()

@@ -234,6 +234,23 @@ def load_stages(
     return stages
 
 
+def used_models(choice: ModelChoice, method: Method) -> dict[str, ModelRef]:
+    """The models ``method`` runs with (role -> model), as :func:`load_stages` loads them: what ``run.json``
+    records, so a run's provenance never names a model it did not use."""
+    used: dict[str, ModelRef] = {}
+    if method.needs_captions():
+        used["captioner"] = choice.captioner
+    if method.needs_captions() or method.needs_scorer():
+        used["scorer"] = choice.scorer
+    if method.needs_text_model() and choice.text is not None:
+        used["text"] = choice.text
+    for ref, base_kind in _checkpoints(choice, method):
+        used["instruct" if base_kind == "instruct" else "generator"] = ref
+    if "img2img" in method.generator_kinds:  # --control guides img2img (the choice holds them only then)
+        used.update({role: ref for role in ("controlnet", "control_model") if (ref := getattr(choice, role))})
+    return used
+
+
 def _checkpoints(choice: ModelChoice, method: Method) -> list[tuple[ModelRef, str]]:
     """The (checkpoint, pipeline kind) pairs the method's generators are built on."""
     kinds = [k for k in method.generator_kinds if runs_diffusion(k)]

@@ -39,20 +39,26 @@ class CaptionSettings:
 
     def __post_init__(self) -> None:
         if self.beam_captions < 0 or self.nucleus_captions < 0:
-            raise SgidError("caption counts must be >= 0")
+            raise SgidError(
+                f"invalid --beam-captions {self.beam_captions} / --nucleus-captions {self.nucleus_captions}: "
+                "must be >= 0"
+            )
         if self.beam_captions + self.nucleus_captions == 0:
-            raise SgidError("at least one caption (beam or nucleus) is needed")
+            raise SgidError("--beam-captions 0 and --nucleus-captions 0: at least one caption is needed")
         if self.beam_captions > self.num_beams:
             raise SgidError(
                 f"beam search cannot return {self.beam_captions} captions with num_beams={self.num_beams}: "
                 f"it returns at most one caption per beam; raise --num-beams or lower --beam-captions"
             )
         if not 0.0 < self.top_p <= 1.0:
-            raise SgidError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SgidError(f"invalid --top-p {self.top_p}: must be in (0, 1]")
         if self.top_k < 0:
-            raise SgidError(f"top_k must be >= 0, got {self.top_k}")
+            raise SgidError(f"invalid --top-k {self.top_k}: must be >= 0 (0 disables it)")
         if not 1 <= self.min_length <= self.max_length:
-            raise SgidError(f"need 1 <= min_length <= max_length, got {self.min_length}, {self.max_length}")
+            raise SgidError(
+                f"invalid --min-length {self.min_length} / --max-length {self.max_length}: "
+                "need 1 <= min-length <= max-length"
+            )
 
 
 @dataclass(frozen=True)
