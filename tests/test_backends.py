@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CPU, noise_image
+from conftest import CPU, noise_image, one_thread
 from sgid.backends import BACKENDS, Backend, Conditioning, GenerationRequest
 from sgid.models.loading import ModelRef, detect_backend, load_sd_pipeline, pipeline_for_mode, resolve_models
 from sgid.seeding import generator
@@ -240,19 +240,22 @@ def test_controlnet_img2img_equals_the_diffusers_controlnet_pipeline(refs, contr
 
     backend = make(refs, name, "img2img", guide=ControlNetGuide(controlnets[name], 0.7, "tiny"))
     r = controlled(request(backend, [3.0, 3.0], [1, 2], weights=[(1.5, 0.9)] * 2))
-    ours = arrays(backend.generate(r).images)
     cls = getattr(diffusers, BACKENDS.get(name).control_pipelines["img2img"])
     pipe = assemble_pipeline(cls, {**backend.pipe.components, "controlnet": controlnets[name]}, backend.pipe.config)
-    theirs = pipe(
-        **r.conditioning.pipeline_kwargs(),
-        image=list(r.images or []),
-        control_image=list(r.control_images or []),
-        strength=STRENGTH,
-        num_inference_steps=STEPS,
-        guidance_scale=3.0,
-        controlnet_conditioning_scale=0.7,
-        generator=[generator(s) for s in r.seeds],
-    ).images
+    # at two threads the SDXL case differs from the pipeline in the last bits (its computation is grouped
+    # differently there); the identity is checked at one thread, as the other cross-run byte comparisons are
+    with one_thread():
+        ours = arrays(backend.generate(r).images)
+        theirs = pipe(
+            **r.conditioning.pipeline_kwargs(),
+            image=list(r.images or []),
+            control_image=list(r.control_images or []),
+            strength=STRENGTH,
+            num_inference_steps=STEPS,
+            guidance_scale=3.0,
+            controlnet_conditioning_scale=0.7,
+            generator=[generator(s) for s in r.seeds],
+        ).images
     assert all(np.array_equal(a, b) for a, b in zip(ours, arrays(theirs), strict=True))
     # the ControlNet matters: without it, or with other condition images, the images differ
     plain = make(refs, name, "img2img")
