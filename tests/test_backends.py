@@ -242,8 +242,9 @@ def test_controlnet_img2img_equals_the_diffusers_controlnet_pipeline(refs, contr
     r = controlled(request(backend, [3.0, 3.0], [1, 2], weights=[(1.5, 0.9)] * 2))
     cls = getattr(diffusers, BACKENDS.get(name).control_pipelines["img2img"])
     pipe = assemble_pipeline(cls, {**backend.pipe.components, "controlnet": controlnets[name]}, backend.pipe.config)
-    # at two threads the SDXL case differs from the pipeline in the last bits (its computation is grouped
-    # differently there); the identity is checked at one thread, as the other cross-run byte comparisons are
+    # the SDXL case can differ from the pipeline in the last bits (its computation is grouped differently; at two
+    # threads on one machine, at one thread on an AMD EPYC): checked at one thread, and equal up to one level in
+    # a few pixel values -- a wrong guidance, weight, seed or conditioning scale moves far more than that
     with one_thread():
         ours = arrays(backend.generate(r).images)
         theirs = pipe(
@@ -256,7 +257,8 @@ def test_controlnet_img2img_equals_the_diffusers_controlnet_pipeline(refs, contr
             controlnet_conditioning_scale=0.7,
             generator=[generator(s) for s in r.seeds],
         ).images
-    assert all(np.array_equal(a, b) for a, b in zip(ours, arrays(theirs), strict=True))
+    for a, b in zip(ours, arrays(theirs), strict=True):
+        assert np.abs(a - b).max() <= 1 and np.mean(a != b) < 0.005, (np.abs(a - b).max(), np.mean(a != b))
     # the ControlNet matters: without it, or with other condition images, the images differ
     plain = make(refs, name, "img2img")
     assert not np.array_equal(ours[0], arrays(plain.generate(r).images)[0])

@@ -49,7 +49,6 @@ EXECUTION_ONLY = frozenset(
         "ray_address",
         "shard_size",
         "compile",
-        "vae_tiling",
     }
 )
 
@@ -305,6 +304,10 @@ class AugmentConfig:
         data["input_dir"] = str(Path(self.input_dir).resolve())
         if self.on_flagged == "drop":  # what every run did before --on-flagged: such runs resume as they were
             del data["on_flagged"], data["flagged_tries"]
+        # VAE tiling changes the pixels of images larger than the model's size, so on/off are part of the identity;
+        # the default is left out, as before --vae-tiling counted: such runs resume as they were
+        if self.vae_tiling == "auto":
+            del data["vae_tiling"]
         # learned weights are identified by content, so retrained ones at the same path are a new run
         if self.concepts is not None:
             from sgid.concepts import concepts_fingerprint
