@@ -57,10 +57,18 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "text2img+sgid": {"steps": 6, "noise": 0.7, "caption": "nucleus"},
 }
 #: The other generator backends and ControlNet guidance: SGID with its settings above (the same far-apart guidance
-#: and weights), on SDXL (two text encoders, pooled embeddings, size conditioning) and guided by canny edges.
+#: and weights), on SDXL (two text encoders, pooled embeddings, size conditioning) and guided by canny edges. In
+#: batches of four, so that a batch holds two sources (at batch size 2 both images of a batch come from one source,
+#: and a per-source input taken from the first image, such as its condition image, would go unseen).
 VARIANTS: dict[str, dict[str, Any]] = {
-    "sgid-sdxl": {**METHOD_OPTIONS["sgid"], "method": "sgid", "backend": "sdxl"},
-    "sgid-canny": {**METHOD_OPTIONS["sgid"], "method": "sgid", "control": "canny", "control_scale": 0.9},
+    "sgid-sdxl": {**METHOD_OPTIONS["sgid"], "method": "sgid", "backend": "sdxl", "batch_size": 4},
+    "sgid-canny": {
+        **METHOD_OPTIONS["sgid"],
+        "method": "sgid",
+        "control": "canny",
+        "control_scale": 0.9,
+        "batch_size": 4,
+    },
 }
 
 
