@@ -452,7 +452,7 @@ class Augmenter:
                 infos, read_errors = self._read_and_caption(listing, layout, needed, engine, driver, cache)
                 store.input_errors += read_errors
                 context = self._context(listing, infos, driver)
-                store.input_errors += context.prepared.get("notes", [])
+                store.input_errors += context.prepared.notes
                 work = self._plan_work(layout, context, store)
                 work = self._score_chosen_captions(work, engine, driver, cache)
                 # 4. Execute and write: the engine runs the shards, the writer commits what comes back

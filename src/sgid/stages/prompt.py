@@ -17,18 +17,22 @@ setting (``--weighting``, the registry :data:`WEIGHTINGS`):
 ``mean-restore``
     diffusers' long-prompt-weighting pipeline: multiply, z·w, then rescale the whole (77, D) encoding so its
     mean equals the unweighted encoding's mean.
+
+Prompt building is plain Python: torch is imported where text is encoded, so settings and methods use this
+module without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sgid.errors import SgidError, require
 from sgid.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 PROMPT_MODES = ("complete", "label", "caption", "none")
 DEFAULT_LABEL_TEMPLATE = "A picture of a {label}"
@@ -113,20 +117,26 @@ class PromptEncoder:
         hidden = self.hidden_layer is not None
         return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=hidden)
 
-    @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        output = self._run(texts)
-        embeds = output[0] if self.hidden_layer is None else output.hidden_states[self.hidden_layer]
-        return embeds.to(dtype=self.text_encoder.dtype)
+        import torch
 
-    @torch.no_grad()
+        with torch.no_grad():
+            output = self._run(texts)
+            embeds = output[0] if self.hidden_layer is None else output.hidden_states[self.hidden_layer]
+            return embeds.to(dtype=self.text_encoder.dtype)
+
     def pooled_texts(self, texts: list[str]) -> torch.Tensor:
         """(B, P): the encoder's pooled, projected output for the unweighted texts (``text_embeds`` of a
         ``CLIPTextModelWithProjection``: SDXL's second encoder)."""
-        return self._run(texts)[0].to(dtype=self.text_encoder.dtype)
+        import torch
+
+        with torch.no_grad():
+            return self._run(texts)[0].to(dtype=self.text_encoder.dtype)
 
     def token_weights(self, prompt: Prompt, label_weight: float, caption_weight: float) -> torch.Tensor:
         """Per-token weights (length ``model_max_length``): w_l on label tokens, w_c on caption tokens, else 1."""
+        import torch
+
         length = self.tokenizer.model_max_length
         encoded = self.tokenizer(
             prompt.text,
@@ -150,6 +160,8 @@ class PromptEncoder:
 
     def scales(self, prompts: list[Prompt], weights: list[tuple[float, float]], like: torch.Tensor) -> torch.Tensor:
         """(B, 77, 1) per-token weights, on ``like``'s device and dtype."""
+        import torch
+
         scale = torch.stack([self.token_weights(p, wl, wc) for p, (wl, wc) in zip(prompts, weights, strict=True)])
         return scale.to(like.device, like.dtype).unsqueeze(-1)
 
@@ -184,7 +196,7 @@ class PromptEncoder:
         return self._apply(self, prompts, weights)
 
 
-Weighting = Callable[[PromptEncoder, list[Prompt], list[tuple[float, float]]], torch.Tensor]
+Weighting = Callable[[PromptEncoder, list[Prompt], list[tuple[float, float]]], "torch.Tensor"]
 #: How prompt weights act on the text encoding; the key is the ``--weighting`` value.
 WEIGHTINGS: Registry[Weighting] = Registry("--weighting mode")
 
@@ -213,6 +225,8 @@ def mean_restore_weighting(
 @WEIGHTINGS.register("compel")
 def compel_weighting(encoder: PromptEncoder, prompts: list[Prompt], weights: list[tuple[float, float]]) -> torch.Tensor:
     """compel's weighting of the prompt's fragments (label sentence, separator, caption), one prompt at a time."""
+    import torch
+
     provider = encoder.compel_provider()
     rows = []
     with torch.no_grad():
