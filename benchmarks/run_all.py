@@ -1,4 +1,5 @@
-"""Run every benchmark; each prints a ratio measured side by side in one process.
+"""Run every benchmark script (`bench_*.py`), each at its default settings, one after another; what each prints is
+in docs/performance.md (most a ratio of two ways of doing the same work, measured side by side).
 
 make bench
 """

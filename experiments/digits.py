@@ -7,7 +7,8 @@ transforms (pad 4 + random crop, horizontal flip) alone — the baseline — and
 the SGID paper at its settings: Random Erasing, CutMix, RandAugment, MoEx. Five seeds, paired t-tests against the
 baseline, through the same Python API as ``sgid evaluate``.
 
-Run (about 5 minutes on 2 CPU cores; resumes if interrupted)::
+Run (6 min 15 s measured on 2 shared CPU cores, 31 min on a busier one: docs/experiments/digits.md; resumes if
+interrupted)::
 
     python experiments/digits.py --out experiments/out/digits
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads",
         type=int,
         default=1,
-        help="torch threads [default: 1, the fastest for this small network on a shared 2-core machine]",
+        help="torch threads [default: 1, as the documented results were made]",
     )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--quiet", action="store_true")

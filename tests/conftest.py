@@ -25,6 +25,34 @@ from PIL import Image
 
 CPU = torch.device("cpu")
 
+#: Under pytest-xdist (`make test` runs one worker per core) each worker computes with its share of the cores, and so
+#: do the `sgid` subprocesses it starts (they inherit OMP_NUM_THREADS): runs compared byte for byte across processes
+#: see one thread count.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if XDIST_WORKERS:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+#: Test modules that share session fixtures run in one pytest-xdist worker (group), so each fixture is made once:
+#: the reference runs of tests/method_runs.py, and the uninterrupted run of the hostile-condition tests.
+SHARED_GROUPS = {
+    "test_replay": "method-runs",
+    "test_restart": "method-runs",
+    "test_signals": "hostile",
+    "test_full_disk": "hostile",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In a pytest-xdist worker (`--dist loadgroup`), every module is one unit of work (its module fixtures are made
+    once), except the modules of :data:`SHARED_GROUPS`, which go together."""
+    if not XDIST_WORKERS:
+        return
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.stem, module)))
+
 
 @contextmanager
 def one_thread() -> Iterator[None]:
@@ -186,3 +214,12 @@ def forbid_model_loading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for module_name, function in (("timm", "create_model"), ("open_clip", "create_model")):
         monkeypatch.setattr(importlib.import_module(module_name), function, refusing(f"{module_name}.{function}"))
     return touched
+
+
+@pytest.fixture(scope="session")
+def hostile_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, Path]:
+    """(input folder, its uninterrupted run with ``hostile.AUGMENT``): the run that stopped and resumed runs of the
+    hostile-condition tests (signals, full disk) must end as; shared read-only."""
+    from hostile import uninterrupted
+
+    return uninterrupted(tmp_path_factory.mktemp("hostile"), cache_dir)

@@ -6,7 +6,8 @@ Guidance: the paper's f(s) maps the tiny CLIP's similarities (about -0.05 to 0.1
 g changes pixels by a level at most. :func:`spread_guidance` swaps in, for the test only, a map that sends every
 similarity to 0.8, 3 or 7 (by the similarity's seventh decimal, so it stays a pure function of s: resumed runs and
 replays see the same g). With ``--caption nucleus`` the two augmentations of an image have different captions and
-similarities, so batches mix guidance scales. Weights are w_l = 3, w_c = 0.2.
+similarities, so batches mix guidance scales. Weights are w_l = 3, w_c = 0.2. Besides the methods, SGID runs on the
+SDXL backend and guided by a canny ControlNet (:data:`VARIANTS`), replayed through their backend classes.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "cutmix": {},
     "text2img+sgid": {"steps": 6, "noise": 0.7, "caption": "nucleus"},
 }
+#: The other generator backends and ControlNet guidance: SGID with its settings above (the same far-apart guidance
+#: and weights), on SDXL (two text encoders, pooled embeddings, size conditioning) and guided by canny edges.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sgid-sdxl": {**METHOD_OPTIONS["sgid"], "method": "sgid", "backend": "sdxl"},
+    "sgid-canny": {**METHOD_OPTIONS["sgid"], "method": "sgid", "control": "canny", "control_scale": 0.9},
+}
 
 
 class SpreadGuidance(GuidanceMap):
@@ -94,7 +101,9 @@ class MethodRuns:
         self._made: dict[str, Path] = {}
 
     def options(self, method: str) -> dict[str, Any]:
-        options = {**COMMON, **METHOD_OPTIONS[method], "method": method, "cache_dir": self.cache_dir}
+        """The augment options of run ``method``: a method (or chain) of METHOD_OPTIONS, or a name of VARIANTS."""
+        chosen = {"method": method, **METHOD_OPTIONS[method]} if method in METHOD_OPTIONS else VARIANTS[method]
+        options = {**COMMON, **chosen, "cache_dir": self.cache_dir}
         if method == "retrieval":
             options["pool"] = self.pool
         return options
@@ -190,7 +199,8 @@ def assert_close(got: np.ndarray, expected: np.ndarray, what: str) -> None:
 # -- replaying one manifest row alone ----------------------------------------------------------------------
 class Replayer:
     """Regenerates one image from its manifest row alone (batch of one), through the public stage classes:
-    ``PromptEncoder``, ``Img2ImgGenerator``, ``Text2ImgGenerator``, ``InstructPix2PixGenerator``."""
+    ``PromptEncoder``, ``Img2ImgGenerator``, ``Text2ImgGenerator``, ``InstructPix2PixGenerator``; SDXL and
+    ControlNet-guided rows through their backend (``StableDiffusionXL``, ``ControlNetGuide``, ``Canny``)."""
 
     def __init__(self, tiny) -> None:  # type: ignore[no-untyped-def]
         self.tiny = tiny
@@ -218,12 +228,14 @@ class Replayer:
             partner = load_rgb(Path(config["input_dir"]) / row["partner"]).image if row.get("partner") else None
             made = IMAGE_PERTURBATIONS.get(kind)().apply(source, row["perturbation_params"], partner)
             return np.asarray(made, dtype=np.int16)
+        size = (row["generation_width"], row["generation_height"])
+        prompt = self.prompt(row, kind, config["label_template"])
+        if kind == "img2img" and (row["backend"] != "sd" or row.get("control")):
+            return self.finish(self.through_backend(row, config, prompt, size), row)
         pipe = self.pipe(kind)
         encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
-        prompt = self.prompt(row, kind, config["label_template"])
         embeds = encoder.encode([prompt], [(row["label_weight"], row["caption_weight"])])
         negative = encoder.encode_texts([row["negative_prompt"]])
-        size = (row["generation_width"], row["generation_height"])
         common = {"steps": row["steps"], "seeds": [row["seed"]]}
         if kind == "text2img":
             generator = Text2ImgGenerator(pipe, diffusers_guidance=row["diffusers_guidance"])
@@ -236,10 +248,59 @@ class Replayer:
             generator = Img2ImgGenerator(pipe, diffusers_guidance=row["diffusers_guidance"])
             image = [resize(self.source(row, config), size)]
             output = generator(image, embeds, negative, [row["guidance_scale"]], strength=row["noise_rate"], **common)
-        made = output.images[0]
+        return self.finish(output.images[0], row)
+
+    @staticmethod
+    def finish(made: Image.Image, row: dict[str, Any]) -> np.ndarray:
+        """The generated image at the row's saved size, as levels."""
         if made.size != (row["width"], row["height"]):
             made = resize(made, (row["width"], row["height"]))
         return np.asarray(made, dtype=np.int16)
+
+    def ref(self, name: str):  # type: ignore[no-untyped-def]
+        """The tiny model ``tiny:<component>`` a row names (it lies beside the tiny generator)."""
+        from sgid.models.loading import ModelRef
+
+        assert name.startswith("tiny:"), name
+        return ModelRef(name, str(Path(self.tiny.generator.path).parent / name.split(":", 1)[1]))
+
+    def through_backend(
+        self, row: dict[str, Any], config: dict[str, Any], prompt: Prompt, size: tuple[int, int]
+    ) -> Image.Image:
+        """Image-to-image on another backend (SDXL: two encoders, pooled embeddings, size conditioning) or guided
+        by a ControlNet: the row's backend class itself encodes and generates, one image alone; the condition
+        image is computed again from the source at the generation size, with the row's kind and thresholds."""
+        from sgid.backends import BACKENDS, GenerationRequest
+        from sgid.backends.controlnet import ControlNetGuide
+        from sgid.models.loading import load_controlnet, load_sd_pipeline
+        from sgid.stages.control import Canny
+
+        family = BACKENDS.get(row["backend"])
+        cpu, fp32 = torch.device("cpu"), torch.float32
+        pipe = load_sd_pipeline(self.ref(row["generator_model"]), "img2img", cpu, fp32, False, backend=family.name)
+        guide, condition = None, None
+        image = [resize(self.source(row, config), size)]
+        if row.get("control"):
+            assert row["control"]["kind"] == "canny", "the replay computes canny edges only"
+            controlnet = load_controlnet(self.ref(row["controlnet_model"]), cpu, fp32)
+            guide = ControlNetGuide(controlnet, row["control_scale"], row["controlnet_model"])
+            condition = Canny(row["control"]["low_threshold"], row["control"]["high_threshold"])(image)
+        backend = family(
+            pipe, "img2img", diffusers_guidance=row["diffusers_guidance"], guide=guide, weighting=config["weighting"]
+        )
+        weights = [(row["label_weight"], row["caption_weight"])]
+        conditioning = backend.encode([prompt], weights, [row["negative_prompt"]])
+        request = GenerationRequest(
+            image,
+            conditioning,
+            [row["guidance_scale"]],
+            row["noise_rate"],
+            row["steps"],
+            [row["seed"]],
+            size,
+            condition,
+        )
+        return backend.generate(request).images[0]
 
     @staticmethod
     def source(row: dict[str, Any], config: dict[str, Any]) -> Image.Image:

@@ -30,12 +30,17 @@ def test_scan_leaves_empty_class_folders_out_and_lists_them(tmp_path: Path) -> N
 def test_augment_warns_and_records_an_empty_class(tmp_path: Path, cache_dir: Path, capsys) -> None:
     root = make_image_folder(tmp_path / "in", {"cat": 1})
     (root / "dog").mkdir()
-    augment(root, tmp_path / "out", cache_dir=cache_dir, **{**FAST, "steps": 2})
+    summary = augment(root, tmp_path / "out", cache_dir=cache_dir, **{**FAST, "steps": 2})
     err = capsys.readouterr().err
     assert "sgid: warning: " in err and "1 class folder(s) without images left out: dog" in err
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert {"source": "dog/", "k": None, "reason": EMPTY_CLASS} in errors
     assert not (tmp_path / "out" / "dog").exists()
+    # the summary says it was skipped and why, and counts no failure (the rerun with nothing to do alike)
+    again = augment(root, tmp_path / "out", cache_dir=cache_dir, **{**FAST, "steps": 2})
+    for made in (summary, again):
+        assert made.failed == 0 and made.empty_classes == ("dog",)
+        assert "already done and 1 class folder(s) without images (dog), failed 0 " in made.line()
 
 
 def test_evaluate_leaves_an_empty_class_out_of_the_head_and_says_so(tmp_path: Path, capsys) -> None:

@@ -325,19 +325,24 @@ def test_python_api_restores_torch_threads_and_returns_the_summary(tmp_path) -> 
     assert [s.label for s in result.summary if s.dataset == "tiny"] == ["baseline", "generated [add]"]
 
 
-def test_pretrained_backbones_choose_the_lr_on_validation(tmp_path) -> None:
-    config = EvalConfig(
+def vit_baseline(seeds: int) -> EvalConfig:
+    """The baseline on an untrained tiny ViT at 32 px: a pretrained backbone's recipe, so the lr is searched."""
+    return EvalConfig(
         methods=("baseline",),
         backbone="vit_b16_in21k",
         pretrained=False,
         arch=TINY_VIT,
         image_size=32,
-        seeds=1,
+        seeds=seeds,
         epochs=1,
         batch_size=8,
         threads=1,
         quiet=True,
     )
+
+
+def test_pretrained_backbones_choose_the_lr_on_validation(tmp_path) -> None:
+    config = vit_baseline(seeds=1)
     result = evaluate(tiny_data(per_image=0), config, tmp_path / "vit")
     search = json.loads((tmp_path / "vit" / "runs" / "tiny" / "baseline" / "lr_search.json").read_text())
     assert search["grid"] == [1e-4, 3e-4, 1e-3, 3e-3] and set(search["val_accuracy"]) == {
@@ -453,18 +458,7 @@ def test_worker_processes_do_not_change_the_results(toy, tmp_path) -> None:  # t
 
 
 def test_a_resumed_sweep_does_not_redo_its_learning_rate_search(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    config = EvalConfig(
-        methods=("baseline",),
-        backbone="vit_b16_in21k",
-        pretrained=False,
-        arch=TINY_VIT,
-        image_size=32,
-        seeds=2,
-        epochs=1,
-        batch_size=8,
-        threads=1,
-        quiet=True,
-    )
+    config = vit_baseline(seeds=2)
     fits: list[str] = []
     real_fit, real_run_one = api.fit, api.run_one
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import FAST, make_image_folder
+from sgid.errors import SgidError
 from sgid.pipeline import augment
 
 
@@ -39,6 +40,30 @@ def test_speed_up_on_cuda_means_channels_last_sdpa_and_sliced_vae(tiny) -> None:
     assert pipe.vae.use_slicing and not pipe.vae.use_tiling
 
 
+def test_a_controlnet_gets_the_unets_fast_path(tiny, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """``--control``'s ControlNet runs at every step beside the UNet: channels-last with it on CUDA (the layout call
+    is the same on any device, so a private CPU copy shows it), left as it is on a CPU."""
+    import copy
+
+    from sgid.backends import BACKENDS
+    from sgid.config import AugmentConfig
+    from sgid.models.loading import load_controlnet, load_sd_pipeline, resolve_models
+    from sgid.stages import bundle
+
+    choice = resolve_models("tiny", cache_dir=cache_dir, control="canny")
+    assert choice.controlnet is not None
+    shared = load_controlnet(choice.controlnet, torch.device("cpu"), torch.float32)
+    copies = [copy.deepcopy(shared) for _ in range(2)]  # the cached ControlNet keeps its layout for other tests
+    monkeypatch.setattr(bundle, "load_controlnet", lambda ref, device, dtype: copies.pop(0))
+    pipe = load_sd_pipeline(tiny.generator, "img2img", torch.device("cpu"), torch.float32, False)
+    config = AugmentConfig.build(".", "/tmp/unused", models="tiny", control="canny", quiet=True)
+    for device, channels_last in (("cuda", True), ("cpu", False)):
+        guide = bundle._controlnet_guide(config, choice, BACKENDS.get("sd"), pipe, torch.device(device), torch.float32)
+        weight = guide.controlnet.conv_in.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last, device
+        assert weight.is_contiguous() != channels_last, device
+
+
 def test_vae_tiling_runs_deterministically_for_images_larger_than_the_model(tmp_path: Path, cache_dir: Path) -> None:
     source = make_image_folder(tmp_path / "in", {"a": 2}, size=(48, 32))  # generated at 48x32 > the 32 px model
     for name in ("one", "two"):
@@ -47,6 +72,22 @@ def test_vae_tiling_runs_deterministically_for_images_larger_than_the_model(tmp_
     tiled = pngs(tmp_path / "one")
     assert tiled == pngs(tmp_path / "two") and len(tiled) == 2
     assert tiled.keys() == pngs(tmp_path / "untiled").keys()
+    # tiling changed those pixels, so a resume with another --vae-tiling is another run: refused, like --dtype
+    for out, other in (("one", "off"), ("untiled", "on"), ("untiled", "auto")):
+        with pytest.raises(SgidError, match=r"different settings \(vae_tiling\)"):
+            augment(source, tmp_path / out, vae_tiling=other, cache_dir=cache_dir, **FAST)
+    assert pngs(tmp_path / "one") == tiled
+
+
+def test_vae_tiling_is_part_of_the_run_identity_and_auto_keeps_earlier_runs_resumable() -> None:
+    from sgid.config import EXECUTION_ONLY, AugmentConfig
+
+    identities = {v: AugmentConfig.build("in", "out", vae_tiling=v).identity() for v in ("auto", "on", "off")}
+    assert "vae_tiling" not in EXECUTION_ONLY
+    assert identities["on"]["vae_tiling"] == "on" and identities["off"]["vae_tiling"] == "off"
+    # runs made while the setting counted as execution-only recorded no vae_tiling: the default still matches them
+    assert "vae_tiling" not in identities["auto"]
+    assert AugmentConfig.build("in", "out", batch_size=7).identity() == identities["auto"]
 
 
 def test_the_next_batch_is_read_while_one_generates_and_images_are_encoded_off_the_main_thread(

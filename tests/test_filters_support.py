@@ -35,37 +35,17 @@ def make_run(
             noise_image(seed).save(real / source)
             seed += 1
             digest = sha256_bytes((real / source).read_bytes())
+            common = {"label": label, "label_text": label.replace("_", " "), "source": source, "source_sha256": digest}
             if originals:
                 name = f"{label}/{i}_original.png"
                 (run / name).write_bytes((real / source).read_bytes())
-                rows.append(
-                    {
-                        "file_name": name,
-                        "label": label,
-                        "label_text": label.replace("_", " "),
-                        "source": source,
-                        "source_sha256": digest,
-                        "k": None,
-                        "method": "original",
-                    }
-                )
+                rows.append({"file_name": name, **common, "k": None, "method": "original"})
             for j in range(k):
                 name = f"{label}/{i}_sgid_{j}.png"
                 noise_image(seed).save(run / name)
                 seed += 1
                 text = prompt(label, i, j) if prompt else f"A picture of a {label.replace('_', ' ')}, caption {i}"
-                rows.append(
-                    {
-                        "file_name": name,
-                        "label": label,
-                        "label_text": label.replace("_", " "),
-                        "source": source,
-                        "source_sha256": digest,
-                        "k": j,
-                        "method": "sgid",
-                        "prompt": text,
-                    }
-                )
+                rows.append({"file_name": name, **common, "k": j, "method": "sgid", "prompt": text})
     (run / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     info = {
         "config": {"input_dir": str(real.resolve()), "models": "tiny"},

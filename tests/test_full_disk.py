@@ -20,7 +20,7 @@ import pytest
 
 from conftest import make_image_folder
 from evaluate_helpers import write_folder
-from hostile import AUGMENT, assert_consistent, cli_options, outputs, run_sgid, temporaries, uninterrupted
+from hostile import AUGMENT, assert_consistent, cli_options, outputs, run_sgid, temporaries
 from sgid.cli import main
 from sgid.concepts import TrainSettings, learn_concepts
 from sgid.errors import DiskFullError
@@ -32,8 +32,8 @@ CONCEPTS = TrainSettings(steps=2, batch_size=1, checkpoint_every=1)
 
 
 @pytest.fixture(scope="module")
-def disk_case(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, Path]:
-    return uninterrupted(tmp_path_factory.mktemp("full-disk"), cache_dir)
+def disk_case(hostile_run: tuple[Path, Path]) -> tuple[Path, Path]:
+    return hostile_run
 
 
 def limit_file_size() -> None:

@@ -64,15 +64,27 @@ def test_text2img_uses_no_source_pixels(tmp_path: Path, cache_dir: Path, capsys)
         assert row["guidance_scale"] == 7.5 and row["noise_rate"] is None and row["captions"] == []
 
 
-def test_text2img_generator_equals_diffusers_pipeline(tiny) -> None:  # type: ignore[no-untyped-def]
+def tiny_pipe_and_prompts(tiny, kind: str, texts: list[str]):  # type: ignore[no-untyped-def]
+    """The tiny pipeline of ``kind`` and ``texts`` encoded by its own text encoder, with as many empty negatives."""
     from sgid.models.loading import load_sd_pipeline
-    from sgid.seeding import generator
-    from sgid.stages.generate import Text2ImgGenerator
     from sgid.stages.prompt import PromptEncoder
 
-    pipe = load_sd_pipeline(tiny.generator, "text2img", torch.device("cpu"), torch.float32, False)
+    ref = tiny.instruct if kind == "instruct" else tiny.generator
+    pipe = load_sd_pipeline(ref, kind, torch.device("cpu"), torch.float32, False)
     encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
-    embeds, negative = encoder.encode_texts(["a photo of a cat", "a photo of a dog"]), encoder.encode_texts([""] * 2)
+    return pipe, encoder.encode_texts(texts), encoder.encode_texts([""] * len(texts))
+
+
+def assert_same_pixels(ours: list[Image.Image], theirs: list[Image.Image]) -> None:
+    for x, y in zip(ours, theirs, strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_text2img_generator_equals_diffusers_pipeline(tiny) -> None:  # type: ignore[no-untyped-def]
+    from sgid.seeding import generator
+    from sgid.stages.generate import Text2ImgGenerator
+
+    pipe, embeds, negative = tiny_pipe_and_prompts(tiny, "text2img", ["a photo of a cat", "a photo of a dog"])
     ours = Text2ImgGenerator(pipe)(
         None, embeds, negative, [4.0, 4.0], strength=None, steps=5, seeds=[1, 2], size=(32, 32)
     )
@@ -85,19 +97,14 @@ def test_text2img_generator_equals_diffusers_pipeline(tiny) -> None:  # type: ig
         width=32,
         generator=[generator(1), generator(2)],
     ).images
-    for x, y in zip(ours.images, theirs, strict=True):
-        assert np.array_equal(np.asarray(x), np.asarray(y))
+    assert_same_pixels(ours.images, theirs)
 
 
 def test_instruct_pix2pix_generator_equals_diffusers_pipeline(tiny) -> None:  # type: ignore[no-untyped-def]
-    from sgid.models.loading import load_sd_pipeline
     from sgid.seeding import generator
     from sgid.stages.generate import InstructPix2PixGenerator
-    from sgid.stages.prompt import PromptEncoder
 
-    pipe = load_sd_pipeline(tiny.instruct, "instruct", torch.device("cpu"), torch.float32, False)
-    encoder = PromptEncoder(pipe.tokenizer, pipe.text_encoder)
-    embeds, negative = encoder.encode_texts(["make it snowy", "put it at night"]), encoder.encode_texts([""] * 2)
+    pipe, embeds, negative = tiny_pipe_and_prompts(tiny, "instruct", ["make it snowy", "put it at night"])
     images = [noise_image(1, (32, 32)), noise_image(2, (32, 32))]
     ours = InstructPix2PixGenerator(pipe, image_guidance=2.5)(
         images, embeds, negative, [5.0, 5.0], strength=None, steps=3, seeds=[1, 2]
@@ -111,8 +118,7 @@ def test_instruct_pix2pix_generator_equals_diffusers_pipeline(tiny) -> None:  # 
         image_guidance_scale=2.5,
         generator=[generator(1), generator(2)],
     ).images
-    for x, y in zip(ours.images, theirs, strict=True):
-        assert np.array_equal(np.asarray(x), np.asarray(y))
+    assert_same_pixels(ours.images, theirs)
 
 
 def test_text2img_language_model_sentences(two_by_two: Path, tmp_path: Path, cache_dir: Path) -> None:

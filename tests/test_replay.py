@@ -1,7 +1,8 @@
 """Every image of every method, made in batches of two, is regenerated alone from its manifest row (prompt,
 weights, guidance, noise rate, steps, seed) through the public stage classes and must come out the same within
 batched-arithmetic rounding. A wrong weight, guidance scale, seed, noise rate or step count anywhere in a batch
-path then fails; the last test shows that each of those mistakes moves pixels far beyond the tolerance."""
+path then fails (SDXL and ControlNet-guided runs too); the last test shows that each of those mistakes moves pixels
+far beyond the tolerance."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from method_runs import (
     MAX_MEAN_LEVELS,
     METHOD_OPTIONS,
     SPREAD,
+    VARIANTS,
     WEIGHTS,
     Replayer,
     assert_close,
@@ -26,7 +28,7 @@ def replay(tiny) -> Replayer:  # type: ignore[no-untyped-def]
     return Replayer(tiny)
 
 
-@pytest.mark.parametrize("method", list(METHOD_OPTIONS))
+@pytest.mark.parametrize("method", [*METHOD_OPTIONS, *VARIANTS])
 def test_every_image_replays_alone_from_its_manifest_row(method: str, method_runs, replay) -> None:  # type: ignore[no-untyped-def]
     out = method_runs.reference(method)
     manifest = rows(out)
@@ -48,6 +50,11 @@ def test_the_runs_use_settings_far_apart(method_runs) -> None:  # type: ignore[n
     assert {r["denoising_steps"] for r in rows(method_runs.reference("boomerang"))} == {3}
     diverse = rows(method_runs.reference("diverse_caption"))
     assert len({r["guidance_scale"] for r in diverse}) > 1
+    for variant, (backend, control) in {"sgid-sdxl": ("sdxl", None), "sgid-canny": ("sd", "canny")}.items():
+        made = rows(method_runs.reference(variant))
+        assert {(r["backend"], (r.get("control") or {}).get("kind")) for r in made} == {(backend, control)}
+        assert [r["guidance_scale"] for r in made] == [r["guidance_scale"] for r in sgid]  # the same captions
+        assert {(r["label_weight"], r["caption_weight"], r["denoising_steps"]) for r in made} == {(3.0, 0.2, 7)}
 
 
 @pytest.mark.parametrize(
@@ -64,6 +71,11 @@ def test_the_runs_use_settings_far_apart(method_runs) -> None:  # type: ignore[n
         ("instruct_pix2pix", {"text_guidance_scale": 7.5}),
         ("instruct_pix2pix", {"image_guidance_scale": 1.5}),
         ("diverse_caption", {"guidance_scale": "other"}),
+        ("sgid-sdxl", {"guidance_scale": "other"}),
+        ("sgid-sdxl", {"label_weight": 0.2, "caption_weight": 3.0}),
+        ("sgid-sdxl", {"seed": "other"}),
+        ("sgid-canny", {"guidance_scale": "other"}),
+        ("sgid-canny", {"control_scale": 0.3}),
     ],
 )
 def test_each_wrong_ingredient_moves_pixels_far_beyond_the_tolerance(method, change, method_runs, replay) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from method_runs import METHOD_OPTIONS, assert_same_run, rows, run_killed
+from method_runs import METHOD_OPTIONS, VARIANTS, assert_same_run, rows, run_killed
 from sgid.errors import RunDirError
 from sgid.methods import METHODS
 from sgid.runstore import JOURNAL, RunStore
@@ -25,7 +25,7 @@ def test_every_method_is_killed_and_resumed() -> None:
     assert set(METHODS.names()) <= set(METHOD_OPTIONS), "add the new method to tests/method_runs.py"
 
 
-@pytest.mark.parametrize("method", [m for m in METHOD_OPTIONS if "+" not in m])
+@pytest.mark.parametrize("method", [*(m for m in METHOD_OPTIONS if "+" not in m), *VARIANTS])  # SDXL, ControlNet too
 def test_killed_after_three_rows_then_rerun_equals_uninterrupted(method: str, method_runs, tmp_path) -> None:  # type: ignore[no-untyped-def]
     reference = method_runs.reference(method)
     out = tmp_path / "out"

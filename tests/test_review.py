@@ -53,6 +53,11 @@ def item_ids(session, method: str) -> list[int]:  # type: ignore[no-untyped-def]
     return [i.id for i in session.catalog.items if i.method == method]
 
 
+def filter_human(run: Path, db: Path, out: Path) -> int:
+    """`sgid filter RUN --filters human --review-db DB --out OUT`: its exit code."""
+    return main(["filter", str(run), "--filters", "human", "--review-db", str(db), "--out", str(out), "-q"])
+
+
 # -- the gallery -----------------------------------------------------------------------------------------------
 def test_gallery_shows_every_original_beside_its_augmentations(runs: list[Path], tmp_path: Path) -> None:
     session = opened(runs, tmp_path)
@@ -86,22 +91,7 @@ def test_gallery_of_a_tiny_model_run_with_a_filter_output(augmented_run: Path, t
         assert caption.replace("'", "&#39;") in card
     c.post("/api/decision", json={"item": 0, "decision": "reject"}, headers={"X-CSRF-Token": csrf})
     out = tmp_path / "filtered"
-    assert (
-        main(
-            [
-                "filter",
-                str(augmented_run),
-                "--filters",
-                "human",
-                "--review-db",
-                str(tmp_path / "review.sqlite"),
-                "--out",
-                str(out),
-                "-q",
-            ]
-        )
-        == 0
-    )
+    assert filter_human(augmented_run, tmp_path / "review.sqlite", out) == 0
     shown = open_session([augmented_run], db=tmp_path / "review.sqlite", cache_dir=tmp_path / "cache", filters=[out])
     with_filter = client(shown)
     rejected = with_filter.get("/gallery?decision=filter_reject&per=200").text
@@ -450,20 +440,7 @@ def test_filter_human_consumes_the_selections(
     c.post("/api/best", json={"item": ra[3].id}, headers={"X-CSRF-Token": csrf})  # passes ra[2] over
     c.post("/api/decision", json={"item": ra[5].id, "decision": "accept"}, headers={"X-CSRF-Token": csrf})
     out = tmp_path / "kept"
-    code = main(
-        [
-            "filter",
-            str(runs[0]),
-            "--filters",
-            "human",
-            "--review-db",
-            str(tmp_path / "review.sqlite"),
-            "--out",
-            str(out),
-            "-q",
-        ]
-    )
-    assert code == 0
+    assert filter_human(runs[0], tmp_path / "review.sqlite", out) == 0
     decisions = {row["file_name"]: row for row in map(json.loads, (out / "decisions.jsonl").read_text().splitlines())}
     assert decisions[ra[0].file_name]["decision"] == "reject"
     assert decisions[ra[0].file_name]["reason"] == "human: rejected by Alice Z"

@@ -24,7 +24,6 @@ from hostile import (
     journal_rows,
     outputs,
     start_sgid,
-    uninterrupted,
     wait_for,
 )
 from sgid import interrupt
@@ -34,8 +33,8 @@ from sgid.stages.bundle import Stages
 
 
 @pytest.fixture(scope="module")
-def signal_case(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, Path]:
-    return uninterrupted(tmp_path_factory.mktemp("signals"), cache_dir)
+def signal_case(hostile_run: tuple[Path, Path]) -> tuple[Path, Path]:
+    return hostile_run
 
 
 @pytest.mark.parametrize(

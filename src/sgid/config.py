@@ -1,7 +1,9 @@
 """The augmentation run's settings, validated up front (before any model is loaded).
 
 Defaults are the paper's (§4.2 and appendix I); a test pins each of them. ``AugmentConfig.build`` layers
-defaults ← ``--preset`` ← explicit options, so explicit flags always win over a preset.
+defaults ← ``--preset`` ← explicit options, so explicit flags always win over a preset. The options of one
+method are declared by the method (``Method.Options`` in :mod:`sgid.methods`); their fields here take the
+declared defaults and are checked as declared. Importing this module loads no torch.
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from sgid.errors import SgidError
+from sgid.methods import METHODS, chain_parts, method_options
+from sgid.methods.base import TextModelOptions
+from sgid.methods.boomerang import BoomerangOptions
+from sgid.methods.diverse_caption import DiverseCaptionOptions
+from sgid.methods.instruct import InstructOptions
+from sgid.methods.perturb import PerturbOptions
+from sgid.methods.retrieval import RetrievalOptions
+from sgid.methods.text2img import Text2ImgOptions
+from sgid.options import check_fields
 from sgid.presets import PRESETS
-from sgid.stages.caption import CaptionSettings
 from sgid.stages.guidance import DEFAULT_FLOOR, GuidanceMap, parse_floor, parse_guidance
 from sgid.stages.prompt import DEFAULT_LABEL_TEMPLATE, PROMPT_MODES, WEIGHTINGS
-from sgid.stages.score import SIMILARITY_MODES
 
 CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
+SIMILARITY_MODES = ("cosine", "softmax")  # s*: see sgid.stages.score
 VAE_TILING = ("auto", "on", "off")
 ON_FLAGGED = ("drop", "retry")
 
@@ -39,9 +49,51 @@ EXECUTION_ONLY = frozenset(
         "ray_address",
         "shard_size",
         "compile",
-        "vae_tiling",
     }
 )
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    """BLIP decoding settings (:mod:`sgid.stages.caption`). Defaults follow the paper (§4.2, appendix I); see
+    docs for the beam choice.
+
+    The paper asks for 10 beam-search captions with ``num_beams=3``, but beam search cannot return more
+    sequences than it keeps beams. The default is the top 10 hypotheses of a 10-beam search; set
+    ``num_beams=3, beam_captions=3`` for the paper's literal beam width.
+    """
+
+    beam_captions: int = 10
+    num_beams: int = 10
+    nucleus_captions: int = 10
+    top_p: float = 0.9
+    top_k: int = 0  # 0 disables top-k, so sampling is pure nucleus sampling
+    min_length: int = 5  # as BLIP's generate(): counts the start token
+    max_length: int = 20
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.beam_captions < 0 or self.nucleus_captions < 0:
+            raise SgidError(
+                f"invalid --beam-captions {self.beam_captions} / --nucleus-captions {self.nucleus_captions}: "
+                "must be >= 0"
+            )
+        if self.beam_captions + self.nucleus_captions == 0:
+            raise SgidError("--beam-captions 0 and --nucleus-captions 0: at least one caption is needed")
+        if self.beam_captions > self.num_beams:
+            raise SgidError(
+                f"beam search cannot return {self.beam_captions} captions with num_beams={self.num_beams}: "
+                f"it returns at most one caption per beam; raise --num-beams or lower --beam-captions"
+            )
+        if not 0.0 < self.top_p <= 1.0:
+            raise SgidError(f"invalid --top-p {self.top_p}: must be in (0, 1]")
+        if self.top_k < 0:
+            raise SgidError(f"invalid --top-k {self.top_k}: must be >= 0 (0 disables it)")
+        if not 1 <= self.min_length <= self.max_length:
+            raise SgidError(
+                f"invalid --min-length {self.min_length} / --max-length {self.max_length}: "
+                "need 1 <= min-length <= max-length"
+            )
 
 
 @dataclass(frozen=True)
@@ -56,7 +108,7 @@ class AugmentConfig:
     sd_model: str | None = None
     sd_config: str | None = None  # configs for a single-file --sd-model (diffusers folder or hub id)
     backend: str | None = None  # the --sd-model's family (sgid.backends); None: found from its configs
-    instruct_model: str | None = None
+    instruct_model: str | None = InstructOptions.instruct_model
     safety_checker: bool = False
     on_flagged: str = "drop"  # what a flagged image gets: dropped (listed), or made again with the next seed
     flagged_tries: int = 3  # --on-flagged retry: tries in all, the first included
@@ -89,22 +141,23 @@ class AugmentConfig:
     min_side: int = 8
     keep_generation_size: bool = False
     include_originals: bool = False
-    # other methods (issue 5): text2img, diverse_caption, instruct_pix2pix, boomerang, retrieval
-    templates: tuple[str, ...] = ()  # text2img sentence templates; empty = the built-in list
-    text_model: str | None = None  # local causal LM (hub id or path) for sentences, summaries, instructions
-    sentences: int = 10  # text2img: LM sentences per label; diverse_caption --summarize: descriptions per label
-    summarize: bool = False  # diverse_caption: summarise a label's captions into domain descriptions (ALIA)
-    instructions: tuple[str, ...] = ()  # instruct_pix2pix edit instructions; empty = built-in list (or LM)
-    image_guidance: float = 1.5  # instruct_pix2pix image guidance scale
-    boomerang_prompt: str = "empty"  # boomerang: "empty" or "label"
-    pool: Path | None = None  # retrieval: folder of unlabelled images
-    retrieval_query: str = "text"  # retrieval: "text", "image" or "both"
-    duplicate_threshold: float = 0.95  # retrieval: drop pool images this similar to a training image
-    exclude: tuple[Path, ...] = ()  # retrieval: also drop pool images this similar to any image of these folders
+    # the other methods' own options, as each declares them (defaults, help and checks there)
+    templates: tuple[str, ...] = Text2ImgOptions.templates
+    text_model: str | None = TextModelOptions.text_model
+    sentences: int = TextModelOptions.sentences
+    summarize: bool = DiverseCaptionOptions.summarize
+    instructions: tuple[str, ...] = InstructOptions.instructions
+    image_guidance: float = InstructOptions.image_guidance
+    boomerang_prompt: str = BoomerangOptions.boomerang_prompt
+    pool: Path | None = RetrievalOptions.pool
+    retrieval_query: str = RetrievalOptions.retrieval_query
+    duplicate_threshold: float = RetrievalOptions.duplicate_threshold
+    exclude: tuple[Path, ...] = RetrievalOptions.exclude
+    # learned concepts and LoRA: any method that prompts Stable Diffusion
     concepts: Path | None = None  # learned textual-inversion concepts (sgid learn-concepts)
     lora: str | None = None  # LoRA weights for the Stable Diffusion UNet/text encoder
     lora_scale: float = 1.0
-    perturb_probability: float = 1.0  # randaugment/random_erasing/cutmix: chance each image is perturbed
+    perturb_probability: float = PerturbOptions.perturb_probability  # (declared by the perturbation methods)
     # ControlNet-guided img2img (docs/backends.md): a condition image computed from each source guides every step
     control: str | None = None  # the condition kind (sgid.stages.control): canny, depth; None: no ControlNet
     controlnet: str | None = None  # hub id, folder or .safetensors file; None: the kind's ControlNet of the family
@@ -147,8 +200,6 @@ class AugmentConfig:
         _choice(self.similarity, "--similarity", SIMILARITY_MODES)
         if self.preset is not None:
             PRESETS.get(self.preset)
-        from sgid.methods import METHODS, chain_parts
-
         parts = chain_parts(self.method)  # a chain's stages are configured and checked one by one
         if self.exclude and "retrieval" not in parts:
             raise SgidError("--exclude applies to --method retrieval (it drops pool images near the excluded images)")
@@ -166,12 +217,7 @@ class AugmentConfig:
         WEIGHTINGS.get(self.weighting)
         if "{label}" not in self.label_template:
             raise SgidError(f"--label-template must contain {{label}}: {self.label_template!r}")
-        _check(self.sentences, "--sentences", lambda v: v >= 1, "must be >= 1")
-        _check(self.image_guidance, "--image-guidance", lambda v: v >= 0, "must be >= 0")
-        _check(self.perturb_probability, "--perturb-probability", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
-        _check(self.duplicate_threshold, "--duplicate-threshold", lambda v: -1 <= v <= 1, "must be in [-1, 1]")
-        _choice(self.boomerang_prompt, "--boomerang-prompt", ("empty", "label"))
-        _choice(self.retrieval_query, "--retrieval-query", ("text", "image", "both"))
+        check_fields(self, method_options())  # every method's own options, as each declares them
         if self.caption == "beam" and not self.captions.beam_captions:
             raise SgidError("--caption beam needs beam captions (--beam-captions > 0)")
         if self.caption == "nucleus" and not self.captions.nucleus_captions:
@@ -197,12 +243,8 @@ class AugmentConfig:
         cls, input_dir: str | Path, out_dir: str | Path, preset: str | None = None, **options: Any
     ) -> AugmentConfig:
         """Defaults, then the method's own defaults, then the preset's settings, then every option not ``None``."""
-        from sgid.methods import METHODS
-
         caption_fields = {f.name for f in dataclasses.fields(CaptionSettings)}
         caption_options = {k: options.pop(k) for k in list(options) if k in caption_fields}
-        from sgid.methods import chain_parts
-
         method = chain_parts(options.get("method") or "sgid")[-1]
         settings: dict[str, Any] = dict(METHODS.get(method).defaults)
         settings.update(PRESETS.get(preset) if preset else {})
@@ -262,6 +304,10 @@ class AugmentConfig:
         data["input_dir"] = str(Path(self.input_dir).resolve())
         if self.on_flagged == "drop":  # what every run did before --on-flagged: such runs resume as they were
             del data["on_flagged"], data["flagged_tries"]
+        # VAE tiling changes the pixels of images larger than the model's size, so on/off are part of the identity;
+        # the default is left out, as before --vae-tiling counted: such runs resume as they were
+        if self.vae_tiling == "auto":
+            del data["vae_tiling"]
         # learned weights are identified by content, so retrained ones at the same path are a new run
         if self.concepts is not None:
             from sgid.concepts import concepts_fingerprint
@@ -277,7 +323,6 @@ class AugmentConfig:
 def _check_backend(name: str, methods: list[str]) -> None:
     """Refuse a ``--backend`` that cannot make what the methods ask of ``--sd-model``."""
     from sgid.backends import BACKENDS
-    from sgid.methods import METHODS
 
     family = BACKENDS.get(name)
     for method in methods:
@@ -290,8 +335,6 @@ def _check_backend(name: str, methods: list[str]) -> None:
 
 def _check_control(config: AugmentConfig, methods: list[str]) -> None:
     """``--control`` guides image-to-image generation: refuse it where nothing is, and its flags without it."""
-    from sgid.methods import METHODS
-
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
     changed = [n for n in ("controlnet", "control_model", "control_scale") if getattr(config, n) != defaults[n]]
     if config.control is None and changed:

@@ -29,14 +29,14 @@ from typing import Any
 from sgid import __version__, interrupt
 from sgid.cache import Cache, cache_key
 from sgid.config import AugmentConfig
-from sgid.dataset import Listing, Source, empty_classes_note, label_code_warning, read_label_names, scan
+from sgid.dataset import EMPTY_CLASS, Listing, Source, empty_classes_note, label_code_warning, read_label_names, scan
 from sgid.engines import ENGINES, Engine
 from sgid.errors import SgidError, disk_full_is_one_line
 from sgid.estimate import DryRun, denoising_steps, guidance_passes
 from sgid.execute import ItemResult, Worker, WorkerSpec
 from sgid.images import ImageError, LoadedImage, load_rgb, probe_size, sha256_bytes
 from sgid.interrupt import Interrupted, signal_name
-from sgid.manifest import ErrorRow
+from sgid.manifest import ErrorRow, json_lines
 from sgid.methods import (
     METHODS,
     Method,
@@ -99,14 +99,19 @@ class RunSummary:
     out_dir: Path
     generated: int  # images made by this invocation
     already_done: int  # images found finished from an earlier invocation
-    failed: int  # rows in errors.jsonl
+    failed: int  # rows in errors.jsonl but those of empty class folders (not a failure: not a class)
     total_images: int  # rows in metadata.jsonl
     seconds: float
     notes: tuple[str, ...] = ()  # lines printed after the summary (the range of g used)
+    empty_classes: tuple[str, ...] = ()  # class folders without images, left out (each a row in errors.jsonl)
 
     def line(self) -> str:
+        skipped = f"{self.already_done} already done"
+        if self.empty_classes:
+            names = ", ".join(self.empty_classes[:3]) + (", ..." if len(self.empty_classes) > 3 else "")
+            skipped += f" and {len(self.empty_classes)} class folder(s) without images ({names})"
         return (
-            f"generated {self.generated}, skipped {self.already_done} already done, failed {self.failed} "
+            f"generated {self.generated}, skipped {skipped}, failed {self.failed} "
             f"(see {self.out_dir / 'errors.jsonl'}), {self.total_images} images in {self.out_dir} "
             f"[{self.seconds:.1f}s]"
         )
@@ -243,11 +248,11 @@ class Augmenter:
                     cache.close()
             finally:
                 engine.close()
-        failed = len(store.input_errors) + len(store.output_errors)
+        failed = sum(row.get("reason") != EMPTY_CLASS for row in store.input_errors) + len(store.output_errors)
         guidance = self._guidance_note(store.rows.values())
         notes = (guidance,) if guidance else ()
         seconds = time.monotonic() - started
-        return RunSummary(c.out_dir, generated, done_before, failed, len(store.rows), seconds, notes)
+        return RunSummary(c.out_dir, generated, done_before, failed, len(store.rows), seconds, notes, listing.empty)
 
     def _finished_run(self, listing: Listing, store: RunStore, started: float) -> RunSummary | None:
         """The summary of a run that has nothing left to do (every item finished and listed in metadata.jsonl,
@@ -270,7 +275,8 @@ class Augmenter:
             except ImageError:
                 continue  # listed in errors.jsonl by the run that found it
         total = len(seen.rows)
-        return RunSummary(c.out_dir, 0, total, _count_lines(c.out_dir / ERRORS), total, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        return RunSummary(c.out_dir, 0, total, _failures(c.out_dir / ERRORS), total, seconds, (), listing.empty)
 
     def _announce(self, listing: Listing, store: RunStore, choice: ModelChoice) -> None:
         """The work about to start, and on a CPU with real models the flags that make it small."""
@@ -446,7 +452,7 @@ class Augmenter:
                 infos, read_errors = self._read_and_caption(listing, layout, needed, engine, driver, cache)
                 store.input_errors += read_errors
                 context = self._context(listing, infos, driver)
-                store.input_errors += context.prepared.get("notes", [])
+                store.input_errors += context.prepared.notes
                 work = self._plan_work(layout, context, store)
                 work = self._score_chosen_captions(work, engine, driver, cache)
                 # 4. Execute and write: the engine runs the shards, the writer commits what comes back
@@ -917,6 +923,17 @@ def _check_out_dir(config: AugmentConfig) -> None:
 
 def _count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _failures(errors: Path) -> int:
+    """The rows of a finished run's errors.jsonl that are failures: all but those of empty class folders."""
+    if not errors.exists():
+        return 0
+    try:
+        rows = [row for _, row in json_lines(errors, lenient=True)]
+    except SgidError:  # not ours to judge here: every line counts, as before
+        return _count_lines(errors)
+    return sum(not (isinstance(row, dict) and row.get("reason") == EMPTY_CLASS) for row in rows)
 
 
 def _check_concepts(concepts: Path, classes: Sequence[str]) -> None:

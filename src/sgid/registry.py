@@ -8,16 +8,36 @@ True
 >>> METHODS.get("nope")
 Traceback (most recent call last):
 sgid.errors.SgidError: unknown method 'nope'; choose from: sgid
+>>> METHODS.get("sgdi")
+Traceback (most recent call last):
+sgid.errors.SgidError: unknown method 'sgdi'; choose from: sgid; did you mean 'sgid'?
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import difflib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from sgid.errors import SgidError
 
 T = TypeVar("T")
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The valid name a misspelt ``name`` most likely meant (``difflib``'s closest match), or None.
+
+    >>> closest("sgdi", ["sgid", "text2img"]), closest("xyz", ["sgid", "text2img"])
+    ('sgid', None)
+    """
+    found = difflib.get_close_matches(name, list(choices), n=1)
+    return found[0] if found else None
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'NAME'?"`` for the end of a one-line error about an unknown name, or ``""``."""
+    found = closest(name, choices)
+    return f"; did you mean {found!r}?" if found else ""
 
 
 class Registry(Generic[T]):
@@ -41,7 +61,10 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise SgidError(f"unknown {self.kind} {name!r}; choose from: {', '.join(self.names())}") from None
+            names = self.names()
+            raise SgidError(
+                f"unknown {self.kind} {name!r}; choose from: {', '.join(names)}{did_you_mean(str(name), names)}"
+            ) from None
 
     def names(self) -> list[str]:
         return list(self._items)

@@ -20,22 +20,20 @@ resume tests stop a run at an exact point without timing. It is read when a stor
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import io
 import json
 import os
 import shutil
 import signal
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sgid import interrupt
 from sgid.errors import RunDirError, SgidError
 from sgid.manifest import ERRORS, MANIFEST, RUN_FILE, WRITER_LOCK, dumps, loads, relative_path
+from sgid.owned import FolderLock, OwnedFolder, atomic_write, check_identity, identity_hash
 from sgid.progress import warn
 
 __all__ = [
@@ -43,10 +41,13 @@ __all__ = [
     "JOURNAL",
     "MANIFEST",
     "RUN_FILE",
+    "FolderLock",
     "RunStore",
     "atomic_write",
+    "check_identity",
     "copy_or_link",
     "dumps",
+    "identity_hash",
     "write_figure",
 ]
 
@@ -56,25 +57,6 @@ KILL_AFTER_ROWS = "SGID_TEST_KILL_AFTER_ROWS"  # test-only, see the module docst
 _journaled_in_process = 0  # entries this process has journaled, for the test-only kill hook
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
-
-    The bytes go to a hidden temporary file that is renamed into place; if anything stops the write (a full
-    disk, a signal), the temporary file is removed and ``path`` is untouched.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with interrupt.writing(tmp):
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
 def write_figure(figure: Any, path: Path, dpi: int = 120) -> None:
     """Save a matplotlib figure as PNG with :func:`atomic_write` (never a half-written plot on a full disk)."""
     buffer = io.BytesIO()
@@ -82,101 +64,43 @@ def write_figure(figure: Any, path: Path, dpi: int = 120) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-class FolderLock:
-    """An exclusive, non-blocking lock on an output folder (``fcntl.flock`` on a lock file inside it), so two
-    processes never write one folder at once. Released on ``release()`` or when the process dies."""
-
-    def __init__(self, folder: Path, name: str = LOCK) -> None:
-        self.path = Path(folder) / name
-        self._handle: IO[str] | None = None
-
-    def acquire(self, busy_message: str) -> FolderLock:
-        """Take the lock or refuse with ``busy_message`` (a reader's momentary check is waited out: 0.5 s)."""
-        handle = open(self.path, "a")
-        for attempt in range(10):
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if attempt == 9:
-                    handle.close()
-                    raise RunDirError(busy_message) from None
-                time.sleep(0.05)
-        self._handle = handle
-        return self
-
-    def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-
-def identity_hash(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def check_identity(
-    marker: Path,
-    identity: dict[str, Any],
-    previous: dict[str, Any],
-    *,
-    overwrite: bool,
-    holds: str,
-    key: str = "identity",
-    unnamed: str = "identity",
-) -> bool:
-    """The identity check every folder sgid owns makes (a run, an evaluation, a concepts folder) when it holds
-    an earlier job (``previous``, read from ``marker``): True when that job has other settings and ``overwrite``
-    allows replacing it; False when they are the same (resume); else a one-line refusal naming the settings that
-    differ. ``key``: where the identity is recorded (``key`` and ``key + "_sha256"``); ``holds``: what the folder
-    holds, in the message; ``unnamed``: what to name when no single setting differs."""
-    if previous.get(f"{key}_sha256") == identity_hash(identity):
-        return False
-    if overwrite:
-        return True
-    recorded = previous.get(key)
-    changed = _changed_keys(recorded if isinstance(recorded, dict) else {}, identity)
-    raise RunDirError(
-        f"{marker.parent} holds {holds} with different settings ({', '.join(changed) or unnamed}); rerun with the "
-        f"same settings to resume, choose another --out, or pass --overwrite"
-    )
-
-
 def item_key(source: str, k: int | None, method: str) -> str:
     return f"{source}\x1f{k}\x1f{method}"
 
 
-class RunStore:
+class RunStore(OwnedFolder):
     """Owns OUT while a run writes to it (an exclusive lock keeps a second run out)."""
+
+    marker = RUN_FILE
+    lock_name = LOCK
+    holds = "a run"
+    foreign = "{path} is not empty and holds no sgid run (no " + RUN_FILE + "); choose an empty or new folder"
 
     def __init__(
         self, out_dir: Path, run_info: dict[str, Any], identity: dict[str, Any], *, overwrite: bool = False
     ) -> None:
-        self.out = Path(out_dir)
+        super().__init__(out_dir, identity, overwrite=overwrite)
         self.run_info = run_info
-        self.identity = identity
-        self.overwrite = overwrite
         self.rows: dict[str, dict[str, Any]] = {}  # item key -> manifest row, as JSON
         self.output_errors: dict[str, dict[str, Any]] = {}  # item key -> why it ended without an image
         self.input_errors: list[Mapping[str, Any]] = []  # inputs that could not be used, found afresh each run
         self._journal: int | None = None  # file descriptor of the journal, opened for appending
         self._journal_size = 0
-        self._lock = FolderLock(self.out)
         self._kill_after: int | None = None  # test-only (SGID_TEST_KILL_AFTER_ROWS)
+
+    @property
+    def out(self) -> Path:
+        return self.path
 
     # -- opening -----------------------------------------------------------------------------------------
     def open(self) -> RunStore:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire(f"another sgid run is writing to {self.out}; wait for it or choose another --out")
+        if self.claim() is not None and self.overwrite:
+            self.clear()
         run_file = self.out / RUN_FILE
-        self.check()
-        if run_file.exists() and self.overwrite:
-            self._clear_previous_run()
         if not run_file.exists():
-            info = dict(self.run_info, identity=self.identity, identity_sha256=identity_hash(self.identity))
+            info = {**self.run_info, **self.stamp()}
             atomic_write(run_file, (json.dumps(info, indent=2, sort_keys=False) + "\n").encode("utf-8"))
-        self._clean_temporaries()
+        self.remove_temporaries()
         self._load_journal()
         self._journal = os.open(self.out / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._journal_size = os.fstat(self._journal).st_size
@@ -190,22 +114,8 @@ class RunStore:
             self._load_journal(repair=False)
         return self
 
-    def check(self) -> None:
-        """Refuse (read-only) an OUT that holds another run or foreign files, unless ``overwrite``."""
-        run_file = self.out / RUN_FILE
-        if not self.out.exists():
-            return
-        if not self.out.is_dir():
-            raise RunDirError(f"--out {self.out} exists and is not a folder")
-        if run_file.exists():
-            previous = self._read_run_file(run_file)
-            check_identity(run_file, self.identity, previous, overwrite=self.overwrite, holds="a run")
-        elif any(p.name != LOCK for p in self.out.iterdir()):
-            raise RunDirError(
-                f"{self.out} is not empty and holds no sgid run (no {RUN_FILE}); choose an empty or new folder"
-            )
-
-    def _read_run_file(self, path: Path) -> dict[str, Any]:
+    def read_marker(self) -> dict[str, Any]:
+        path = self.out / RUN_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
@@ -214,7 +124,7 @@ class RunStore:
             raise RunDirError(f"{path} is not an sgid run file")
         return data
 
-    def _clear_previous_run(self) -> None:
+    def clear(self) -> None:
         """Remove only what a previous sgid run wrote (its images, manifests, journal), never other files."""
         self._load_journal()
         for row in self.rows.values():
@@ -227,10 +137,6 @@ class RunStore:
                 folder.rmdir()
         self.rows.clear()
         self.output_errors.clear()
-
-    def _clean_temporaries(self) -> None:
-        for path in self.out.rglob(".*.tmp-*"):
-            path.unlink(missing_ok=True)
 
     def _load_journal(self, repair: bool = True) -> None:
         """Read the journal: a torn last line (a killed run) is ignored and, with ``repair``, cut off; any
@@ -319,7 +225,7 @@ class RunStore:
         if self._journal is not None:
             os.close(self._journal)
             self._journal = None
-        self._lock.release()
+        super().close()
 
     @contextmanager
     def session(self) -> Iterator[RunStore]:
@@ -364,10 +270,6 @@ def _row_order(row: dict[str, Any]) -> tuple[str, int, str]:
         k if isinstance(k, int) and not isinstance(k, bool) else -1,
         method if isinstance(method, str) else "",
     )
-
-
-def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def copy_or_link(src: Path, dst: Path) -> None:

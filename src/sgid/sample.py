@@ -12,11 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from sgid.dataset import Source
-from sgid.stages.caption import Caption
 from sgid.stages.prompt import Prompt
 
 #: The kind of an item that copies an existing image (retrieval) instead of generating one.
 COPY = "copy"
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One candidate caption of an image (:mod:`sgid.stages.caption`) and its CLIP similarity to it."""
+
+    text: str
+    strategy: str  # "beam" or "nucleus" ("summary" for a language model's domain description)
+    similarity: float | None = None
+    origin: str | None = None  # where a borrowed caption came from (another image's path, or "summary")
 
 
 @dataclass(frozen=True)

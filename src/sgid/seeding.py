@@ -2,6 +2,7 @@
 
 Every random choice is seeded from the run seed and the item it concerns, never from a shared stream, so an
 item's result does not depend on the batch it lands in, on the batch size, or on what ran before it.
+torch is imported where a generator is made, so planning code uses the seeds without loading it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import hashlib
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def derive_seed(run_seed: int, *parts: object) -> int:
@@ -33,6 +36,8 @@ def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     Noise is always drawn on the CPU (and moved to the device) so the same seed gives the same images on
     any device, as diffusers recommends for reproducibility.
     """
+    import torch
+
     del device
     return torch.Generator("cpu").manual_seed(int(seed))
 
@@ -43,6 +48,7 @@ def global_rngs(seed: int) -> Iterator[None]:
     afterwards. For library code that draws only from them (torchvision's RandAugment and CutMix, timm's
     RandomErasing), so one item's random choices depend on its own seed alone.
 
+    >>> import torch
     >>> with global_rngs(7):
     ...     a = (random.random(), float(torch.rand(())))
     >>> with global_rngs(7):
@@ -50,6 +56,8 @@ def global_rngs(seed: int) -> Iterator[None]:
     >>> a == b
     True
     """
+    import torch
+
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):
         random.seed(int(seed))

@@ -21,7 +21,6 @@ most the steps since the last checkpoint.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from sgid.errors import RunDirError, SgidError
-from sgid.runstore import FolderLock, atomic_write, check_identity, identity_hash
+from sgid.owned import OwnedFolder, atomic_write
 
 CONCEPTS_FILE = "concepts.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -120,57 +119,35 @@ def canonical_safetensors(data: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
-class ConceptsDir:
+class ConceptsDir(OwnedFolder):
     """Owns DIR while a ``learn-concepts`` run writes to it."""
 
+    marker = CONCEPTS_FILE
+    lock_name = LOCK
+    holds = "concepts learned"
+    foreign = "{path} is not empty and holds no " + CONCEPTS_FILE + "; choose an empty or new folder for --out"
+
     def __init__(self, path: str | Path, identity: dict[str, Any], *, overwrite: bool = False) -> None:
-        self.path = Path(path)
-        self.identity = identity
-        self.overwrite = overwrite
+        super().__init__(path, identity, overwrite=overwrite)
         self.index: dict[str, Any] = {}
-        self._lock = FolderLock(self.path)
 
     # -- opening -----------------------------------------------------------------------------------------
-    def check(self) -> None:
-        """Refuse (read-only) a DIR holding other settings or foreign files, unless ``overwrite``."""
-        if not self.path.exists():
-            return
-        if not self.path.is_dir():
-            raise RunDirError(f"--out {self.path} exists and is not a folder")
-        if (self.path / CONCEPTS_FILE).exists():
-            previous = self._read_own_index()
-            check_identity(
-                self.path / CONCEPTS_FILE, self.identity, previous, overwrite=self.overwrite, holds="concepts learned"
-            )
-        elif any(p.name != LOCK for p in self.path.iterdir()):
-            raise RunDirError(
-                f"{self.path} is not empty and holds no {CONCEPTS_FILE}; choose an empty or new folder for --out"
-            )
-
     def open(self, info: dict[str, Any]) -> ConceptsDir:
         """Lock DIR, clear an earlier run if ``overwrite``, and write the index (``info`` + identity)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire(f"another sgid run is writing to {self.path}; wait for it or choose another --out")
-        self.check()
-        if (self.path / CONCEPTS_FILE).exists() and self.overwrite:
-            self._clear()
-        previous = self._read_own_index() if (self.path / CONCEPTS_FILE).exists() else {"classes": {}}
+        if self.claim() is not None and self.overwrite:
+            self.clear()
+        previous = self.read_marker() if self.holds_job() else {"classes": {}}
         self.index = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             **info,
-            "identity": self.identity,
-            "identity_sha256": identity_hash(self.identity),
+            **self.stamp(),
             "classes": previous["classes"],
             **{key: previous[key] for key in RESULTS if key in previous},
         }
         self._write_index()
-        for stale in self.path.rglob(".*.tmp-*"):
-            stale.unlink(missing_ok=True)
+        self.remove_temporaries()
         return self
-
-    def close(self) -> None:
-        self._lock.release()
 
     @contextmanager
     def session(self, info: dict[str, Any]) -> Iterator[ConceptsDir]:
@@ -180,31 +157,19 @@ class ConceptsDir:
         finally:
             self.close()
 
-    def _read_own_index(self) -> dict[str, Any]:
+    def read_marker(self) -> dict[str, Any]:
         try:
             return read_index(self.path)
         except SgidError as exc:
             raise RunDirError(f"{exc}; move it away or choose another --out") from None
 
-    def _clear(self) -> None:
+    def clear(self) -> None:
         """Remove only what an earlier learn-concepts run wrote."""
-        for entry in self._read_own_index()["classes"].values():
+        for entry in self.read_marker()["classes"].values():
             if isinstance(entry, dict) and entry.get("file"):
                 (self.path / entry["file"]).unlink(missing_ok=True)
-        for name in (CHECKPOINT_DIR, *OWNED):
-            target = self.path / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
+        self.remove((CHECKPOINT_DIR, *OWNED))
         (self.path / CONCEPTS_FILE).unlink()
-
-    def write(self, relpath: str, data: bytes) -> Path:
-        """Write ``data`` atomically to ``DIR/relpath`` (folders created)."""
-        path = self.path / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
-        return path
 
     def _write_index(self) -> None:
         text = json.dumps(self.index, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -9,9 +9,9 @@ retries (an actor killed and restarted) can never write an image twice. The inpu
 ``--concepts``, ``--lora``, local model folders) must be readable at the same paths on every node.
 
 ``--ray-address`` joins a running cluster (``ray start --head`` …); otherwise a local Ray is started with
-one CPU more than its workers use (Ray Data's reads need one; two 1-CPU actors on a 2-CPU machine with
-``num_cpus=2`` hang) and shut down at the end. In a process where Ray is already initialised, that Ray is
-used and left running.
+the machine's CPU count, and at least one CPU more than its workers use (Ray Data's reads need one; two 1-CPU
+actors on a 2-CPU machine with ``num_cpus=2`` hang) and shut down at the end. In a process where Ray is
+already initialised, that Ray is used and left running.
 """
 
 from __future__ import annotations

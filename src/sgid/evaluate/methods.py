@@ -10,12 +10,12 @@ over ``--proportion`` runs one variant per value for every method that uses gene
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sgid.errors import SgidError
+from sgid.registry import closest
 
 BASELINE = "baseline"
 GENERATED = "generated"  # the name of the images of a bare --generated DIR
@@ -47,8 +47,8 @@ def check_generated_name(name: str, perturbations: Iterable[str]) -> str:
 
 
 def _unknown(part: str, text: str, valid: Sequence[str]) -> SgidError:
-    close = difflib.get_close_matches(part, valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(part, valid)
+    hint = f" (did you mean {close!r}?)" if close else ""
     return SgidError(
         f"unknown method component {part!r} in {text!r}{hint}; choose from: {', '.join(valid)} "
         f"(combine with '+', e.g. generated+randaugment)"

@@ -23,7 +23,7 @@ from typing import Any
 
 from sgid.errors import RunDirError
 from sgid.evaluate.stats import RunRecord
-from sgid.runstore import FolderLock, atomic_write, check_identity, identity_hash
+from sgid.owned import OwnedFolder, atomic_write
 
 PROTOCOL_FILE = "evaluation.json"
 LOCK = ".sgid-evaluate-lock"
@@ -47,50 +47,44 @@ def _read_json(path: Path) -> Any:
         raise RunDirError(f"{path} is unreadable ({exc}); delete it to redo that part") from None
 
 
-class EvaluationStore:
+class EvaluationStore(OwnedFolder):
+    marker = PROTOCOL_FILE
+    lock_name = LOCK
+    holds = "an evaluation"
+    identity_key = "protocol"
+    unnamed = ""
+    busy = "another sgid evaluate is writing to {path}; wait for it or use another --out"
+    foreign = "{path} is not empty and holds no sgid evaluation (" + PROTOCOL_FILE + "); choose an empty or new folder"
+
     def __init__(
         self, out: Path, protocol: dict[str, Any], *, overwrite: bool = False, info: dict[str, Any] | None = None
     ) -> None:
-        self.out = Path(out)
-        self.protocol = protocol
-        self.overwrite = overwrite
+        super().__init__(out, protocol, overwrite=overwrite)
         self.info = info or {}
-        self._lock = FolderLock(self.out, LOCK)
         self._created: list[Path] = []  # what open() created (removed again if nothing finishes)
 
+    @property
+    def out(self) -> Path:
+        return self.path
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        return self.identity
+
     def open(self) -> EvaluationStore:
-        if self.out.exists() and not self.out.is_dir():
-            raise RunDirError(f"--out {self.out} exists and is not a folder")
         if not self.out.exists():
             self._created.append(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire(f"another sgid evaluate is writing to {self.out}; wait for it or use another --out")
+        if self.claim():
+            self.clear()
         protocol_file = self.out / PROTOCOL_FILE
-        if protocol_file.exists():
-            previous = _read_json(protocol_file)
-            if check_identity(
-                protocol_file,
-                self.protocol,
-                previous,
-                overwrite=self.overwrite,
-                holds="an evaluation",
-                key="protocol",
-                unnamed="",
-            ):
-                self.clear()
-        elif any(p.name != LOCK for p in self.out.iterdir()):
-            raise RunDirError(
-                f"{self.out} is not empty and holds no sgid evaluation ({PROTOCOL_FILE}); choose an empty or new folder"
-            )
         if not protocol_file.exists():
             self._created.insert(0, protocol_file)
-            _write_json(
-                protocol_file, {"protocol": self.protocol, "protocol_sha256": identity_hash(self.protocol), **self.info}
-            )
+            _write_json(protocol_file, {**self.stamp(), **self.info})
         return self
 
-    def close(self) -> None:
-        self._lock.release()
+    def read_marker(self) -> dict[str, Any]:
+        previous = _read_json(self.out / PROTOCOL_FILE)
+        return previous if isinstance(previous, dict) else {}
 
     def __enter__(self) -> EvaluationStore:
         return self.open()
@@ -116,12 +110,7 @@ class EvaluationStore:
 
     def clear(self) -> None:
         """Remove what sgid evaluate wrote (never other files)."""
-        for name in OUTPUTS:
-            path = self.out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+        self.remove(OUTPUTS)
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_path(self, dataset: str, variant: str, seed: int) -> Path:
@@ -163,11 +152,9 @@ class EvaluationStore:
     def save_lr_search(self, dataset: str, variant: str, result: dict[str, Any]) -> None:
         _write_json(self.lr_search_path(dataset, variant), result)
 
-    def write(self, name: str, data: Any) -> Path:
-        path = self.out / name
+    def write(self, relpath: str, data: Any) -> Path:
+        """Write ``data`` (text, or JSON for anything else) atomically to ``OUT/relpath``."""
         if isinstance(data, str):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, data.encode("utf-8"))
-        else:
-            _write_json(path, data)
-        return path
+            return super().write(relpath, data.encode("utf-8"))
+        _write_json(self.out / relpath, data)
+        return self.out / relpath

@@ -13,6 +13,7 @@ import numpy as np
 from sgid.errors import SgidError
 from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, FilterOptions, Scores, Verdict
 from sgid.filters.rules import outside_top_k
+from sgid.registry import did_you_mean
 
 
 @FILTERS.register("best_of_k")
@@ -29,8 +30,9 @@ class BestOfKFilter(Filter):
         if options.keep < 1:
             raise SgidError(f"--keep {options.keep}: keep at least 1 augmentation per source")
         if options.rank_by == cls.name or options.rank_by not in FILTERS:
-            choices = ", ".join(n for n in FILTERS.names() if n != cls.name)
-            raise SgidError(f"unknown --rank-by {options.rank_by!r}; choose from: {choices}")
+            names = [n for n in FILTERS.names() if n != cls.name]
+            hint = did_you_mean(options.rank_by, names)
+            raise SgidError(f"unknown --rank-by {options.rank_by!r}; choose from: {', '.join(names)}{hint}")
         FILTERS.get(options.rank_by).check_options(options)
 
     @classmethod
@@ -56,11 +58,12 @@ class BestOfKFilter(Filter):
         for group, rank in zip(groups, ranks, strict=True):
             if rank:
                 competitors[group] = competitors.get(group, 0) + 1
-        reasons = [
-            f"best_of_k: rank {ranks[i]} of {competitors[e.source]} augmentations of {e.source} by "
-            f"{self.ranker.name} score {scores.values[i]:.4f} (keeping {self.keep})"
-            if reject[i]
-            else None
-            for i, e in enumerate(data.generated)
-        ]
-        return Verdict(reject, reasons, {"keep": self.keep, "rank_by": self.ranker.name})
+        return Verdict.explained(
+            reject,
+            data,
+            lambda i, e: (
+                f"best_of_k: rank {ranks[i]} of {competitors[e.source]} augmentations of {e.source} by "
+                f"{self.ranker.name} score {scores.values[i]:.4f} (keeping {self.keep})"
+            ),
+            {"keep": self.keep, "rank_by": self.ranker.name},
+        )

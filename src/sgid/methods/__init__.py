@@ -1,6 +1,8 @@
 """Augmentation methods, registered by name: the ``--method`` value is the registry key.
 
 ``a+b`` chains methods: ``b`` is applied to the outputs of ``a`` (e.g. ``text2img+sgid``, paper §4.3).
+Each method declares its own options (``Method.Options``); :func:`method_options` gathers them for the command
+line and the settings.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sgid.methods import perturb as _perturb  # noqa: F401
 from sgid.methods import retrieval as _retrieval  # noqa: F401
 from sgid.methods import sgid as _sgid  # noqa: F401
 from sgid.methods import text2img as _text2img  # noqa: F401
-from sgid.methods.base import METHODS, Method, MethodContext, Services, SkipItem
+from sgid.methods.base import METHODS, Method, MethodContext, Prepared, Services, SkipItem
 
 if TYPE_CHECKING:
     from sgid.config import AugmentConfig
@@ -25,11 +27,13 @@ __all__ = [
     "METHODS",
     "Method",
     "MethodContext",
+    "Prepared",
     "Services",
     "SkipItem",
     "chain_parts",
     "denoising_warning",
     "ignored_options",
+    "method_options",
     "option_warnings",
 ]
 
@@ -42,6 +46,17 @@ def chain_parts(method: str) -> list[str]:
     return parts
 
 
+def method_options() -> list[dataclasses.Field]:
+    """Every registered method's own options, in registry order, each once: an option several methods share
+    (``--text-model``) is one declaration they inherit, never two."""
+    found: dict[str, dataclasses.Field] = {}
+    for name in METHODS.names():
+        for option in dataclasses.fields(METHODS.get(name).Options):
+            if found.setdefault(option.name, option) is not option:
+                raise TypeError(f"option {option.name!r} is declared twice (method {name}): declare it once, share it")
+    return list(found.values())
+
+
 #: settings only methods with captions read (the caption settings' own fields join them)
 CAPTION_OPTIONS = ("captioner", "caption", "similarity", "caption_batch_size", "caption_cache")
 
@@ -49,7 +64,7 @@ CAPTION_OPTIONS = ("captioner", "caption", "similarity", "caption_batch_size", "
 def ignored_options(config: AugmentConfig, given: Iterable[str]) -> dict[str, list[str]]:
     """The given settings that no method of the run reads (``--pool`` with ``sgid``, ``--instruction`` with
     ``text2img``), each with the methods that do read it. ``given``: the settings fields the user set explicitly."""
-    from sgid.stages.caption import CaptionSettings
+    from sgid.config import CaptionSettings
 
     run = [METHODS.get(part)(config) for part in chain_parts(config.method)]
     every = {name: METHODS.get(name)(config) for name in METHODS.names()}

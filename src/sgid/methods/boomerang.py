@@ -6,18 +6,25 @@ empty prompt the guidance scale has no effect (the conditional and unconditional
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from sgid.methods.base import METHODS, Method, MethodContext
+from sgid.options import MethodOptions, option
 from sgid.sample import Sample
 from sgid.stages.prompt import build_prompt
+
+
+@dataclass(frozen=True)
+class BoomerangOptions(MethodOptions):
+    boomerang_prompt: str = option("empty", "boomerang prompt: empty or label", choices=("empty", "label"))
 
 
 @METHODS.register("boomerang")
 class BoomerangMethod(Method):
     name = "boomerang"
     defaults = {"noise": 0.2, "guidance": "1.0", "prompt_weighting": False}
-    options = ("noise", "boomerang_prompt")
+    Options = BoomerangOptions
+    reads = ("noise",)
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         c = self.config

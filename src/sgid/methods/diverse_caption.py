@@ -10,23 +10,42 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from sgid.errors import SgidError
-from sgid.methods.base import METHODS, MethodContext, Services, SkipItem
+from sgid.methods.base import METHODS, MethodContext, Prepared, Services, SkipItem, TextModelOptions
 from sgid.methods.sgid import SgidMethod
-from sgid.sample import Sample
+from sgid.options import option
+from sgid.sample import Caption, Sample
 from sgid.seeding import derive_seed
-from sgid.stages.caption import Caption
 
 SUMMARY_PROMPT = "Photos of a {label}: {captions}. In a few words, the setting of such a photo is"
+
+
+@dataclass(frozen=True)
+class DiverseCaptionOptions(TextModelOptions):
+    summarize: bool = option(
+        False, "diverse_caption: summarise each label's captions into domain descriptions with --text-model (ALIA)"
+    )
+
+
+@dataclass(frozen=True)
+class CaptionPools(Prepared):
+    """class folder -> the captions its images lend: (the lender's relative path, or "summary"; the text)."""
+
+    pools: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 @METHODS.register("diverse_caption")
 class DiverseCaptionMethod(SgidMethod):
     name = "diverse_caption"
-    options = (*SgidMethod.options, "summarize", "text_model", "sentences")
+    Options = DiverseCaptionOptions
+    paper_variant = "summarised"
+    stand_in_note = (
+        "diverse_caption: captions are borrowed from other images of the label as they are (variant "
+        "'borrowed'); the paper's SGID+DiverseCaption summarises them with a language model "
+        "(--summarize --text-model MODEL for variant 'summarised')"
+    )
 
     def needs_captions(self) -> bool:
         return True
@@ -47,15 +66,6 @@ class DiverseCaptionMethod(SgidMethod):
         SGID+DiverseCaption); ``borrowed``: other images' captions used as they are."""
         return "summarised" if self.config.summarize else "borrowed"
 
-    def variant_note(self) -> str | None:
-        if self.variant() == "summarised":
-            return None
-        return (
-            "diverse_caption: captions are borrowed from other images of the label as they are (variant "
-            "'borrowed'); the paper's SGID+DiverseCaption summarises them with a language model "
-            "(--summarize --text-model MODEL for variant 'summarised')"
-        )
-
     def pool_for(self, info_captions: tuple[Caption, ...]) -> list[Caption]:
         """The captions one image lends to others: its c* for ``clip``, else its captions of that strategy."""
         if not info_captions:
@@ -64,14 +74,14 @@ class DiverseCaptionMethod(SgidMethod):
             return [max(info_captions, key=lambda c: c.similarity or 0.0)]
         return [c for c in info_captions if c.strategy == self.config.caption]
 
-    def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
+    def prepare(self, context: MethodContext, services: Services) -> CaptionPools:
         pools: dict[str, list[tuple[str, str]]] = defaultdict(list)  # label -> [(lender relpath, text)]
         for source in context.sources:
             info = context.infos.get(source.relpath)
             if info is not None:
                 pools[source.class_name] += [(source.relpath, c.text) for c in self.pool_for(info.captions)]
         if not self.config.summarize:
-            return {"pools": dict(pools)}
+            return CaptionPools(pools=dict(pools))
         if services.text is None:  # checked with the options (check); a caller that skipped it gets this
             raise SgidError("--summarize needs --text-model MODEL")
         summaries: dict[str, list[tuple[str, str]]] = {}
@@ -81,12 +91,12 @@ class DiverseCaptionMethod(SgidMethod):
             seed = derive_seed(self.config.seed, class_name, "summaries")
             found = [d for d in services.text.generate(prompt, self.config.sentences, seed) if d]
             summaries[class_name] = [("summary", d) for d in found]
-        return {"pools": summaries}
+        return CaptionPools(pools=summaries)
 
     def caption_for(self, sample: Sample, context: MethodContext) -> Caption | None:
         pool = [
             (lender, text)
-            for lender, text in context.prepared["pools"].get(sample.source.class_name, [])
+            for lender, text in context.prepared_as(CaptionPools).pools.get(sample.source.class_name, [])
             if lender != sample.source.relpath
         ]
         if not pool:

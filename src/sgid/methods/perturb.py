@@ -15,14 +15,24 @@ training batch), chosen by the item's seed; the manifest records it and λ, the 
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from sgid.evaluate.perturb import PERTURBATIONS as SETTINGS
 from sgid.methods.base import METHODS, Method, MethodContext, SkipItem
+from sgid.options import MethodOptions, option
 from sgid.sample import Sample
 from sgid.seeding import derive_seed
-from sgid.stages.perturb import IMAGE_PERTURBATIONS
+
+
+@dataclass(frozen=True)
+class PerturbOptions(MethodOptions):
+    perturb_probability: float = option(
+        1.0,
+        "randaugment, random_erasing, cutmix: chance each image is perturbed; the paper trains Random Erasing "
+        "and CutMix at 0.5, unperturbed images are plain copies",
+        at_least=0,
+        at_most=1,
+    )
 
 
 class PerturbationMethod(Method):
@@ -31,13 +41,18 @@ class PerturbationMethod(Method):
     perturbation: ClassVar[str]  # the IMAGE_PERTURBATIONS key, also the generator kind
     uses_source_pixels = False  # the perturbation stage reads the source (and partner) at full size itself
     defaults = {"guidance": "1.0", "prompt_weighting": False}
-    options: tuple[str, ...] = ("perturb_probability",)
+    Options = PerturbOptions
 
     def needs_all_sources(self) -> bool:
         # CutMix partners are drawn from every readable source: all are read, so a resumed run plans the same
+        from sgid.stages.perturb import IMAGE_PERTURBATIONS  # torch: imported when planning, not with the methods
+
         return IMAGE_PERTURBATIONS.get(self.perturbation).needs_partner
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
+        from sgid.evaluate.perturb import PERTURBATIONS as SETTINGS
+        from sgid.stages.perturb import IMAGE_PERTURBATIONS
+
         c = self.config
         assert sample.info is not None
         applied = random.Random(derive_seed(sample.seed, "apply")).random() < c.perturb_probability

@@ -11,7 +11,7 @@ into the training data). Every (source, k) gets its own pool image; the manifest
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import numpy as np
 from sgid.dataset import Source
 from sgid.errors import SgidError, need
 from sgid.images import IMAGE_EXTENSIONS
-from sgid.methods.base import METHODS, Method, MethodContext, Services, SkipItem
+from sgid.methods.base import METHODS, Method, MethodContext, Prepared, Services, SkipItem
+from sgid.options import MethodOptions, option
 from sgid.retrieval import Query, assign, near_duplicates
 from sgid.sample import COPY, Sample
 
@@ -43,6 +44,45 @@ def list_pool(pool: Path, flag: str = "--pool") -> list[Path]:
     return found
 
 
+@dataclass(frozen=True)
+class RetrievalOptions(MethodOptions):
+    pool: Path | None = option(None, "retrieval: folder of unlabelled images to retrieve from")
+    retrieval_query: str = option(
+        "text",
+        "retrieval: text ('a photo of a {label}'), image (each training image) or both",
+        choices=("text", "image", "both"),
+    )
+    duplicate_threshold: float = option(
+        0.95, "retrieval: drop pool images with this cosine similarity to a training image", at_least=-1, at_most=1
+    )
+    exclude: tuple[Path, ...] = option(
+        (),
+        "retrieval: also drop pool images this similar to any image under DIR, e.g. the test set (repeatable; each "
+        "drop is listed in errors.jsonl)",
+        metavar="DIR",
+    )
+
+
+@dataclass(frozen=True)
+class PoolMatch:
+    """The pool image one (source, k) gets, and why: the query and its score."""
+
+    query: str
+    score: float
+    pool_path: str  # relative to --pool, as the manifest says it
+    pool_file: Path
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {"query": self.query, "score": self.score, "pool_path": self.pool_path}
+
+
+@dataclass(frozen=True)
+class PoolMatches(Prepared):
+    """(source relpath, k) -> its pool image; ``notes``: the pool images dropped and why."""
+
+    plans: dict[tuple[str, int], PoolMatch] = field(default_factory=dict)
+
+
 @METHODS.register("retrieval")
 class RetrievalMethod(Method):
     name = "retrieval"
@@ -50,7 +90,7 @@ class RetrievalMethod(Method):
     resize_to_source = False
     generator_kinds = ()  # items are copies of pool images: no generator is loaded
     defaults = {"guidance": "1.0", "prompt_weighting": False}
-    options = ("pool", "retrieval_query", "duplicate_threshold", "exclude")
+    Options = RetrievalOptions
 
     def needs_scorer(self) -> bool:
         return True
@@ -68,7 +108,7 @@ class RetrievalMethod(Method):
             if not Path(folder).is_dir():
                 raise SgidError(f"--exclude {folder} is not a folder")
 
-    def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
+    def prepare(self, context: MethodContext, services: Services) -> PoolMatches:
         from sgid.features import ClipImageFeatures, FeatureCache, FeatureStore
 
         c = self.config
@@ -104,7 +144,7 @@ class RetrievalMethod(Method):
             self.drop_near(store, pool, pool_paths, excluded, notes, folder)
         queries, texts = self.queries(readable, train, context, services)
         matches = assign(queries, np.nan_to_num(pool), excluded)
-        plans: dict[tuple[str, int], dict[str, Any]] = {}
+        plans: dict[tuple[str, int], PoolMatch] = {}
         by_class: dict[str, list[Any]] = defaultdict(list)
         for source in readable:
             by_class[source.class_name].append(source)
@@ -115,15 +155,15 @@ class RetrievalMethod(Method):
                     source, k = members[match.rank % len(members)], match.rank // len(members)
                 else:
                     source, k = next(s for s in readable if s.relpath == query.key), match.rank
-                plans[(source.relpath, k)] = {
-                    "query": texts.get(query.key, source.relpath)
+                plans[(source.relpath, k)] = PoolMatch(
+                    query=texts.get(query.key, source.relpath)
                     if c.retrieval_query != "both"
                     else f"{texts[query.key]} + {source.relpath}",
-                    "score": match.score,
-                    "pool_path": self.pool_name(pool_paths[match.pool_index]),
-                    "pool_file": str(pool_paths[match.pool_index]),
-                }
-        return {"plans": plans, "notes": notes}
+                    score=match.score,
+                    pool_path=self.pool_name(pool_paths[match.pool_index]),
+                    pool_file=pool_paths[match.pool_index],
+                )
+        return PoolMatches(notes=tuple(notes), plans=plans)
 
     def drop_near(
         self,
@@ -183,10 +223,14 @@ class RetrievalMethod(Method):
         return [Query(s.relpath, vectors[i], K) for i, s in enumerate(readable)], texts
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
-        found = context.prepared["plans"].get((sample.source.relpath, sample.k))
+        found = context.prepared_as(PoolMatches).plans.get((sample.source.relpath, sample.k))
         if found is None:
             raise SkipItem("no unused pool image left among the query's nearest neighbours")
-        extra = {k: v for k, v in found.items() if k != "pool_file"}
         return replace(
-            sample, kind=COPY, strength=None, guidance_scale=None, copy_from=Path(found["pool_file"]), extra=extra
+            sample,
+            kind=COPY,
+            strength=None,
+            guidance_scale=None,
+            copy_from=found.pool_file,
+            extra=found.manifest_fields(),
         )

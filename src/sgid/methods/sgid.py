@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 
 from sgid.methods.base import METHODS, Method, MethodContext
-from sgid.sample import Sample
+from sgid.sample import Caption, Sample
 from sgid.seeding import derive_seed
-from sgid.stages.caption import Caption
 from sgid.stages.prompt import build_prompt
 
 
@@ -27,7 +25,7 @@ def choose_caption(captions: tuple[Caption, ...], strategy: str, seed: int) -> C
 class SgidMethod(Method):
     name = "sgid"
     uses_prompt_mode = True
-    options: tuple[str, ...] = ("noise", "prompt")
+    reads = ("noise", "prompt")
 
     def needs_captions(self) -> bool:
         c = self.config
@@ -48,19 +46,9 @@ class SgidMethod(Method):
         caption = self.caption_for(sample, context)
         label = context.prompt_labels[sample.source.class_name]
         prompt = build_prompt(label, caption.text if caption else None, c.prompt, c.label_template)
-        label_weight, caption_weight = c.weights
         # a caption borrowed from elsewhere has no similarity yet: it is scored, then ``finalize`` sets g
         unscored = caption is not None and caption.similarity is None
-        raw, applied = (None, None) if unscored else self.guidance(caption.similarity if caption else None)
-        return replace(
-            sample,
-            caption=caption,
-            prompt=prompt,
-            negative_prompt=c.negative_prompt,
-            label_weight=label_weight,
-            caption_weight=caption_weight,
-            guidance_raw=raw,
-            guidance_scale=applied,
-            kind="img2img",
-            strength=c.noise,
-        )
+        guidance: tuple[float | None, float | None] = (None, None)
+        if not unscored:
+            guidance = self.guidance(caption.similarity if caption else None)
+        return self.prompted(sample, prompt, guidance, "img2img", caption=caption, strength=c.noise)

@@ -10,10 +10,10 @@ always named.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass
 
-from sgid.methods.base import METHODS, Method, MethodContext, Services
+from sgid.methods.base import METHODS, LabelTexts, Method, MethodContext, Services, TextModelOptions
+from sgid.options import option
 from sgid.progress import note
 from sgid.sample import Sample
 from sgid.seeding import derive_seed
@@ -48,13 +48,25 @@ def sentences_from_model(text, label: str, n: int, seed: int) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class Text2ImgOptions(TextModelOptions):
+    templates: tuple[str, ...] = option(
+        (), "text2img sentence template with {label} (repeatable)", shown="built-in list"
+    )
+
+
 @METHODS.register("text2img")
 class Text2ImgMethod(Method):
     name = "text2img"
     uses_source_pixels = False
     generator_kinds = ("text2img",)
     defaults = {"guidance": "7.5", "prompt_weighting": False}
-    options = ("templates", "text_model", "sentences")
+    Options = Text2ImgOptions
+    paper_variant = "lm"
+    stand_in_note = (
+        "text2img: no --text-model, so sentences come from templates (variant 'templates'); the paper's "
+        "Text2Img writes them with a language model (pass --text-model for variant 'lm')"
+    )
 
     def needs_text_model(self) -> bool:
         return self.config.text_model is not None
@@ -62,14 +74,6 @@ class Text2ImgMethod(Method):
     def variant(self) -> str:
         """``lm``: sentences written by a language model (the paper's Text2Img, after He et al.); ``templates``."""
         return "lm" if self.config.text_model is not None else "templates"
-
-    def variant_note(self) -> str | None:
-        if self.variant() == "lm":
-            return None
-        return (
-            "text2img: no --text-model, so sentences come from templates (variant 'templates'); the paper's "
-            "Text2Img writes them with a language model (pass --text-model for variant 'lm')"
-        )
 
     def templates(self) -> tuple[str, ...]:
         return self.config.templates or TEMPLATES
@@ -82,9 +86,9 @@ class Text2ImgMethod(Method):
             if "{label}" not in template:
                 raise SgidError(f"--template {template!r} must contain {{label}}")
 
-    def prepare(self, context: MethodContext, services: Services) -> dict[str, Any]:
+    def prepare(self, context: MethodContext, services: Services) -> LabelTexts:
         if services.text is None:
-            return {"sentences": {}}
+            return LabelTexts()
         sentences = {}
         for class_name in sorted({s.class_name for s in context.sources}):
             seed = derive_seed(self.config.seed, class_name, "sentences")
@@ -98,12 +102,12 @@ class Text2ImgMethod(Method):
                 f"{', …' if len(empty) > 5 else ''}); their images use templates (rows with variant 'templates')",
                 self.config.quiet,
             )
-        return {"sentences": sentences}
+        return LabelTexts(texts=sentences)
 
     def plan(self, sample: Sample, context: MethodContext) -> Sample:
         c = self.config
         label = context.prompt_labels[sample.source.class_name]
-        generated = context.prepared.get("sentences", {}).get(sample.source.class_name)
+        generated = context.prepared_as(LabelTexts).texts.get(sample.source.class_name)
         # the label sentence stays in front of a model's description, so the class is always named
         pool = (
             [f"a photo of a {label}, {t}" for t in generated]
@@ -113,17 +117,11 @@ class Text2ImgMethod(Method):
         text = pool[
             random.Random(derive_seed(c.seed, sample.source.relpath, sample.k, "sentence")).randrange(len(pool))
         ]
-        label_weight, caption_weight = c.weights
-        raw, applied = self.guidance(None)
-        return replace(
+        return self.prompted(
             sample,
-            prompt=Prompt(text, (0, len(text)), (0, 0)),  # the whole sentence counts as label guidance
-            negative_prompt=c.negative_prompt,
-            label_weight=label_weight,
-            caption_weight=caption_weight,
-            guidance_raw=raw,
-            guidance_scale=applied,
-            kind="text2img",
+            Prompt(text, (0, len(text)), (0, 0)),  # the whole sentence counts as label guidance
+            self.guidance(None),
+            "text2img",
             strength=None,
             extra={
                 "variant": "lm" if generated else "templates",

@@ -9,64 +9,17 @@ sampling, but each caption depends only on its own image and seed, never on its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
-from sgid.errors import SgidError
+from sgid.config import CaptionSettings
+from sgid.sample import Caption
 from sgid.seeding import derive_seed, generator
 
+__all__ = ["Caption", "CaptionSettings", "Captioner", "GumbelSampler"]  # the records and settings live elsewhere
 
-@dataclass(frozen=True)
-class CaptionSettings:
-    """BLIP decoding settings. Defaults follow the paper (§4.2, appendix I); see docs for the beam choice.
-
-    The paper asks for 10 beam-search captions with ``num_beams=3``, but beam search cannot return more
-    sequences than it keeps beams. The default is the top 10 hypotheses of a 10-beam search; set
-    ``num_beams=3, beam_captions=3`` for the paper's literal beam width.
-    """
-
-    beam_captions: int = 10
-    num_beams: int = 10
-    nucleus_captions: int = 10
-    top_p: float = 0.9
-    top_k: int = 0  # 0 disables top-k, so sampling is pure nucleus sampling
-    min_length: int = 5  # as BLIP's generate(): counts the start token
-    max_length: int = 20
-    repetition_penalty: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.beam_captions < 0 or self.nucleus_captions < 0:
-            raise SgidError(
-                f"invalid --beam-captions {self.beam_captions} / --nucleus-captions {self.nucleus_captions}: "
-                "must be >= 0"
-            )
-        if self.beam_captions + self.nucleus_captions == 0:
-            raise SgidError("--beam-captions 0 and --nucleus-captions 0: at least one caption is needed")
-        if self.beam_captions > self.num_beams:
-            raise SgidError(
-                f"beam search cannot return {self.beam_captions} captions with num_beams={self.num_beams}: "
-                f"it returns at most one caption per beam; raise --num-beams or lower --beam-captions"
-            )
-        if not 0.0 < self.top_p <= 1.0:
-            raise SgidError(f"invalid --top-p {self.top_p}: must be in (0, 1]")
-        if self.top_k < 0:
-            raise SgidError(f"invalid --top-k {self.top_k}: must be >= 0 (0 disables it)")
-        if not 1 <= self.min_length <= self.max_length:
-            raise SgidError(
-                f"invalid --min-length {self.min_length} / --max-length {self.max_length}: "
-                "need 1 <= min-length <= max-length"
-            )
-
-
-@dataclass(frozen=True)
-class Caption:
-    text: str
-    strategy: str  # "beam" or "nucleus" ("summary" for a language model's domain description)
-    similarity: float | None = None
-    origin: str | None = None  # where a borrowed caption came from (another image's path, or "summary")
+PAPER_SETTINGS = CaptionSettings()  # the paper's decoding settings (the defaults)
 
 
 class GumbelSampler(LogitsProcessor):
@@ -88,7 +41,7 @@ class GumbelSampler(LogitsProcessor):
 class Captioner:
     """BLIP captioner: ``captioner(images, seeds)`` returns beam and nucleus captions for every image."""
 
-    def __init__(self, model, processor, settings: CaptionSettings = CaptionSettings()) -> None:
+    def __init__(self, model, processor, settings: CaptionSettings = PAPER_SETTINGS) -> None:
         self.model = model
         self.processor = processor
         self.settings = settings

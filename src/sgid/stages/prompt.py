@@ -17,18 +17,22 @@ setting (``--weighting``, the registry :data:`WEIGHTINGS`):
 ``mean-restore``
     diffusers' long-prompt-weighting pipeline: multiply, z·w, then rescale the whole (77, D) encoding so its
     mean equals the unweighted encoding's mean.
+
+Prompt building is plain Python: torch is imported where text is encoded, so settings and methods use this
+module without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sgid.errors import SgidError, require
 from sgid.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 PROMPT_MODES = ("complete", "label", "caption", "none")
 DEFAULT_LABEL_TEMPLATE = "A picture of a {label}"
@@ -77,6 +81,12 @@ def build_prompt(
     return Prompt("", (0, 0), (0, 0))
 
 
+def tokenize(tokenizer: Any, texts: str | list[str], **options: Any) -> Any:
+    """A text encoder's input as diffusers makes it: padded to the tokenizer's ``model_max_length``, truncated
+    (``options``: e.g. ``return_tensors="pt"``)."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, **options)
+
+
 class PromptEncoder:
     """Encodes prompts with the Stable Diffusion text encoder, weighting label and caption tokens by ``weighting``.
 
@@ -100,41 +110,35 @@ class PromptEncoder:
         return next(self.text_encoder.parameters()).device
 
     def _run(self, texts: list[str]) -> Any:
-        tokens = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
+        tokens = tokenize(self.tokenizer, texts, return_tensors="pt")
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(self.device)
         hidden = self.hidden_layer is not None
         return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=hidden)
 
-    @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        output = self._run(texts)
-        embeds = output[0] if self.hidden_layer is None else output.hidden_states[self.hidden_layer]
-        return embeds.to(dtype=self.text_encoder.dtype)
+        import torch
 
-    @torch.no_grad()
+        with torch.no_grad():
+            output = self._run(texts)
+            embeds = output[0] if self.hidden_layer is None else output.hidden_states[self.hidden_layer]
+            return embeds.to(dtype=self.text_encoder.dtype)
+
     def pooled_texts(self, texts: list[str]) -> torch.Tensor:
         """(B, P): the encoder's pooled, projected output for the unweighted texts (``text_embeds`` of a
         ``CLIPTextModelWithProjection``: SDXL's second encoder)."""
-        return self._run(texts)[0].to(dtype=self.text_encoder.dtype)
+        import torch
+
+        with torch.no_grad():
+            return self._run(texts)[0].to(dtype=self.text_encoder.dtype)
 
     def token_weights(self, prompt: Prompt, label_weight: float, caption_weight: float) -> torch.Tensor:
         """Per-token weights (length ``model_max_length``): w_l on label tokens, w_c on caption tokens, else 1."""
+        import torch
+
         length = self.tokenizer.model_max_length
-        encoded = self.tokenizer(
-            prompt.text,
-            padding="max_length",
-            max_length=length,
-            truncation=True,
-            return_offsets_mapping=True,
-        )
+        encoded = tokenize(self.tokenizer, prompt.text, return_offsets_mapping=True)
         weights = torch.ones(length)
         special = set(self.tokenizer.all_special_ids)
         for position, (token, (start, end)) in enumerate(
@@ -150,6 +154,8 @@ class PromptEncoder:
 
     def scales(self, prompts: list[Prompt], weights: list[tuple[float, float]], like: torch.Tensor) -> torch.Tensor:
         """(B, 77, 1) per-token weights, on ``like``'s device and dtype."""
+        import torch
+
         scale = torch.stack([self.token_weights(p, wl, wc) for p, (wl, wc) in zip(prompts, weights, strict=True)])
         return scale.to(like.device, like.dtype).unsqueeze(-1)
 
@@ -184,7 +190,7 @@ class PromptEncoder:
         return self._apply(self, prompts, weights)
 
 
-Weighting = Callable[[PromptEncoder, list[Prompt], list[tuple[float, float]]], torch.Tensor]
+Weighting = Callable[[PromptEncoder, list[Prompt], list[tuple[float, float]]], "torch.Tensor"]
 #: How prompt weights act on the text encoding; the key is the ``--weighting`` value.
 WEIGHTINGS: Registry[Weighting] = Registry("--weighting mode")
 
@@ -213,6 +219,8 @@ def mean_restore_weighting(
 @WEIGHTINGS.register("compel")
 def compel_weighting(encoder: PromptEncoder, prompts: list[Prompt], weights: list[tuple[float, float]]) -> torch.Tensor:
     """compel's weighting of the prompt's fragments (label sentence, separator, caption), one prompt at a time."""
+    import torch
+
     provider = encoder.compel_provider()
     rows = []
     with torch.no_grad():

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from sgid.config import SIMILARITY_MODES
 from sgid.errors import SgidError
-
-SIMILARITY_MODES = ("cosine", "softmax")
 
 
 def _embedding(output) -> torch.Tensor:
