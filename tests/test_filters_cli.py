@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sgid.cli import main
+from sgid.cli import build_parser, main
 from test_filters_support import make_run, read_jsonl
 
 ALL_CLIP_FILTERS = "label,prompt,original,threshold,best_of_k,realfake"
@@ -180,3 +180,14 @@ def test_a_broken_run_folder_is_one_line_exit_2(
     assert main(["filter", str(run), "--filters", "original", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_filter_help_lists_every_filter_and_every_rank_by_choice() -> None:
+    from sgid.commands.filter import FILTER_NAMES, RANK_BY_NAMES
+    from sgid.filters import FILTERS
+
+    assert sorted(FILTER_NAMES.split(", ")) == sorted(FILTERS.names())
+    assert sorted(RANK_BY_NAMES.split(", ")) == sorted(set(FILTERS.names()) - {"best_of_k"})
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    text = " ".join(commands["filter"].format_help().split())
+    assert f"best_of_k: the filter whose score ranks them: {RANK_BY_NAMES} [default: original]" in text

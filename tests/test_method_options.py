@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,15 @@ from sgid.commands.augment import options_from_args
 from sgid.config import AugmentConfig
 from sgid.methods import METHODS, method_options
 from sgid.methods.base import Method, TextModelOptions
-from sgid.options import MethodOptions, flag_of, option, resolve_options, spec_of
+from sgid.options import (
+    MethodOptions,
+    declared_defaults,
+    default_text,
+    flag_of,
+    option,
+    resolve_options,
+    spec_of,
+)
 
 
 def _augment_parser() -> argparse.ArgumentParser:
@@ -86,22 +95,38 @@ def test_help_states_the_declared_defaults_of_general_settings_too() -> None:
         assert piece in text, piece
 
 
-def test_the_readme_states_the_declared_defaults() -> None:
-    """The README's option tables give each method option's default as the method declares it."""
-    rows = {}
-    for line in (Path(__file__).parents[1] / "README.md").read_text().splitlines():
-        if line.startswith("| `--"):
-            flag, default = (cell.strip() for cell in line.split("|")[1:3])
-            rows[flag.strip("`").split()[0]] = default.replace("`", "")
-    for field in method_options():
-        spec = spec_of(field)
-        if spec.shown is not None:
-            expected = spec.shown.replace("the preset's", "preset's")
-        elif field.default is None or field.default == ():
-            expected = "–"
-        else:
-            expected = "off" if field.default is False else str(field.default)
-        assert rows[flag_of(field.name)] == expected, field.name
+def _readme_augment_defaults() -> dict[str, str]:
+    """flag -> the default cell of README's ``sgid augment`` tables (backticks and quotes removed)."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text[text.index("### `sgid augment") : text.index("### `sgid demo")]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        if line.startswith("| `-"):
+            names, defaults = (cell.strip() for cell in line.split("|")[1:3])
+            flags = re.findall(r"`(--[a-z-]+)", names)
+            values = [v.strip() for v in defaults.split(",")]
+            for flag, value in zip(
+                flags, values if len(values) == len(flags) else [defaults] * len(flags), strict=True
+            ):
+                rows[flag] = value.replace("`", "").strip('"')
+    return rows
+
+
+def test_the_readme_states_every_declared_default() -> None:
+    """README's reference gives each augment setting's default as declared: a method's own options where the
+    method declares them, the general ones in AugmentConfig (switches and "none" defaults are words there)."""
+    rows = _readme_augment_defaults()
+    shown = {f.name: spec_of(f).shown for f in method_options()}
+    checked = []
+    for name, value in declared_defaults().items():
+        expected = shown.get(name) or default_text(value)
+        if expected is None or isinstance(value, bool):
+            continue
+        cell = rows[flag_of(name)]
+        numbers = isinstance(value, (int, float)) and re.fullmatch(r"[-\d.]+", cell) and float(cell) == value
+        assert numbers or cell == expected.strip("'").replace("the preset's", "preset's"), (name, cell, expected)
+        checked.append(name)
+    assert {"noise", "image_guidance", "duplicate_threshold", "boomerang_prompt", "label_template"} <= set(checked)
 
 
 def test_the_methods_read_the_options_they_did() -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sgid.progress import warn
+from sgid.sqlitecache import SqliteCache
 
 _TABLES = ("captions", "similarities")
 
@@ -22,54 +21,21 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-class Cache:
+class Cache(SqliteCache):
     """``Cache(path)`` persists to ``path``; ``Cache(None)`` keeps nothing (``--no-cache``); ``readonly`` reads
-    what is there and writes nothing, not even a new file (``--dry-run``)."""
+    what is there and writes nothing, not even a new file (``--dry-run``). What cannot be read or written is a
+    warning (:mod:`sgid.sqlitecache`)."""
 
     def __init__(self, path: Path | None, *, readonly: bool = False) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-        self.readonly = readonly
+        tables = [f"{table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)" for table in _TABLES]
+        super().__init__(path, tables, readonly=readonly, stored="captions")
         self.hits = 0
         self.misses = 0
-        self.writable = not readonly
-        if path is not None and readonly:
-            if path.is_file():
-                try:
-                    self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60, isolation_level=None)
-                except sqlite3.DatabaseError as exc:
-                    warn(f"the cache {path} cannot be used ({exc}); going on without it")
-        elif path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                for table in _TABLES:
-                    self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            except (OSError, sqlite3.DatabaseError) as exc:  # a full disk, a damaged or foreign file
-                warn(f"the cache {path} cannot be used ({exc}); going on without it")
-                self.close()
 
     def get_many(self, table: str, keys: Iterable[str]) -> dict[str, Any]:
         keys = list(keys)
-        found: dict[str, Any] = {}
-        if self._db is not None and keys:
-            assert table in _TABLES
-            try:
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    rows = self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk)
-                    found.update((key, json.loads(value)) for key, value in rows)
-            except sqlite3.OperationalError as exc:
-                if not self.readonly:
-                    warn(f"the cache {self.path} cannot be read ({exc}); going on without it")
-                    self.close()
-                found.clear()  # read-only: the table was never made
-            except (sqlite3.DatabaseError, ValueError) as exc:  # damaged since it was opened
-                warn(f"the cache {self.path} cannot be read ({exc}); going on without it")
-                self.close()
-                found.clear()
+        assert not keys or table in _TABLES
+        found = self.lookup(f"SELECT key, value FROM {table} WHERE key IN ({{marks}})", keys, _json_row)
         self.hits += len(found)
         self.misses += len(keys) - len(found)
         return found
@@ -79,21 +45,11 @@ class Cache:
 
         A cache that cannot be written (its disk is full, its file is read-only) is a warning, not a failure:
         the run goes on without storing what it computes. A ``readonly`` cache stores nothing."""
-        if self._db is None or not items or not self.writable:
-            return
-        assert table in _TABLES
-        try:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    f"INSERT OR REPLACE INTO {table} (key, value) VALUES (?, ?)",
-                    [(k, json.dumps(v)) for k, v in items.items()],
-                )
-        except sqlite3.OperationalError as exc:  # "database or disk is full", "attempt to write a readonly ..."
-            self.writable = False
-            warn(f"the cache {self.path} cannot be written ({exc}); going on without storing captions")
+        assert not items or table in _TABLES
+        rows = ((key, json.dumps(value)) for key, value in items.items())
+        self.store(f"INSERT OR REPLACE INTO {table} (key, value) VALUES (?, ?)", rows)
 
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-        self._db = None
+
+def _json_row(row: tuple[Any, ...]) -> tuple[str, Any]:
+    key, value = row
+    return key, json.loads(value)

@@ -2,7 +2,7 @@
 
 Assembles a small labelled folder from photos that scikit-image ships (no download), runs ``sgid augment``
 on it and writes ``index.html`` with each original beside its augmentations. With ``--models tiny`` (the
-default) everything runs offline on a CPU in under a minute; the images are noise. With ``--models default``
+default) everything runs offline on a CPU; the images are noise. With ``--models default``
 on a GPU it shows what SGID really does.
 """
 

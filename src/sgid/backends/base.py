@@ -175,6 +175,17 @@ def denoise(
 Guide = Callable[["Backend", Sequence[Image.Image], int], StepHook]
 
 
+def diffusers_classes(family: str) -> tuple[dict[str, str], dict[str, str], tuple[str, ...]]:
+    """A Stable Diffusion-like family's diffusers class names from its prefix (``StableDiffusion``,
+    ``StableDiffusionXL``): ``pipelines`` (img2img, text2img), ``control_pipelines`` (img2img with a
+    ControlNet) and ``checkpoint_classes``, as :class:`Backend` declares them."""
+    return (
+        {"img2img": f"{family}Img2ImgPipeline", "text2img": f"{family}Pipeline"},
+        {"img2img": f"{family}ControlNetImg2ImgPipeline"},
+        (f"{family}Pipeline", f"{family}Img2ImgPipeline"),
+    )
+
+
 class Backend:
     """A model family over one diffusers pipeline's components (see the module docstring).
 

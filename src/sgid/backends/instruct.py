@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sgid.backends.base import BACKENDS, GenerationOutput, GenerationRequest, Guide
+from sgid.backends.base import BACKENDS, GenerationOutput, GenerationRequest
 from sgid.backends.sd import StableDiffusion
 from sgid.seeding import generator
 
@@ -26,17 +26,9 @@ class InstructPix2Pix(StableDiffusion):
     tiny_controlnet = ""
     default_model = "timbrooks/instruct-pix2pix"
 
-    def __init__(
-        self,
-        pipe: Any,
-        mode: str = "instruct",
-        *,
-        diffusers_guidance: bool = False,
-        guide: Guide | None = None,
-        weighting: str = "literal",
-        image_guidance: float = 1.5,
-    ) -> None:
-        super().__init__(pipe, mode, diffusers_guidance=diffusers_guidance, guide=guide, weighting=weighting)
+    def __init__(self, pipe: Any, mode: str = "instruct", *, image_guidance: float = 1.5, **options: Any) -> None:
+        """``options``: :class:`Backend`'s (``diffusers_guidance``, ``guide``, ``weighting``)."""
+        super().__init__(pipe, mode, **options)
         self.image_guidance = image_guidance
 
     @classmethod

@@ -7,9 +7,9 @@ ControlNet, ``img2img`` follows ``StableDiffusionControlNetImg2ImgPipeline``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
-from sgid.backends.base import BACKENDS, Backend, Conditioning
+from sgid.backends.base import BACKENDS, Backend, Conditioning, diffusers_classes
 from sgid.stages.prompt import Prompt, PromptEncoder
 
 
@@ -17,12 +17,7 @@ from sgid.stages.prompt import Prompt, PromptEncoder
 class StableDiffusion(Backend):
     name = "sd"
     title = "Stable Diffusion"
-    pipelines: ClassVar[Mapping[str, str]] = {
-        "img2img": "StableDiffusionImg2ImgPipeline",
-        "text2img": "StableDiffusionPipeline",
-    }
-    control_pipelines: ClassVar[Mapping[str, str]] = {"img2img": "StableDiffusionControlNetImg2ImgPipeline"}
-    checkpoint_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+    pipelines, control_pipelines, checkpoint_classes = diffusers_classes("StableDiffusion")
     tiny_model = "tiny:sd"
     tiny_controlnet = "tiny:controlnet"
     default_model = "stable-diffusion-v1-5/stable-diffusion-v1-5"

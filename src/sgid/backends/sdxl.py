@@ -15,11 +15,11 @@ ControlNet, ``img2img`` follows ``StableDiffusionXLControlNetImg2ImgPipeline``. 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from sgid.backends.base import BACKENDS, Backend, Conditioning, GenerationOutput
+from sgid.backends.base import BACKENDS, Backend, Conditioning, GenerationOutput, diffusers_classes
 from sgid.stages.prompt import Prompt, PromptEncoder
 
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # diffusers' defaults for refiner checkpoints
@@ -29,12 +29,7 @@ AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # diffusers' defaults for 
 class StableDiffusionXL(Backend):
     name = "sdxl"
     title = "Stable Diffusion XL"
-    pipelines: ClassVar[Mapping[str, str]] = {
-        "img2img": "StableDiffusionXLImg2ImgPipeline",
-        "text2img": "StableDiffusionXLPipeline",
-    }
-    control_pipelines: ClassVar[Mapping[str, str]] = {"img2img": "StableDiffusionXLControlNetImg2ImgPipeline"}
-    checkpoint_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+    pipelines, control_pipelines, checkpoint_classes = diffusers_classes("StableDiffusionXL")
     tiny_model = "tiny:sdxl"
     tiny_controlnet = "tiny:controlnet_sdxl"
     default_model = "stabilityai/stable-diffusion-xl-base-1.0"

@@ -11,7 +11,8 @@ from typing import Any
 from sgid.commands.augment import add_run_reader_options
 
 HELP = "filter the generated images of an augment run (CLIP label/prompt/original, threshold, best-of-k, human, ...)"
-FILTER_NAMES = "label, prompt, original, threshold, best_of_k, realfake, confidence, human"
+FILTER_NAMES = "label, prompt, original, threshold, best_of_k, realfake, confidence, human"  # a test pins it
+RANK_BY_NAMES = "original, prompt, label, threshold, realfake, confidence, human"  # every filter but best_of_k
 
 
 def register(subparsers: Any) -> None:
@@ -47,8 +48,7 @@ def register(subparsers: Any) -> None:
     rules.add_argument(
         "--rank-by",
         default="original",
-        help="best_of_k: the filter whose score ranks them: "
-        "original, prompt, label, threshold, realfake, confidence [default: original]",
+        help=f"best_of_k: the filter whose score ranks them: {RANK_BY_NAMES} [default: original]",
     )
     rules.add_argument("--folds", type=int, default=5, help="realfake: cross-validation folds [default: 5]")
     rules.add_argument(
@@ -104,6 +104,6 @@ def run(args: argparse.Namespace) -> int:
         args.filters,
         options=options,
         source_dir=args.source_dir,
-        **ClipOptions.from_args(args).keywords(),
+        runtime=ClipOptions.from_args(args),
     )
     return 0

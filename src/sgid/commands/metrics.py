@@ -63,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
         kid_subset_size=args.kid_subset_size,
         seed=args.seed,
         plots=args.plots,
-        **ClipOptions.from_args(args).keywords(),
+        runtime=ClipOptions.from_args(args),
     )
     return 0

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from sgid.seeding import derive_seed, generator
+from sgid.stages.prompt import tokenize
 
 #: Prompts for an object concept ("{}" is the token), in the spirit of the textual inversion paper's
 #: ImageNet-style templates.
@@ -107,13 +108,7 @@ class ConceptImages:
             pixels.append(self._augment(self.images[index], rng))
             template = self.templates[int(torch.randint(len(self.templates), (1,), generator=rng))]
             prompts.append(template.format(self.subjects[index]))
-        input_ids = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+        input_ids = tokenize(self.tokenizer, prompts, return_tensors="pt").input_ids
         return Batch(torch.stack(pixels), input_ids, tuple(prompts), tuple(indices))
 
     def _augment(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:

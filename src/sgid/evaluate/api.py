@@ -39,6 +39,7 @@ from sgid.evaluate.store import EvaluationStore, finished_runs
 from sgid.evaluate.train import TrainSettings, fit, test_accuracy
 from sgid.evaluate.zeroshot import NAME as ZERO_SHOT
 from sgid.evaluate.zeroshot import zero_shot_accuracy
+from sgid.models.loading import resolve_device
 from sgid.outdir import check_out_dir
 from sgid.progress import bar, counted, estimate_note, note, warn
 from sgid.seeding import derive_seed
@@ -176,16 +177,6 @@ class Evaluation:
     trained: int  # runs trained by this call
     reused: int  # runs found finished in out and not redone
     files: list[Path]
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SgidError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise SgidError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return device
 
 
 def default_threads() -> int:
@@ -525,7 +516,7 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
         raise SgidError("two datasets have the same name; give each its own (--name)")
     # 1. Check the options and the data: everything that can fail does so before any training.
     spec, variant_list = config.check([GENERATED, *(name for d in datasets for name in d.generated_sets())])
-    device = resolve_device(config.device)
+    device = str(resolve_device(config.device, kinds=("cpu", "cuda")))  # the training loop runs on cpu or cuda
     trained_backbone = spec.recipe is not None
     settings: dict[str, TrainSettings] = {}
     for d in datasets:

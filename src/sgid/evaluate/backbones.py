@@ -269,6 +269,13 @@ def _build_zero_shot(
 
 def _register_all() -> None:
     scratch: dict[str, Any] = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "native_small": True, "pretrained": False}
+    clip: dict[str, Any] = {
+        "mean": CLIP_MEAN,
+        "std": CLIP_STD,
+        "image_size": 224,
+        "native_small": False,
+        "pretrained": True,
+    }
     BACKBONES.add(
         "resnet50",
         BackboneSpec(
@@ -335,14 +342,10 @@ def _register_all() -> None:
             "OpenCLIP ViT-B/32 LAION-2B image tower + linear head (paper)",
             _build_clip_classifier,
             FINETUNE_ADAMW,
-            mean=CLIP_MEAN,
-            std=CLIP_STD,
-            image_size=224,
-            native_small=False,
             moex_layer="visual.conv1",
             moex_channel_dim=1,
             head="head",
-            pretrained=True,
+            **clip,
         ),
     )
     BACKBONES.add(
@@ -352,14 +355,10 @@ def _register_all() -> None:
             "OpenCLIP ViT-B/32 LAION-2B zero-shot by text prompts, untrained (004's reference)",
             _build_zero_shot,
             None,
-            mean=CLIP_MEAN,
-            std=CLIP_STD,
-            image_size=224,
-            native_small=False,
             moex_layer="",
             moex_channel_dim=1,
             head="",
-            pretrained=True,
+            **clip,
         ),
     )
     BACKBONES.add(

@@ -197,6 +197,16 @@ def _figure(width: float = 7.0, height: float = 4.0) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _save(figure: Any, axes: Any, title: str, path: Path) -> Path:
+    """Label the accuracy axis, title and legend, and write the figure to ``path``."""
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(title)
+    axes.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_figure(figure, path)
+    return path
+
+
 def plot_per_class(summary: Sequence[Summary], dataset: str, path: Path) -> Path | None:
     rows = [s for s in summary if s.dataset == dataset and s.per_class]
     if not rows:
@@ -213,12 +223,7 @@ def plot_per_class(summary: Sequence[Summary], dataset: str, path: Path) -> Path
         else:
             axes.bar([x + (i - (len(rows) - 1) / 2) * width for x in range(len(classes))], values, width, label=s.label)
     axes.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 10 else 0, fontsize=7)
-    axes.set_ylabel("accuracy (%)")
-    axes.set_title(f"Per-class test accuracy, {dataset} (mean over seeds)")
-    axes.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_figure(figure, path)
-    return path
+    return _save(figure, axes, f"Per-class test accuracy, {dataset} (mean over seeds)", path)
 
 
 def plot_proportion_sweep(summary: Sequence[Summary], dataset: str, path: Path) -> Path | None:
@@ -249,12 +254,7 @@ def plot_proportion_sweep(summary: Sequence[Summary], dataset: str, path: Path) 
                 100 * (baseline.mean - baseline.std), 100 * (baseline.mean + baseline.std), color="gray", alpha=0.15
             )
     axes.set_xlabel("proportion p of generated images")
-    axes.set_ylabel("accuracy (%)")
-    axes.set_title(f"Accuracy vs p, {dataset} (mean ± std over seeds)")
-    axes.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_figure(figure, path)
-    return path
+    return _save(figure, axes, f"Accuracy vs p, {dataset} (mean ± std over seeds)", path)
 
 
 def write_plots(summary: Sequence[Summary], out: Path) -> list[Path]:

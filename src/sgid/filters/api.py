@@ -83,16 +83,15 @@ def filter_run(
     *,
     options: FilterOptions | None = None,
     source_dir: str | Path | None = None,
-    models: str | None = None,
-    scorer: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    cache_dir: str | Path | None = None,
-    cache: bool = True,
-    quiet: bool = False,
     loaded: FilterModels | None = None,
+    runtime: ClipOptions | None = None,
+    **runtime_options: Any,
 ) -> FilterSummary:
-    """Python API of ``sgid filter``. ``loaded`` replaces the models (tests pass fakes)."""
+    """Python API of ``sgid filter``. ``runtime``: the models and runtime options (``--models --scorer --device
+    --dtype --cache-dir --no-cache --quiet``), as one :class:`ClipOptions` or field by field (``models="tiny"``);
+    ``loaded`` replaces the models (tests pass fakes)."""
+    runtime = ClipOptions.of(runtime, runtime_options)
+    quiet = runtime.quiet
     started = time.monotonic()
     options = options or FilterOptions()
     out = Path(out_dir)
@@ -110,9 +109,7 @@ def filter_run(
     if loaded is None and not any(cls.uses_models(options) for cls in classes):
         loaded = NoModels()  # e.g. --filters human: no model is chosen, built or loaded
     if loaded is None:
-        clip = open_run_clip(
-            run.models, run.models_preset, ClipOptions(models, scorer, device, dtype, cache_dir, cache, quiet)
-        )
+        clip = open_run_clip(run.models, run.models_preset, runtime)
         scorer_id, tiny_note, feature_cache = clip.choice.identity, clip.tiny_note, clip.cache
         loaded = LoadedFilterModels(clip.choice, feature_cache, quiet=quiet)
     try:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from sgid.dataset import Source
 from sgid.features import ImageEmbedder, TextEmbedder
+from sgid.filters.rules import below_threshold as reject_below
 from sgid.registry import Registry
 from sgid.rundir import Entry
 
@@ -77,6 +78,30 @@ class Verdict:
     reject: np.ndarray  # (N,) bool, never True outside ``active``
     reasons: list[str | None]  # why each rejected image was rejected
     summary: dict[str, Any] = field(default_factory=dict)  # thresholds and the like, for the report
+
+    @classmethod
+    def explained(
+        cls,
+        reject: np.ndarray,
+        data: FilterInput,
+        why: Callable[[int, Entry], str],
+        summary: dict[str, Any] | None = None,
+    ) -> Verdict:
+        """Reject where ``reject`` is set; ``why(i, entry)`` says why the i-th generated image is rejected (asked
+        only for rejected images)."""
+        reasons = [why(i, entry) if reject[i] else None for i, entry in enumerate(data.generated)]
+        return cls(reject, reasons, summary or {})
+
+    @classmethod
+    def below_threshold(cls, name: str, what: str, scores: Scores, threshold: float, active: np.ndarray) -> Verdict:
+        """Reject the ``active`` images scoring below ``threshold``, each because "``name``: ``what`` <score> <
+        ``threshold``" (the threshold and realfake filters)."""
+        reject = reject_below(scores.values, threshold, active)
+        reasons = [
+            f"{name}: {what} {value:.4f} < {threshold}" if out else None
+            for value, out in zip(scores.values, reject, strict=True)
+        ]
+        return cls(reject, reasons, {"threshold": threshold})
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,12 @@ class BestOfKFilter(Filter):
         for group, rank in zip(groups, ranks, strict=True):
             if rank:
                 competitors[group] = competitors.get(group, 0) + 1
-        reasons = [
-            f"best_of_k: rank {ranks[i]} of {competitors[e.source]} augmentations of {e.source} by "
-            f"{self.ranker.name} score {scores.values[i]:.4f} (keeping {self.keep})"
-            if reject[i]
-            else None
-            for i, e in enumerate(data.generated)
-        ]
-        return Verdict(reject, reasons, {"keep": self.keep, "rank_by": self.ranker.name})
+        return Verdict.explained(
+            reject,
+            data,
+            lambda i, e: (
+                f"best_of_k: rank {ranks[i]} of {competitors[e.source]} augmentations of {e.source} by "
+                f"{self.ranker.name} score {scores.values[i]:.4f} (keeping {self.keep})"
+            ),
+            {"keep": self.keep, "rank_by": self.ranker.name},
+        )

@@ -16,7 +16,7 @@ import numpy as np
 from sgid.errors import SgidError, need
 from sgid.features import ImageEmbedder, TextEmbedder, rowwise_cosine
 from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, FilterOptions, Scores, Verdict
-from sgid.filters.rules import below_group_mean, below_threshold, zero_shot_margin
+from sgid.filters.rules import below_group_mean, zero_shot_margin
 
 
 @FILTERS.register("label")
@@ -57,13 +57,13 @@ class LabelFilter(Filter):
         predicted = scores.extra["label_predicted"]
         with np.errstate(invalid="ignore"):
             reject = active & (scores.values < 0)
-        reasons = [
-            f"label: CLIP zero-shot predicts {predicted[i]!r}, not {e.label!r} (margin {scores.values[i]:.4f})"
-            if reject[i]
-            else None
-            for i, e in enumerate(data.generated)
-        ]
-        return Verdict(reject, reasons)
+        return Verdict.explained(
+            reject,
+            data,
+            lambda i, e: (
+                f"label: CLIP zero-shot predicts {predicted[i]!r}, not {e.label!r} (margin {scores.values[i]:.4f})"
+            ),
+        )
 
 
 @FILTERS.register("prompt")
@@ -151,12 +151,7 @@ class ThresholdFilter(Filter):
         return source_similarity(self.images, data)
 
     def decide(self, data: FilterInput, scores: Scores, active: np.ndarray) -> Verdict:
-        reject = below_threshold(scores.values, self.threshold, active)
-        reasons = [
-            f"threshold: similarity to the source {scores.values[i]:.4f} < {self.threshold}" if reject[i] else None
-            for i in range(len(data))
-        ]
-        return Verdict(reject, reasons, {"threshold": self.threshold})
+        return Verdict.below_threshold("threshold", "similarity to the source", scores, self.threshold, active)
 
 
 def _below_label_mean(name: str, what: str, data: FilterInput, scores: Scores, active: np.ndarray) -> Verdict:

@@ -105,11 +105,12 @@ class ConfidenceFilter(Filter):
         top = np.array(scores.extra["confidence_predicted_p"], dtype=np.float64)
         predicted = np.array([position[name] for name in names], dtype=np.int64)
         reject = confidently_other(predicted, top, self._label_index(data), self.threshold, active)
-        reasons = [
-            f"confidence: the real-data classifier says {names[i]!r} (p={top[i]:.4f} >= {self.threshold}), "
-            f"not {e.label!r}"
-            if reject[i]
-            else None
-            for i, e in enumerate(data.generated)
-        ]
-        return Verdict(reject, reasons, {"threshold": self.threshold})
+        return Verdict.explained(
+            reject,
+            data,
+            lambda i, e: (
+                f"confidence: the real-data classifier says {names[i]!r} "
+                f"(p={top[i]:.4f} >= {self.threshold}), not {e.label!r}"
+            ),
+            {"threshold": self.threshold},
+        )

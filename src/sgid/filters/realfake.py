@@ -23,7 +23,6 @@ import numpy as np
 from sgid.errors import SgidError
 from sgid.features import ImageEmbedder
 from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, FilterOptions, Scores, Verdict
-from sgid.filters.rules import below_threshold
 
 
 class Classifier(Protocol):
@@ -168,9 +167,4 @@ class RealFakeFilter(Filter):
         )
 
     def decide(self, data: FilterInput, scores: Scores, active: np.ndarray) -> Verdict:
-        reject = below_threshold(scores.values, self.threshold, active)
-        reasons = [
-            f"realfake: out-of-fold P(real) {scores.values[i]:.4f} < {self.threshold}" if reject[i] else None
-            for i in range(len(data))
-        ]
-        return Verdict(reject, reasons, {"threshold": self.threshold})
+        return Verdict.below_threshold("realfake", "out-of-fold P(real)", scores, self.threshold, active)

@@ -9,6 +9,7 @@ import numpy as np
 
 from sgid.filters.base import FilterResult
 from sgid.filters.chain import ChainResult
+from sgid.markdown import quoted, table
 
 
 def build_report(chain: ChainResult, *, settings: dict[str, Any], originals: dict[str, int]) -> dict[str, Any]:
@@ -65,20 +66,22 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{totals['originals']} real images passed through.",
         "",
     ]
-    if settings.get("tiny"):
-        lines += [f"> {settings['tiny']}", ""]
+    lines += quoted(settings.get("tiny"))
     header = ["class", "generated", *[f"rejected by {n}" for n in names], "kept", "kept %"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = [*report["per_class"].items(), ("**all**", totals)]
-    for label, counts in rows:
-        cells = [
-            label,
-            counts["generated"],
-            *[counts["rejected_by"][n] for n in names],
-            counts["kept"],
-            _percent(counts["kept"], counts["generated"]),
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += table(
+        header,
+        (
+            [
+                label,
+                c["generated"],
+                *[c["rejected_by"][n] for n in names],
+                c["kept"],
+                _percent(c["kept"], c["generated"]),
+            ]
+            for label, c in rows
+        ),
+    )
     lines += ["", "## Filters", ""]
     for entry in report["filters"]:
         details = {k: v for k, v in entry.items() if k not in ("filter", "judged", "rejected")}

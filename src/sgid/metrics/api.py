@@ -72,20 +72,18 @@ def metrics_run(
     features: str = "clip",
     inception_weights: str | Path | None = None,
     source_dir: str | Path | None = None,
-    models: str | None = None,
-    scorer: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    cache_dir: str | Path | None = None,
-    cache: bool = True,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
     plots: bool = True,
-    quiet: bool = False,
+    runtime: ClipOptions | None = None,
+    **runtime_options: Any,
 ) -> MetricsSummary:
-    """Python API of ``sgid metrics``."""
-
+    """Python API of ``sgid metrics``. ``runtime``: the models and runtime options (``--models --scorer --device
+    --dtype --cache-dir --no-cache --quiet``), as one :class:`ClipOptions` or field by field (``models="tiny"``).
+    """
+    runtime = ClipOptions.of(runtime, runtime_options)
+    quiet = runtime.quiet
     started = time.monotonic()
     out = Path(out_dir)
     # 1. Check inputs: nothing is loaded before they pass
@@ -111,9 +109,7 @@ def metrics_run(
         run.require_source_dir("for the similarity to the originals")
         check_sources(with_source)
     # 2. Models: CLIP for similarity, diversity and CLIP score; the --features extractor for FID and KID
-    run_clip = open_run_clip(
-        run.models, run.models_preset, ClipOptions(models, scorer, device, dtype, cache_dir, cache, quiet)
-    )
+    run_clip = open_run_clip(run.models, run.models_preset, runtime)
     choice, feature_cache, tiny_note = run_clip.choice, run_clip.cache, run_clip.tiny_note
     clip = ClipModels(choice, feature_cache, quiet=quiet)
     if features == "clip":

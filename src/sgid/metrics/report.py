@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sgid.errors import require
+from sgid.markdown import quoted, table
 from sgid.runstore import write_figure
 
 #: (key in the metrics, plot title, y-axis label)
@@ -41,24 +42,10 @@ def metrics_markdown(report: dict[str, Any], plots: list[str]) -> str:
         f"and CLIP score use CLIP ({report['scorer']}).",
         "",
     ]
-    if report.get("tiny"):
-        lines += [f"> {report['tiny']}", ""]
+    lines += quoted(report.get("tiny"))
     header = ["class", "generated", "reference", "similarity", "diversity", "CLIP score", "FID", "KID"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = [*report["per_class"].items(), ("**all**", report["overall"])]
-    for label, metrics in rows:
-        kid = metrics.get("kid")
-        cells = [
-            label,
-            metrics["generated"],
-            metrics["reference"],
-            _fmt(value(metrics, "similarity")),
-            _fmt(value(metrics, "diversity")),
-            _fmt(value(metrics, "clip_score"), 2),
-            _fmt(metrics.get("fid"), 2),
-            f"{kid['mean']:.4f} ± {kid['std']:.4f}" if kid else "-",
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += table(header, (_cells(label, metrics) for label, metrics in rows))
     lines += ["", "## Definitions", ""]
     lines += [f"- **{name}**: {text}" for name, text in report["definitions"].items()]
     notes = [(label, note) for label, metrics in rows for note in metrics.get("notes", [])]
@@ -104,3 +91,18 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[str]:
 
 def _fmt(number: float | None, digits: int = 4) -> str:
     return "-" if number is None else f"{number:.{digits}f}"
+
+
+def _cells(label: str, metrics: dict[str, Any]) -> list[Any]:
+    """One row of the metrics table."""
+    kid = metrics.get("kid")
+    return [
+        label,
+        metrics["generated"],
+        metrics["reference"],
+        _fmt(value(metrics, "similarity")),
+        _fmt(value(metrics, "diversity")),
+        _fmt(value(metrics, "clip_score"), 2),
+        _fmt(metrics.get("fid"), 2),
+        f"{kid['mean']:.4f} ± {kid['std']:.4f}" if kid else "-",
+    ]

@@ -13,7 +13,7 @@ import functools
 import os
 import textwrap
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,23 +165,40 @@ def is_tiny(choice: ModelChoice) -> bool:
     return any(ref.name.startswith("tiny:") for ref in (choice.captioner, choice.scorer, choice.generator))
 
 
-def parse_device(device: str) -> torch.device | None:
-    """``--device`` checked for spelling only (None for ``auto``); whether it exists here is resolve_device's."""
+#: What ``--device`` accepts, as the one-line refusals say it.
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+
+
+def parse_device(device: str, kinds: tuple[str, ...] | None = None) -> torch.device | None:
+    """``--device`` checked for spelling only (None for ``auto``); whether it exists here is resolve_device's.
+    ``kinds``: the device types a command can use (``("cpu", "cuda")``); None: any torch device."""
     if device == "auto":
         return None
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError:
-        raise SgidError(f"invalid --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        resolved = None
+    if resolved is None or (kinds is not None and resolved.type not in kinds):
+        allowed = DEVICE_HELP if kinds is None else _spelled(kinds)
+        raise SgidError(f"invalid --device {device!r}; --device must be {allowed}")
+    return resolved
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    resolved = parse_device(device)
+def resolve_device(device: str = "auto", kinds: tuple[str, ...] | None = None) -> torch.device:
+    """The torch device of ``--device``: ``auto`` is cuda when a GPU is there, else cpu; a device that is not
+    there (cuda without a GPU) or not one of ``kinds`` is a one-line error."""
+    resolved = parse_device(device, kinds)
     if resolved is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise SgidError(f"--device {device} asked for, but no CUDA GPU is available; use --device cpu")
     return resolved
+
+
+def _spelled(kinds: tuple[str, ...]) -> str:
+    """``("cpu", "cuda")`` -> ``"auto, cpu, cuda or cuda:N"``."""
+    names = ["auto", *kinds, *(["cuda:N"] if "cuda" in kinds else [])]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 _DTYPES = {
@@ -292,22 +309,26 @@ def _load_transformers(role: str, ref: ModelRef, flag: str, model_cls, processor
     return _load(role, ref, flag, load)
 
 
-@functools.lru_cache(maxsize=8)
-def load_captioner(ref: ModelRef, device: torch.device, dtype: torch.dtype):
-    """BLIP captioning model and processor."""
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+def _transformers_loader(
+    role: str, flag: str, model_class: str, processor_class: str, maxsize: int
+) -> Callable[[ModelRef, torch.device, torch.dtype], Any]:
+    """The loader of one kind of transformers model, cached per process: ``load(ref, device, dtype)`` -> (model,
+    processor or tokenizer); ``model_class`` and ``processor_class`` are transformers' class names."""
 
-    return _load_transformers(
-        "captioner", ref, "--captioner", BlipForConditionalGeneration, BlipProcessor, device, dtype
-    )
+    @functools.lru_cache(maxsize=maxsize)
+    def load(ref: ModelRef, device: torch.device, dtype: torch.dtype) -> Any:
+        import transformers
+
+        model_cls, processor_cls = getattr(transformers, model_class), getattr(transformers, processor_class)
+        return _load_transformers(role, ref, flag, model_cls, processor_cls, device, dtype)
+
+    return load
 
 
-@functools.lru_cache(maxsize=8)
-def load_scorer(ref: ModelRef, device: torch.device, dtype: torch.dtype):
-    """CLIP model and processor for image–text and image–image similarity."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    return _load_transformers("scorer", ref, "--scorer", CLIPModel, CLIPProcessor, device, dtype)
+#: BLIP captioning model and processor.
+load_captioner = _transformers_loader("captioner", "--captioner", "BlipForConditionalGeneration", "BlipProcessor", 8)
+#: CLIP model and processor for image–text and image–image similarity.
+load_scorer = _transformers_loader("scorer", "--scorer", "CLIPModel", "CLIPProcessor", 8)
 
 
 def load_sd_pipeline(
@@ -478,14 +499,10 @@ def load_controlnet(ref: ModelRef, device: torch.device, dtype: torch.dtype):
     return _load("ControlNet", ref, "--controlnet", load)
 
 
-@functools.lru_cache(maxsize=2)
-def load_depth_model(ref: ModelRef, device: torch.device, dtype: torch.dtype):
-    """A transformers depth-estimation model (``--control depth --control-model``) and its image processor."""
-    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-    return _load_transformers(
-        "depth model", ref, "--control-model", AutoModelForDepthEstimation, AutoImageProcessor, device, dtype
-    )
+#: A depth-estimation model (``--control depth --control-model``) and its image processor.
+load_depth_model = _transformers_loader(
+    "depth model", "--control-model", "AutoModelForDepthEstimation", "AutoImageProcessor", 2
+)
 
 
 @functools.lru_cache(maxsize=2)

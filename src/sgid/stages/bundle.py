@@ -318,22 +318,20 @@ def _control(config: AugmentConfig, choice: ModelChoice, device: Any, dtype: Any
 def speed_up(pipe: Any, device: Any, *, compile: bool = False, vae_tiling: str = "auto") -> Any:
     """The one-GPU fast path; returns the pipeline to generate with.
 
-    On CUDA: PyTorch's scaled-dot-product attention in every attention layer, the UNet and the VAE in
-    channels-last memory format, the VAE decoding one image at a time (its memory stays flat with the batch
-    size); a ControlNet gets the UNet's treatment (:func:`speed_up_model`). ``vae_tiling`` (``auto``: on CUDA)
-    encodes and decodes images larger than the model's size in tiles. ``compile``: the UNet through
-    ``torch.compile`` in a fork of the pipeline (the shared one is untouched); the first batch of each shape
-    compiles (minutes), later ones run faster. On a CPU nothing changes by default, so CPU runs keep their bytes.
+    Everywhere: PyTorch's scaled-dot-product attention in every attention layer; the VAE encoding and decoding
+    one image at a time (its memory stays flat with the batch size, and an image's pixels do not depend on the
+    batch it was decoded in). On CUDA also the UNet and the VAE in channels-last memory format; a ControlNet gets
+    the UNet's treatment (:func:`speed_up_model`). ``vae_tiling`` (``auto``: on CUDA) encodes and decodes images
+    larger than the model's size in tiles. ``compile``: the UNet through ``torch.compile`` in a fork of the
+    pipeline (the shared one is untouched); the first batch of each shape compiles (minutes), later ones run
+    faster.
     """
     import torch
 
     cuda = getattr(device, "type", str(device)) == "cuda"
     for module in (pipe.unet, pipe.vae):
         speed_up_model(module, device)
-    if cuda:
-        pipe.vae.enable_slicing()
-    else:
-        pipe.vae.disable_slicing()
+    pipe.vae.enable_slicing()
     if vae_tiling == "on" or (vae_tiling == "auto" and cuda):
         pipe.vae.enable_tiling()  # takes effect only above the VAE's tile size (the model's image size)
     else:

@@ -81,6 +81,12 @@ def build_prompt(
     return Prompt("", (0, 0), (0, 0))
 
 
+def tokenize(tokenizer: Any, texts: str | list[str], **options: Any) -> Any:
+    """A text encoder's input as diffusers makes it: padded to the tokenizer's ``model_max_length``, truncated
+    (``options``: e.g. ``return_tensors="pt"``)."""
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, **options)
+
+
 class PromptEncoder:
     """Encodes prompts with the Stable Diffusion text encoder, weighting label and caption tokens by ``weighting``.
 
@@ -104,13 +110,7 @@ class PromptEncoder:
         return next(self.text_encoder.parameters()).device
 
     def _run(self, texts: list[str]) -> Any:
-        tokens = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
+        tokens = tokenize(self.tokenizer, texts, return_tensors="pt")
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(self.device)
@@ -138,13 +138,7 @@ class PromptEncoder:
         import torch
 
         length = self.tokenizer.model_max_length
-        encoded = self.tokenizer(
-            prompt.text,
-            padding="max_length",
-            max_length=length,
-            truncation=True,
-            return_offsets_mapping=True,
-        )
+        encoded = tokenize(self.tokenizer, prompt.text, return_offsets_mapping=True)
         weights = torch.ones(length)
         special = set(self.tokenizer.all_special_ids)
         for position, (token, (start, end)) in enumerate(
