@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.sgid-installed
+# pytest-xdist workers for `make test` (each computes with its share of the cores; see tests/conftest.py)
+TEST_JOBS ?= 2
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -28,7 +30,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: install lint
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "not slow and not gpu" -n $(TEST_JOBS) --dist loadgroup
 
 test-slow: install
 	$(PY) -m pytest -q -m "slow and not gpu"

@@ -25,7 +25,7 @@ from PIL import Image
 
 CPU = torch.device("cpu")
 
-#: Under pytest-xdist (`make test` runs one worker per core) each worker computes with its share of the cores, and so
+#: Under pytest-xdist (`make test` runs two workers, TEST_JOBS) each worker computes with its share of the cores, and so
 #: do the `sgid` subprocesses it starts (they inherit OMP_NUM_THREADS): runs compared byte for byte across processes
 #: see one thread count.
 XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
