@@ -21,15 +21,27 @@ def _experiment():  # type: ignore[no-untyped-def]
     return module
 
 
-def _doc_table() -> dict[str, list[str]]:
-    """Method -> cells of the main table in docs/experiments/digits.md."""
+def _doc_tables() -> list[dict[str, list[str]]]:
+    """Method -> cells, for each results table of docs/experiments/digits.md (a header '| Method | digits | Avg. |');
+    the first is the main table, the others the same command on other CPUs."""
     text = (ROOT / "docs" / "experiments" / "digits.md").read_text(encoding="utf-8")
-    rows = {}
+    tables: list[dict[str, list[str]]] = []
+    rows: dict[str, list[str]] | None = None
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in METHODS and cells[0] not in rows:
+        if line.startswith("| Method | digits | Avg. |"):
+            rows = {}
+            tables.append(rows)
+        elif not line.startswith("| "):
+            rows = None
+        elif rows is not None and cells[0] in METHODS:
             rows[cells[0]] = cells[1:]
-    return rows
+    return tables
+
+
+def _doc_table() -> dict[str, list[str]]:
+    """Method -> cells of the main table in docs/experiments/digits.md."""
+    return _doc_tables()[0]
 
 
 def test_digits_data_is_32x32_rgb_split_in_halves() -> None:
@@ -77,4 +89,4 @@ def test_the_report_has_the_numbers_the_experiment_produces(tmp_path: Path) -> N
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| ") and cells[0] in METHODS and cells[0] not in produced:
             produced[cells[0]] = cells[1:]
-    assert produced == _doc_table()
+    assert produced in _doc_tables()  # training repeats on one CPU, not across CPU models: one table per CPU
