@@ -248,7 +248,7 @@ class Augmenter:
                     cache.close()
             finally:
                 engine.close()
-        failed = sum(row.get("reason") != EMPTY_CLASS for row in store.input_errors) + len(store.output_errors)
+        failed = sum(map(_is_failure, store.input_errors)) + len(store.output_errors)
         guidance = self._guidance_note(store.rows.values())
         notes = (guidance,) if guidance else ()
         seconds = time.monotonic() - started
@@ -933,7 +933,12 @@ def _failures(errors: Path) -> int:
         rows = [row for _, row in json_lines(errors, lenient=True)]
     except SgidError:  # not ours to judge here: every line counts, as before
         return _count_lines(errors)
-    return sum(not (isinstance(row, dict) and row.get("reason") == EMPTY_CLASS) for row in rows)
+    return sum(map(_is_failure, rows))
+
+
+def _is_failure(row: object) -> bool:
+    """Whether an errors.jsonl row counts as a failure: every row but those of empty class folders."""
+    return not (isinstance(row, Mapping) and row.get("reason") == EMPTY_CLASS)
 
 
 def _check_concepts(concepts: Path, classes: Sequence[str]) -> None:
