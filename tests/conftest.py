@@ -34,12 +34,15 @@ if XDIST_WORKERS:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 #: Test modules that share session fixtures run in one pytest-xdist worker (group), so each fixture is made once:
-#: the reference runs of tests/method_runs.py, and the uninterrupted run of the hostile-condition tests.
+#: the reference runs of tests/method_runs.py; the uninterrupted run of the hostile-condition tests, and the
+#: zygote their ``sgid`` processes are forked from (tests/zygote.py).
 SHARED_GROUPS = {
     "test_replay": "method-runs",
     "test_restart": "method-runs",
     "test_signals": "hostile",
     "test_full_disk": "hostile",
+    "test_readers": "hostile",
+    "test_zygote": "hostile",
 }
 
 
@@ -52,6 +55,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.stem, module)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under ``--dist loadgroup`` every test id must carry its group (pytest-xdist adds ``@group``): where a pytest
+    release stores node ids out of pytest-xdist's reach, the groups would be dropped without a word."""
+    if XDIST_WORKERS and session.config.getvalue("loadgroup"):
+        untagged = [item.nodeid for item in session.items if "@" not in item.nodeid]
+        if untagged:
+            raise pytest.UsageError(
+                f"pytest-xdist did not tag {untagged[0]} with its group (pytest {pytest.__version__}); "
+                "install the pytest of constraints.txt (make install)"
+            )
 
 
 @contextmanager

@@ -28,16 +28,13 @@ from sgid.pipeline import augment
 
 #: Journal lines of this run are about 4 KB: the journal outgrows this limit at its fifth image.
 FILE_SIZE_LIMIT = 20_000
+LIMIT = {"RLIMIT_FSIZE": (FILE_SIZE_LIMIT, resource.RLIM_INFINITY)}
 CONCEPTS = TrainSettings(steps=2, batch_size=1, checkpoint_every=1)
 
 
 @pytest.fixture(scope="module")
 def disk_case(hostile_run: tuple[Path, Path]) -> tuple[Path, Path]:
     return hostile_run
-
-
-def limit_file_size() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, resource.RLIM_INFINITY))
 
 
 def test_the_file_size_limit_stops_the_run_in_one_line_and_the_rerun_completes_it(
@@ -47,7 +44,7 @@ def test_the_file_size_limit_stops_the_run_in_one_line_and_the_rerun_completes_i
     out = tmp_path / "out"
     # --no-cache: the limit would also stop SQLite from making its shared-memory file (a warning, not the point)
     options = [*cli_options(AUGMENT), "--no-cache"]
-    code, stderr = run_sgid("augment", source, "--out", out, *options, cache_dir=cache_dir, preexec_fn=limit_file_size)
+    code, stderr = run_sgid("augment", source, "--out", out, *options, cache_dir=cache_dir, rlimits=LIMIT)
     assert code == 1, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
