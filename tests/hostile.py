@@ -22,7 +22,7 @@ from sgid.pipeline import augment
 from sgid.runstore import JOURNAL, FolderLock
 
 #: ``sgid augment`` options of the hostile tests: the tiny models, two images per source, batches of two.
-AUGMENT = {"models": "tiny", "steps": 20, "multiplier": 2, "batch_size": 2, "quiet": True}
+AUGMENT = {"models": "tiny", "steps": 8, "multiplier": 2, "batch_size": 2, "quiet": True}
 
 
 def uninterrupted(root: Path, cache_dir: Path) -> tuple[Path, Path]:

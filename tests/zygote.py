@@ -5,8 +5,9 @@ before its first image, and the hostile-condition tests start one for every sign
 A *zygote* (the name Android gives the same trick) imports what a run imports once, computes nothing (so no
 OpenMP thread pool exists to break in a fork), and forks one child per command. The child is a real process: its
 own pid, stdio, working folder, environment, resource limits and SIGINT disposition; it runs ``sgid``'s
-``__main__`` as ``python -m sgid`` does and ends the way an interpreter ends (exit code, atexit handlers, an
-uncaught exception's traceback and code 1, death by a signal). Signals go to its pid; its exit status comes back
+``__main__`` as ``python -m sgid`` does and ends the way an interpreter ends (exit code, threads joined, atexit
+handlers, streams flushed; an uncaught exception's traceback and code 1; death by a signal), less the second an
+interpreter spends tearing down the modules of torch and its kind. Signals go to its pid; its exit status comes back
 from the zygote, which is its parent. :class:`Child` answers like a :class:`subprocess.Popen`.
 
 What a fork cannot give is the import-time state of another environment, so a zygote forks only commands whose
@@ -236,6 +237,7 @@ def become(request: dict[str, Any], fds: list[int]) -> None:
     import io
     import resource
     import runpy
+    import threading
 
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
@@ -259,7 +261,22 @@ def become(request: dict[str, Any], fds: list[int]) -> None:
     ignored = request["sigint"] == "ignored"
     signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
     sys.argv = ["sgid", *request["args"]]
-    runpy.run_module("sgid", run_name="__main__", alter_sys=True)  # sys.exit(main()): ends as the interpreter does
+    try:
+        runpy.run_module("sgid", run_name="__main__", alter_sys=True)  # sys.exit(main())
+        code = 0
+    except SystemExit as stop:  # as the interpreter reads it; an exception or Ctrl-C goes on to end it the usual way
+        if stop.code is None or isinstance(stop.code, int):
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    # The interpreter's own ending, less the teardown of every module torch, diffusers and transformers brought
+    # (about a second, and nothing of sgid's runs there): threads joined, atexit handlers, streams flushed.
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def warm() -> None:
