@@ -65,7 +65,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if untagged:
             raise pytest.UsageError(
                 f"pytest-xdist did not tag {untagged[0]} with its group (pytest {pytest.__version__}); "
-                "install the pytest of constraints.txt (make install)"
+                "install the pytest the dev extra asks for (make install)"
             )
 
 

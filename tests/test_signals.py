@@ -7,10 +7,12 @@ signal exits at once. Rerunning the same command ends byte for byte as a run tha
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,46 @@ def test_a_second_signal_exits_at_once(signal_case: tuple[Path, Path], cache_dir
     assert process.wait(timeout=60) == 143
     assert "second SIGTERM: stopped at once" in stderr and "images kept" not in stderr
     assert assert_consistent(out, manifest=False) >= 1  # every image on disk journaled and whole; the rerun resumes
+
+
+class OneWriteAtATime(io.StringIO):
+    """A stream that refuses a write from inside its own write, as a buffered ``sys.stderr`` does (its lock), and
+    receives a signal in the middle of its first write (as a progress line can)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.writing = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def write(self, text: str) -> int:
+        if self.writing:
+            raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+        self.writing = True
+        try:
+            if not self.getvalue():
+                interrupt._handler(signal.SIGINT, None)  # the signal lands while this write holds the stream
+            return super().write(text)
+        finally:
+            self.writing = False
+
+
+def test_a_signal_during_a_write_to_stderr_is_reported_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    read, write = os.pipe()
+    stream = OneWriteAtATime(write)
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(interrupt, "_received", [])
+    monkeypatch.setattr(interrupt, "_graceful", 1)  # as while sgid augment runs: the first signal is recorded
+    stream.write("generating 3/12\n")
+    os.close(write)
+    with os.fdopen(read, "rb") as said:
+        assert said.read().decode() == (
+            "sgid: SIGINT received: finishing the batch in flight and writing the manifests "
+            "(signal again to stop at once)\n"
+        )
+    assert interrupt._received == [signal.SIGINT] and stream.getvalue() == "generating 3/12\n"
 
 
 def test_the_python_api_stops_cleanly_and_restores_the_handlers(

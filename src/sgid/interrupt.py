@@ -71,11 +71,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
     if _graceful:
         doing = "dropping the tasks in flight" if _raising else "finishing the batch in flight"
-        print(
-            f"sgid: {signal_name(signum)} received: {doing} and writing the manifests (signal again to stop at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say(f"sgid: {signal_name(signum)} received: {doing} and writing the manifests (signal again to stop at once)")
         if not _raising:
             return
     raise Interrupted(signum)
@@ -89,12 +85,25 @@ def _exit_now(signum: int) -> None:
                 path.unlink(missing_ok=True)
             except OSError:
                 pass
-    print(
-        f"sgid: second {signal_name(signum)}: stopped at once; finished work is kept, rerun the same command to resume",
-        file=sys.stderr,
-        flush=True,
-    )
+    name = signal_name(signum)
+    _say(f"sgid: second {name}: stopped at once; finished work is kept, rerun the same command to resume")
     os._exit(128 + signum)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, from a signal handler. The handler can run in the middle of a write to ``sys.stderr``
+    (the signal interrupts that write, and Python runs handlers there), and a buffered stream refuses a write from
+    inside its own write ("reentrant call"): a Ctrl-C landing in a progress line would end in a traceback. So the
+    line goes to the file descriptor underneath, which has no lock to re-enter."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a script's own stream object): it takes the line
+        print(line, file=sys.stderr, flush=True)
+        return
+    try:
+        os.write(fd, (line + "\n").encode("utf-8", "backslashreplace"))
+    except OSError:  # stderr closed or a broken pipe: nothing to say it on
+        pass
 
 
 def _in_main_thread() -> bool:
