@@ -49,7 +49,8 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "diverse_caption": {"steps": 10, "noise": 0.7, "caption": "nucleus"},
     "text2img": {"steps": 5, "guidance": 5.0, "prompt_weighting": True},
     "boomerang": {"steps": 10, "noise": 0.3, "boomerang_prompt": "label", "guidance": 4.0},
-    "instruct_pix2pix": {"steps": 4, "guidance": 5.0, "image_guidance": 2.0},
+    # in batches of four, so that a batch holds two sources (InstructPix2Pix takes its images in its own call)
+    "instruct_pix2pix": {"steps": 4, "guidance": 5.0, "image_guidance": 2.0, "batch_size": 4},
     "retrieval": {"duplicate_threshold": 0.99999},
     "randaugment": {},
     "random_erasing": {},

@@ -133,6 +133,22 @@ PLANTS = [
         replay("sgid-sdxl"),
     ),
     Plant(
+        "img2img-first-source",
+        "img2img: every image of a batch made from the first source's pixels",
+        "backends/base.py",
+        "image = pipe.image_processor.preprocess(list(r.images))",
+        "image = pipe.image_processor.preprocess([r.images[0]] * batch)",
+        replay("sgid", "sgid-sdxl"),
+    ),
+    Plant(
+        "pix2pix-first-source",
+        "InstructPix2Pix: every image of a batch edited from the first source",
+        "backends/instruct.py",
+        "image=list(r.images),",
+        "image=[r.images[0]] * len(r.images),",
+        replay("instruct_pix2pix"),
+    ),
+    Plant(
         "control-first-image",
         "ControlNet condition image of the first source for the whole batch",
         "stages/bundle.py",
