@@ -4,7 +4,7 @@ A fresh ``python -m sgid augment`` spends about 8 s of a 2-core machine importin
 before its first image, and the hostile-condition tests start one for every signal, lock and full disk they try.
 A *zygote* (the name Android gives the same trick) imports what a run imports once, computes nothing (so no
 OpenMP thread pool exists to break in a fork), and forks one child per command. The child is a real process: its
-own pid, stdio, working folder, environment, resource limits and SIGINT disposition; it runs ``sgid``'s
+own pid, stdio, working folder, environment, resource limits, and SIGINT handled as in a terminal; it runs ``sgid``'s
 ``__main__`` as ``python -m sgid`` does and ends the way an interpreter ends (exit code, threads joined, atexit
 handlers, streams flushed; an uncaught exception's traceback and code 1; death by a signal), less the second an
 interpreter spends tearing down the modules of torch and its kind. Signals go to its pid; its exit status comes back
@@ -42,8 +42,6 @@ IGNORED_VARIABLES = ("PYTEST_CURRENT_TEST", "PYTHONBREAKPOINT", "TORCHINDUCTOR_C
 WARM_MODULES = ("sgid.cli", "sgid.pipeline", "sgid.models.loading", "sgid.stages.bundle")
 #: Keys of a saved model's JSON files that name a transformers class (besides "architectures").
 TRANSFORMERS_CLASS_KEYS = ("processor_class", "image_processor_type", "tokenizer_class")
-#: SIGINT in the child: "default" as a terminal's foreground job has it, "ignored" as a background job of a script.
-SIGINT_DISPOSITIONS = ("default", "ignored")
 
 
 # -- the test process's side ----------------------------------------------------------------------------------
@@ -88,7 +86,7 @@ class Child:
                 ready, _, _ = select.select([fd], [], [], left)
                 if not ready:
                     continue
-                chunk = self.stderr.read1(65536) if hasattr(self.stderr, "read1") else os.read(fd, 65536)
+                chunk = self.stderr.read1(65536)
                 if not chunk:
                     break
                 data += chunk
@@ -132,10 +130,9 @@ class Zygote:
         differ = {name for name in names if env.get(name) != self.env.get(name)}
         return all(name.startswith(RUNTIME_VARIABLES) or name in IGNORED_VARIABLES for name in differ)
 
-    def start(self, args: list[str], env: dict[str, str], *, sigint: str, rlimits: dict[str, tuple[int, int]]) -> Child:
-        assert sigint in SIGINT_DISPOSITIONS, sigint
+    def start(self, args: list[str], env: dict[str, str], *, rlimits: dict[str, tuple[int, int]]) -> Child:
         read_end, write_end = os.pipe()
-        request = {"args": args, "env": env, "cwd": os.getcwd(), "sigint": sigint, "rlimits": rlimits}
+        request = {"args": args, "env": env, "cwd": os.getcwd(), "rlimits": rlimits}
         with open(os.devnull, "rb") as devnull:
             socket.send_fds(self.socket, [json.dumps(request).encode()], [devnull.fileno(), 1, write_end])
         os.close(write_end)
@@ -186,15 +183,13 @@ def current(env: dict[str, str]) -> Zygote:
     return _zygote
 
 
-def start(
-    args: list[str], env: dict[str, str], *, sigint: str = "default", rlimits: dict[str, tuple[int, int]] | None = None
-) -> Child | None:
+def start(args: list[str], env: dict[str, str], *, rlimits: dict[str, tuple[int, int]] | None = None) -> Child | None:
     """``python -m sgid ARGS`` forked from the zygote of ``env``, stderr piped; None where no zygote can fork safely
     (another thread running in it: then start a real subprocess)."""
     zygote = current(env)
     if not zygote.ready:
         return None
-    return zygote.start(args, env, sigint=sigint, rlimits=rlimits or {})
+    return zygote.start(args, env, rlimits=rlimits or {})
 
 
 @atexit.register
@@ -233,7 +228,8 @@ def serve(channel: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
 
 
 def become(request: dict[str, Any], fds: list[int]) -> None:
-    """Turn this fork into ``python -m sgid ARGS`` with the request's stdio, folder, environment, limits, SIGINT."""
+    """Turn this fork into ``python -m sgid ARGS`` with the request's stdio, folder, environment, limits; SIGINT as
+    in a terminal."""
     import io
     import resource
     import runpy
@@ -258,8 +254,7 @@ def become(request: dict[str, Any], fds: list[int]) -> None:
     os.environ.update(request["env"])
     for name, (soft, hard) in request["rlimits"].items():
         resource.setrlimit(getattr(resource, name), (soft, hard))
-    ignored = request["sigint"] == "ignored"
-    signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's foreground job starts
     sys.argv = ["sgid", *request["args"]]
     try:
         runpy.run_module("sgid", run_name="__main__", alter_sys=True)  # sys.exit(main())
