@@ -16,6 +16,7 @@ import sgid.evaluate.api as api
 from evaluate_helpers import TINY_CLIP, TINY_VIT, tiny_data, write_folder, write_generated
 from sgid.cli import main
 from sgid.evaluate import EvalConfig, evaluate, load_classifier, predict_proba
+from sgid.evaluate.zeroshot import zero_shot_accuracy
 
 FAST = ["--backbone", "small_cnn", "--epochs", "1", "--batch-size", "8", "--threads", "1"]
 
@@ -365,11 +366,22 @@ def test_zero_shot_clip_is_a_reference_row(tmp_path) -> None:
     config = EvalConfig(
         methods=("baseline",), seeds=2, epochs=1, batch_size=8, zero_shot_row=True, zero_shot_arch=TINY_CLIP, **clip
     )  # type: ignore[arg-type]
+    torch.manual_seed(1)  # what the process drew before must not change an untrained model's row
     beside = evaluate(tiny_data(per_image=0), config, tmp_path / "row")
-    assert beside.records[-1].accuracy == alone.records[0].accuracy  # deterministic, untrained
+    assert beside.records[-1].per_class == alone.records[0].per_class  # deterministic, untrained
     rows = [line for line in (tmp_path / "row" / "results.md").read_text().splitlines() if line.startswith("| ")]
     assert rows[2].startswith("| baseline |") and rows[3].startswith("| zero_shot_clip (reference) |")
     assert "±" not in rows[3] and beside.summary[-1].p_value is None
+
+
+def test_an_untrained_zero_shot_model_does_not_depend_on_earlier_draws() -> None:
+    data = tiny_data(per_image=0)
+    seen = set()
+    for earlier in range(4):
+        torch.manual_seed(earlier)
+        acc = zero_shot_accuracy(data.classes, data.test, image_size=32, arch=TINY_CLIP, pretrained=False)
+        seen.add((acc.accuracy, acc.per_class))
+    assert len(seen) == 1, seen
 
 
 def test_adding_methods_and_a_generated_folder_later_reuses_the_finished_runs(toy) -> None:
