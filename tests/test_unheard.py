@@ -62,7 +62,7 @@ def test_the_cli_prints_each_warning_on_one_line_and_runs(tmp_path, cache_dir, c
     assert len(warnings) == 3, warnings  # even with --quiet
     assert any("--pool does not apply" in w for w in warnings)
     assert any("--top-p does not apply" in w for w in warnings)
-    assert any("boomerang: --steps 4 x --noise 0.2" in w for w in warnings)
+    assert any(w.startswith("sgid: warning: --method boomerang: --steps 4 x --noise 0.2") for w in warnings)
     # ignored means ignored: not recorded, not part of the run's identity, so a rerun without them resumes
     config = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
     assert config["pool"] is None and config["captions"]["top_p"] == 0.9

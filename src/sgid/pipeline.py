@@ -201,7 +201,7 @@ def _stage_config(
 def _warn_denoising(config: AugmentConfig) -> None:
     line = denoising_warning(config)
     if line:
-        warn(f"{config.method}: {line}")
+        warn(f"--method {config.method}: {line}")
 
 
 class Augmenter:
