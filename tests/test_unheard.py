@@ -70,6 +70,14 @@ def test_the_cli_prints_each_warning_on_one_line_and_runs(tmp_path, cache_dir, c
     assert "different settings" not in capsys.readouterr().err
 
 
+def test_a_dry_run_warns_of_steps_times_noise_below_one(tmp_path, cache_dir, capsys) -> None:
+    source = make_image_folder(tmp_path / "in", {"cat": 1})
+    args = ["augment", str(source), "--out", str(tmp_path / "out"), "--models", "tiny", "--quiet", "--dry-run"]
+    assert main([*args, "--steps", "1"]) == 0
+    assert "sgid: warning: --method sgid: --steps 1 x --noise 0.5 = 0.5 denoising steps" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_concepts_that_match_no_class_warn(tmp_path, capsys, monkeypatch) -> None:
     import sgid.concepts
 

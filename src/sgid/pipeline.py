@@ -146,10 +146,10 @@ def augment(
     for line in option_warnings(config, _given(settings)):
         warn(line)
     stages = _stages(input_dir, out_dir, preset, settings)
+    for stage in stages:
+        _warn_denoising(stage)  # a dry run too: it is where a user checks a command before the long run
     if dry_run:
         return Augmenter(stages[0]).dry_run()
-    for stage in stages:
-        _warn_denoising(stage)
     summary = [Augmenter(stage).run() for stage in stages][-1]
     if print_summary:
         note(summary.line(), config.quiet)

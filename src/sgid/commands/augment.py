@@ -81,7 +81,10 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     setting(
         group,
         "--backend",
-        help="the --sd-model's model family: sd (1.x/2.x), sdxl; without --sd-model, the preset's model of that family",
+        help=(
+            "the --sd-model's model family: sd (1.x/2.x), sdxl (instruct_pix2pix: --method instruct_pix2pix's own); "
+            "without --sd-model, the preset's model of that family"
+        ),
         shown="found from the checkpoint's configs",
     )
     setting(
