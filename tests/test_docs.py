@@ -132,3 +132,29 @@ def test_every_field_a_method_writes_is_in_the_manifest_table(method: str, metho
     assert fields >= set(ManifestRow.CORE)
     missing = sorted(fields - documented_fields())
     assert not missing, f"docs/augment.md's manifest table lacks what {method} writes: {missing}"
+
+
+# -- test names the docs cite ----------------------------------------------------------------------------------
+DOCS = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """A doc that says "this test guards it" must name a test that runs: ``tests/test_x.py::test_y`` is a function
+    of that file, a bare ``test_y`` in backquotes is a function of some test file (or a test module)."""
+    defined: dict[str, set[str]] = {
+        path.name: set(re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.MULTILINE))
+        for path in (ROOT / "tests").glob("test_*.py")
+    }
+    everywhere = set().union(*defined.values()) | {Path(file).stem for file in defined}  # tests, or a module
+    cited, missing = 0, []
+    for doc in DOCS:
+        text = doc.read_text()
+        for file, name in re.findall(r"tests/(test_\w+\.py)::(test_\w+)", text):
+            cited += 1
+            if name not in defined.get(file, set()):
+                missing.append(f"{doc.relative_to(ROOT)}: tests/{file}::{name}")
+        for name in re.findall(r"`(test_\w+)`", text):
+            cited += 1
+            if name not in everywhere:
+                missing.append(f"{doc.relative_to(ROOT)}: {name}")
+    assert cited > 40 and not missing, missing
