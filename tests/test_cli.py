@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_image_folder
 from sgid.cli import main
@@ -40,6 +41,19 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["--beam-captions", "0", "--nucleus-captions", "0"], "at least one caption is needed"),
         (["--noise", "abc"], "argument --noise: invalid float value: 'abc'"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        # not numbers: NaN passes no range, infinity none that a manifest can record
+        (["--guidance", "nan"], "invalid --guidance 'nan': use 'paper' or a finite number"),
+        (["--guidance", "inf"], "invalid --guidance 'inf'"),
+        (["--label-weight", "inf"], "invalid --label-weight inf: must be a finite number"),
+        (["--caption-weight", "nan"], "invalid --caption-weight nan"),
+        (["--repetition-penalty", "0"], "invalid --repetition-penalty 0.0: must be > 0"),
+        (["--repetition-penalty", "nan"], "invalid --repetition-penalty nan: must be a finite number"),
+        (["--multiplier", "99999999999999999999"], "invalid --multiplier 99999999999999999999: must be in [1, 10000]"),
+        pytest.param(
+            ["--device", "mps"],
+            "--device mps asked for, but this torch has no MPS (Apple GPU) device",
+            marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has an MPS device"),
+        ),
     ],
 )
 def test_invalid_options_exit_2_with_one_line(
@@ -139,6 +153,7 @@ INVALID_OPTIONS: dict[str, list[tuple[list[str], str]]] = {
         ),
         (["{input}", "--out", "{out}", "--models", "tiny", "--method", "retrieval"], "needs --pool"),
         (["{input}", "--out", "{input}/cat/out", "--models", "tiny"], "inside the input folder"),
+        (["{input}", "--out", "{out}", "--models", "tiny", "--cache-dir", "{empty}"], "is a file, not a folder"),
     ],
     "demo": [
         (["--out", "{out}", "--noise", "2"], "invalid --noise 2.0"),
@@ -194,9 +209,54 @@ def test_invalid_options_of_every_command_exit_2_before_any_model_loads(
         "input": make_image_folder(tmp_path / "input", {"cat": 2, "dog": 2}),
         "run": make_run(tmp_path / "made", {"cat": 2, "dog": 2}, k=1),
         "out": tmp_path / "out",
+        "empty": tmp_path / "empty-file",
     }
+    folders["empty"].touch()
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code, err = run_cli([command, *(a.format(**folders) for a in argv)], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("sgid: error: ") and message in err, err
     assert forbid_model_loading == []
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_unusable_cache_dir_and_weights_files_are_one_line_errors(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from test_filters_support import make_run
+
+    run = make_run(tmp_path / "made", {"cat": 2, "dog": 2}, k=1)
+    empty = tmp_path / "empty-file"
+    empty.touch()
+    code, err = run_cli(
+        [
+            "metrics",
+            str(run),
+            "--features",
+            "inception",
+            "--inception-weights",
+            str(empty),
+            "--out",
+            str(tmp_path / "m"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == f"sgid: error: --inception-weights {empty} is not a readable weights file (EOFError)"
+    (tmp_path / "blocked").write_text("a file where the cache's folders would go\n")
+    code, err = run_cli(
+        [
+            "filter",
+            str(run),
+            "--filters",
+            "label",
+            "--models",
+            "tiny",
+            "--cache-dir",
+            str(tmp_path / "blocked" / "c"),
+            "--out",
+            str(tmp_path / "f"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "Traceback" not in err, err
+    assert (
+        err.splitlines()[-1].startswith("sgid: error: --cache-dir ") and "the tiny models cannot be kept there" in err
+    )

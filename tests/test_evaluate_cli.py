@@ -239,6 +239,8 @@ def test_save_models_writes_loadable_classifiers(toy) -> None:
         (["--backbone", "zero_shot_clip", "--methods", "randaugment"], "is not trained"),
         (["--compare-to", "mixup"], "invalid --compare-to 'mixup'; choose from: baseline, best, random_erasing"),
         (["--correction", "bonferroni"], "invalid --correction 'bonferroni'; choose from: none, holm"),
+        (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+        (["--image-size", "100000"], "--image-size must be at most 4096, got 100000"),
     ],
 )
 def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, message, forbid_model_loading) -> None:

@@ -32,6 +32,7 @@ CAPTION_STRATEGIES = ("clip", "beam", "nucleus")
 SIMILARITY_MODES = ("cosine", "softmax")  # s*: see sgid.stages.score
 VAE_TILING = ("auto", "on", "off")
 ON_FLAGGED = ("drop", "retry")
+MAX_MULTIPLIER = 10_000  # augmentations per image: far above any use, below a plan that would not fit in memory
 
 #: Settings that do not change what a run produces; they may differ when a run is resumed.
 EXECUTION_ONLY = frozenset(
@@ -89,6 +90,9 @@ class CaptionSettings:
             raise SgidError(f"invalid --top-p {self.top_p}: must be in (0, 1]")
         if self.top_k < 0:
             raise SgidError(f"invalid --top-k {self.top_k}: must be >= 0 (0 disables it)")
+        _check_finite(self)
+        if not self.repetition_penalty > 0:
+            raise SgidError(f"invalid --repetition-penalty {self.repetition_penalty}: must be > 0 (1 is no penalty)")
         if not 1 <= self.min_length <= self.max_length:
             raise SgidError(
                 f"invalid --min-length {self.min_length} / --max-length {self.max_length}: "
@@ -184,7 +188,9 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         _check(self.noise, "--noise", lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
         _check(self.steps, "--steps", lambda v: v >= 1, "must be >= 1")
-        _check(self.multiplier, "--multiplier", lambda v: v >= 1, "must be >= 1")
+        if self.cache_dir is not None and self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise SgidError(f"--cache-dir {self.cache_dir} is a file, not a folder")
+        _check(self.multiplier, "--multiplier", lambda v: 1 <= v <= MAX_MULTIPLIER, f"must be in [1, {MAX_MULTIPLIER}]")
         _check(self.batch_size, "--batch-size", lambda v: v >= 1, "must be >= 1")
         _check(self.caption_batch_size, "--caption-batch-size", lambda v: v >= 1, "must be >= 1")
         _check(self.label_weight, "--label-weight", lambda v: v >= 0, "must be >= 0")
@@ -234,6 +240,7 @@ class AugmentConfig:
                 lambda v: 0 <= v <= 1 or v > 1 and float(v).is_integer(),
                 "must be 0 (workers on CPUs), a fraction of a GPU in (0, 1] or a whole number of GPUs",
             )
+        _check_finite(self)  # after the range checks, whose messages say more where they apply
         from sgid.engines import ENGINES
 
         ENGINES.get(self.engine).check(self)
@@ -376,6 +383,15 @@ def _jsonable(value: Any) -> Any:
 def _check(value: float, flag: str, ok, rule: str) -> None:
     if isinstance(value, float) and math.isnan(value) or not ok(value):
         raise SgidError(f"invalid {flag} {value!r}: {rule}")
+
+
+def _check_finite(settings: Any) -> None:
+    """No setting is NaN or infinite: a number that is not one would pass range checks and fail deep in a run
+    (a manifest cannot hold it)."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SgidError(f"invalid --{f.name.replace('_', '-')} {value!r}: must be a finite number")
 
 
 def _choice(value: str, flag: str, choices: tuple[str, ...]) -> None:

@@ -54,6 +54,21 @@ DISK_FULL = {
 }
 
 
+def reason(exc: BaseException, limit: int = 200, typed: bool = False) -> str:
+    """An exception's first line for a one-line message (after its type's name with ``typed``), or the type's
+    name when it says nothing.
+
+    >>> reason(ValueError("bad header\\nmore")), reason(IndexError()), reason(EOFError(), typed=True)
+    ('bad header', 'IndexError', 'EOFError')
+    >>> reason(ValueError("bad header"), typed=True)
+    'ValueError: bad header'
+    """
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if typed else lines[0][:limit]
+
+
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FULL
 

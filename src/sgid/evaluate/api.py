@@ -15,6 +15,7 @@ sees the same subset and starts from the same weights at seed s; methods differ 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -46,6 +47,7 @@ from sgid.seeding import derive_seed
 
 FORMAT_VERSION = 1
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_IMAGE_SIZE = 4096  # --image-size: a classifier input side; larger would only exhaust memory
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,10 @@ class EvalConfig:
         ):
             if value is not None and value < low:
                 raise SgidError(f"{name} must be at least {low}, got {value}")
-        if self.lr is not None and not self.lr > 0:
-            raise SgidError(f"--lr must be positive, got {self.lr}")
+        if self.image_size is not None and self.image_size > MAX_IMAGE_SIZE:
+            raise SgidError(f"--image-size must be at most {MAX_IMAGE_SIZE}, got {self.image_size}")
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise SgidError(f"--lr must be a positive finite number, got {self.lr}")
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise SgidError(f"--fraction must be in (0, 1], got {self.fraction}")
         if self.shots is not None and self.fraction is not None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sgid.errors import SgidError
+from sgid.errors import SgidError, reason
 from sgid.evaluate.data import ArrayImage, DatasetImage, EvalData, Example
 from sgid.registry import Registry
 
@@ -45,7 +45,7 @@ def _open(name: str, factory: Callable[..., Any], root: Path, **kwargs: Any) -> 
         return factory(root=str(root), download=False, **kwargs)
     except (RuntimeError, OSError, ValueError) as exc:
         raise SgidError(
-            f"{name} is not under --data-root {root} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            f"{name} is not under --data-root {root} ({reason(exc)}); "
             f"sgid never downloads datasets: put the files there (see sgid.evaluate.datasets) and retry"
         ) from None
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from PIL import Image
 
-from sgid.errors import MissingDependencyError, SgidError, need
+from sgid.errors import MissingDependencyError, SgidError, need, reason
 from sgid.registry import Registry
 
 
@@ -149,7 +149,7 @@ class InceptionFeatures:
             network.load_state_dict(state)
         except RuntimeError as exc:
             raise SgidError(
-                f"--inception-weights {path} does not fit torchvision's inception_v3 ({str(exc).splitlines()[0]})"
+                f"--inception-weights {path} does not fit torchvision's inception_v3 ({reason(exc)})"
             ) from None
         network.fc = torch.nn.Identity()  # the 2048-d average-pooled features
         return cls(network.to(device).eval(), f"inception-torchvision:{digest}", False, device)
@@ -194,8 +194,7 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file we can read"
         raise SgidError(
-            f"--inception-weights {path} is not a readable weights file "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"--inception-weights {path} is not a readable weights file ({reason(exc, typed=True)})"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from sgid.errors import ModelLoadError, SgidError
+from sgid.errors import ModelLoadError, SgidError, reason
 from sgid.registry import Registry
 
 
@@ -134,7 +134,12 @@ def resolve_models(
             if tiny_paths is None:
                 from sgid.models.tiny import ensure_tiny_models
 
-                tiny_paths = ensure_tiny_models(cache_dir)
+                try:
+                    tiny_paths = ensure_tiny_models(cache_dir)
+                except OSError as exc:  # a file, a read-only or vanished place: the user's --cache-dir
+                    raise SgidError(
+                        f"--cache-dir {cache_dir}: the tiny models cannot be kept there ({reason(exc)})"
+                    ) from None
             component = name.split(":", 1)[1]
             refs[role] = ModelRef(name=name, path=str(tiny_paths[component]))
         else:
@@ -192,6 +197,8 @@ def resolve_device(device: str = "auto", kinds: tuple[str, ...] | None = None) -
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise SgidError(f"--device {device} asked for, but no CUDA GPU is available; use --device cpu")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise SgidError(f"--device {device} asked for, but this torch has no MPS (Apple GPU) device; use --device cpu")
     return resolved
 
 

@@ -91,15 +91,15 @@ def parse_floor(value: str | float | None) -> float | None:
 
 def parse_guidance(value: str | float, floor: float | None = DEFAULT_FLOOR) -> GuidanceMap:
     """``"paper"`` → the paper's quadratic (clamped at ``floor``); a number → that constant scale."""
-    if isinstance(value, (int, float)):
-        return GuidanceMap(constant=float(value))
     text = str(value).strip()
     if text == "paper":
         return PAPER_GUIDANCE if floor == DEFAULT_FLOOR else GuidanceMap(floor=floor)
     try:
-        scale = float(text)
+        scale = float(value)
     except ValueError:
         raise SgidError(f"invalid --guidance {value!r}: use 'paper' (f(s) = -4s^2 + 2s + 1) or a number") from None
+    if not math.isfinite(scale):
+        raise SgidError(f"invalid --guidance {value!r}: use 'paper' or a finite number")
     if scale < 0:
         raise SgidError(f"--guidance must be >= 0, got {scale}")
     return GuidanceMap(constant=scale)
