@@ -145,6 +145,18 @@ def test_rerunning_into_the_same_out_replaces_the_previous_result(
     assert not list(tmp_path.glob(".out.*"))  # no staging leftovers
 
 
+def test_a_previous_output_holding_a_users_files_is_not_replaced(run: Path, models: FakeModels, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    filter_run(run, out, "original", loaded=models, quiet=True)
+    (out / "notes.txt").write_text("keep me")
+    (out / "cat" / "mine.png").write_bytes(b"a user's image")
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    with pytest.raises(SgidError, match=r"files it did not write \(cat/mine.png, notes.txt\); replacing it would"):
+        filter_run(run, out, "threshold", options=FilterOptions(threshold=0.85), loaded=models, quiet=True)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
 def test_a_class_with_nothing_left_is_reported(tmp_path: Path) -> None:
     run = make_run(tmp_path, {"cat": 1, "dog": 1}, k=1)
     vectors = {

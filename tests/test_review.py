@@ -539,23 +539,13 @@ def test_export_writes_ratings_and_the_table_2_report(runs: list[Path], tmp_path
     consistency = {"randaugment": 5, "random_erasing": 4, "cutmix": 2}
     rate_all(session.db, study.id, "ann", lambda item, m, s: consistency[m] if s == "consistency" else 1 + item % 2)
     rate_all(session.db, study.id, "bob", lambda item, m, s: consistency[m] if s == "consistency" else 2)
-    code = main(
-        [
-            "review",
-            *map(str, runs),
-            "--db",
-            str(tmp_path / "review.sqlite"),
-            "--labels",
-            "2",
-            "--originals",
-            "2",
-            "--export",
-            str(tmp_path / "study.csv"),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ]
-    )
-    assert code == 0
+    argv = ["review", *map(str, runs), "--db", str(tmp_path / "review.sqlite"), "--labels", "2", "--originals", "2"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--export"]
+    assert main([*argv, str(tmp_path / "study.csv")]) == 0
+    assert main([*argv, str(tmp_path / "study")]) == 0  # an earlier export is replaced
+    (tmp_path / "mine.json").write_text("precious\n")  # a user's file is not
+    assert main([*argv, str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine.json").read_text() == "precious\n" and not (tmp_path / "mine.csv").exists()
     import csv
 
     rows = list(csv.DictReader((tmp_path / "study.csv").open()))

@@ -12,7 +12,8 @@ Layout of OUT::
 OUT loads with ``datasets.load_dataset("imagefolder", data_dir=OUT)`` and torchvision's ``ImageFolder`` and is
 a valid input of ``sgid evaluate --generated``, ``sgid metrics`` and another ``sgid filter``. It is built in
 a hidden sibling folder and moved into place, so OUT is never half-written; a previous ``sgid filter`` output
-in OUT is replaced.
+in OUT is replaced, unless it also holds files the filter did not write (then the command refuses, naming them:
+replacing the folder would delete them).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from sgid.errors import SgidError
 from sgid.manifest import MANIFEST, RUN_FILE, dumps
 from sgid.outdir import check_out_dir as check_out
 from sgid.rundir import RunDir
@@ -42,6 +44,32 @@ def check_out_dir(out: Path, run: RunDir) -> None:
     """Refuse an OUT that would mix with, or replace, data that is not a previous filter output."""
     reads = [("the run folder", run.path), ("the real input folder", run.source_dir)]
     check_out(out, reads, command="filter", owned=is_filter_output)
+    foreign = foreign_files(out) if out.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise SgidError(
+            f"--out {out} holds an earlier sgid filter output and files it did not write ({shown}); replacing it "
+            f"would delete them: move them out or choose another --out"
+        )
+
+
+def foreign_files(out: Path) -> list[str]:
+    """The files in a previous filter output ``out`` that its own manifest and reports do not account for."""
+    ours = {MANIFEST, DECISIONS, REPORT_JSON, REPORT_MD, RUN_FILE}
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                name = json.loads(line).get("file_name")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(name, str):
+                ours.add(Path(name).as_posix())
+    return sorted(
+        path.relative_to(out).as_posix()
+        for path in out.rglob("*")
+        if not path.is_dir() and path.relative_to(out).as_posix() not in ours
+    )
 
 
 def write_output(

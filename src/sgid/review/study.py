@@ -310,6 +310,20 @@ def report_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _is_export(csv_path: Path, json_path: Path, md_path: Path) -> bool:
+    """Whether the files at an --export name are all an earlier export's (each absent or in its format)."""
+    try:
+        if csv_path.exists() and csv_path.read_text(encoding="utf-8").split("\n", 1)[0] != ",".join(CSV_FIELDS):
+            return False
+        if json_path.exists():
+            payload = json.loads(json_path.read_text(encoding="utf-8"))
+            if not isinstance(payload, dict) or set(payload) != {"study", "report", "ratings"}:
+                return False
+        return not md_path.exists() or md_path.read_text(encoding="utf-8").startswith("# Human evaluation: ")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
 def export(db: ReviewDB, study: Study, target: str | Path) -> list[Path]:
     """Write FILE.csv, FILE.json (ratings + report) and FILE.md (the report); FILE may end in .csv/.json/.md."""
     from sgid.runstore import atomic_write
@@ -318,13 +332,19 @@ def export(db: ReviewDB, study: Study, target: str | Path) -> list[Path]:
     stem = target.with_suffix("") if target.suffix.lower() in (".csv", ".json", ".md") else target
     if stem.parent and not stem.parent.is_dir():
         raise SgidError(f"--export {target}: folder {stem.parent} does not exist")
+    paths = [stem.with_name(stem.name + ext) for ext in (".csv", ".json", ".md")]
+    if any(path.exists() for path in paths) and not _is_export(*paths):
+        taken = ", ".join(str(path) for path in paths if path.exists())
+        raise SgidError(
+            f"--export {target}: {taken} exists and is not an earlier export of a study; choose another name "
+            f"(sgid never overwrites other files)"
+        )
     rows = rating_rows(db, study)
     data = report(db, study)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    paths = [stem.with_name(stem.name + ext) for ext in (".csv", ".json", ".md")]
     atomic_write(paths[0], buffer.getvalue().encode("utf-8"))
     payload = {"study": study.settings, "report": data, "ratings": rows}
     atomic_write(paths[1], (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
