@@ -546,6 +546,8 @@ def test_export_writes_ratings_and_the_table_2_report(runs: list[Path], tmp_path
     (tmp_path / "mine.json").write_text("precious\n")  # a user's file is not
     assert main([*argv, str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine.json").read_text() == "precious\n" and not (tmp_path / "mine.csv").exists()
+    assert main([*argv, str(runs[0] / "study")]) == 2  # nor into a run (or its real input) folder
+    assert not list(runs[0].glob("study.*"))
     import csv
 
     rows = list(csv.DictReader((tmp_path / "study.csv").open()))

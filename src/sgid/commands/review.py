@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 HELP = "review runs in the browser: select images, run and export the paper's blinded rating study"
@@ -89,6 +90,14 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.export:
         assert session.study is not None
+        target = Path(args.export).expanduser().resolve()
+        for run in session.catalog.runs:
+            for what, folder in (("the run folder", run.path), ("the real input folder", run.source_dir)):
+                if folder is not None and Path(folder).resolve() in target.parents:
+                    raise SgidError(
+                        f"--export {args.export} is inside {what} {folder}; the files would become part of that "
+                        f"data: choose a place outside it"
+                    )
         paths = export(session.db, session.study, args.export)
         print("sgid review: wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
         return 0
