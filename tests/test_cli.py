@@ -161,9 +161,9 @@ INVALID_OPTIONS: dict[str, list[tuple[list[str], str]]] = {
         (["--out", "{out}", "--models", "huge"], "unknown models preset 'huge'"),
     ],
     "evaluate": [
-        (["--train", "{input}", "--test", "{input}", "--out", "{out}", "--seeds", "0"], "--seeds must be at least 1"),
-        (["--train", "{input}", "--test", "{input}", "--out", "{out}", "--backbone", "vgg"], "unknown backbone 'vgg'"),
-        (["--train", "{input}", "--test", "{input}", "--out", "{out}", "--device", "tpu"], "--device must be"),
+        (["--train", "{input}", "--test", "{run}", "--out", "{out}", "--seeds", "0"], "--seeds must be at least 1"),
+        (["--train", "{input}", "--test", "{run}", "--out", "{out}", "--backbone", "vgg"], "unknown backbone 'vgg'"),
+        (["--train", "{input}", "--test", "{run}", "--out", "{out}", "--device", "tpu"], "--device must be"),
     ],
     "filter": [
         (["{run}", "--filters", "label,nope", "--out", "{out}"], "unknown filter 'nope'"),

@@ -261,6 +261,9 @@ def test_bad_options_fail_before_training_with_one_line(toy, capsys, extra, mess
         ),
         (["evaluate", "--dataset", "cifar10", "--out", "o"], "--dataset needs --data-root"),
         (["evaluate", "--dataset", "imagenet", "--data-root", ".", "--out", "o"], "unknown dataset 'imagenet'"),
+        (["evaluate", "--train", "d", "--test", "d/", "--out", "o"], "--train d and --test d/ overlap: the test"),
+        (["evaluate", "--train", "d", "--test", "d/test", "--out", "o"], "would be trained on"),
+        (["evaluate", "--train", "a", "--val", "b", "--test", "b", "--out", "o"], "used to choose the learning rate"),
     ],
 )
 def test_bad_data_options_are_one_line_errors(args, message, capsys) -> None:
@@ -408,12 +411,13 @@ def test_an_exported_split_links_back_to_its_examples(tmp_path) -> None:
 @pytest.mark.slow
 def test_a_real_augment_run_links_to_its_training_images(augmented_run: Path, tmp_path: Path) -> None:
     source = augmented_run.parent / "input"
+    test = shutil.copytree(source, tmp_path / "test")  # evaluate refuses a test folder that is trained on
     args = [
         "evaluate",
         "--train",
         str(source),
         "--test",
-        str(source),
+        str(test),
         "--generated",
         str(augmented_run),
         "--methods",

@@ -400,13 +400,14 @@ def test_a_method_output_trains_in_sgid_evaluate(two_by_two: Path, tmp_path: Pat
     from sgid.cli import main
 
     augment(two_by_two, tmp_path / "gen", method="boomerang", cache_dir=cache_dir, **FAST)
+    test = shutil.copytree(two_by_two, tmp_path / "test")  # evaluate refuses a test folder that is trained on
     code = main(
         [
             "evaluate",
             "--train",
             str(two_by_two),
             "--test",
-            str(two_by_two),
+            str(test),
             "--generated",
             str(tmp_path / "gen"),
             "--methods",

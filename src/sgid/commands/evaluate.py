@@ -170,6 +170,24 @@ def _check_sources(args: argparse.Namespace) -> None:
         raise SgidError("--out DIR is required")
 
 
+def _check_disjoint(args: argparse.Namespace) -> None:
+    """The test folder is neither a training nor a validation folder, nor inside or around one: its images
+    would be learned from (or chosen on), and the accuracy would not be a test accuracy."""
+    from pathlib import Path
+
+    test = Path(args.test).expanduser().resolve()
+    for flag, folder in (("--train", args.train), ("--val", args.val)):
+        if folder is None:
+            continue
+        other = Path(folder).expanduser().resolve()
+        if other == test or other in test.parents or test in other.parents:
+            raise SgidError(
+                f"{flag} {folder} and --test {args.test} overlap: the test images would be "
+                f"{'trained on' if flag == '--train' else 'used to choose the learning rate'}; "
+                f"pass separate folders"
+            )
+
+
 def _generated_names(args: argparse.Namespace) -> list[str]:
     from sgid.evaluate.generated import names_of
     from sgid.evaluate.perturb import PERTURBATIONS
@@ -240,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = _config(args)
     config.check(["generated", *_generated_names(args)])  # options first: a typo fails before any data is read
+    if not args.dataset:
+        _check_disjoint(args)
     from sgid.evaluate import evaluate
 
     result = evaluate(_load_data(args), config, args.out)
