@@ -169,6 +169,19 @@ def test_label_names_files(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(SgidError, match="JSON object"):
         read_label_names(tmp_path / "bad.json")
+    # what would quietly change a prompt is refused, naming the row
+    (tmp_path / "comma.csv").write_text("n01,tabby cat, striped\n")
+    with pytest.raises(SgidError, match=r"row 1: expected 'folder,label', got 3 column\(s\); quote a label"):
+        read_label_names(tmp_path / "comma.csv")
+    (tmp_path / "blank.csv").write_text("n01,tench\nn02, \n")
+    with pytest.raises(SgidError, match="row 2: the label of 'n02' is empty"):
+        read_label_names(tmp_path / "blank.csv")
+    (tmp_path / "blank.json").write_text('{"n01": ""}')
+    with pytest.raises(SgidError, match="the label of 'n01' is empty"):
+        read_label_names(tmp_path / "blank.json")
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(SgidError, match="folder.json is a folder"):
+        read_label_names(tmp_path / "folder.json")
     assert default_label("Chevrolet_Silverado_1500") == "Chevrolet Silverado 1500"
 
 

@@ -175,7 +175,7 @@ def test_extreme_sizes_and_aspect_ratios(tmp_path: Path, examples: int) -> None:
 # -- label-names files ----------------------------------------------------------------------------------------
 NAMES = st.dictionaries(
     st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1).map(str.strip).filter(bool),
-    st.text(st.characters(codec="utf-8", exclude_characters="\x00")).map(str.strip),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1).map(str.strip).filter(bool),
     max_size=6,
 )
 

@@ -120,6 +120,8 @@ def read_label_names(path: Path) -> dict[str, str]:
     with an optional ``folder,label`` (or ``class,label``) header. UTF-8 (a byte-order mark is fine), any line
     ends. Anything else is a one-line :class:`SgidError` naming the file (and the row)."""
     path = Path(path)
+    if path.is_dir():
+        raise SgidError(f"label-names file {path} is a folder; give the .json, .csv or .tsv file")
     if not path.is_file():
         raise SgidError(f"label-names file not found: {path}")
     try:
@@ -135,6 +137,9 @@ def read_label_names(path: Path) -> dict[str, str]:
             raise SgidError(f"label-names file {path} is not valid JSON: {exc}") from None
         if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
             raise SgidError(f"label-names file {path} must be a JSON object mapping folder names to label text")
+        blank = next((k for k, v in data.items() if not v.strip()), None)
+        if blank is not None:
+            raise SgidError(f"label-names file {path}: the label of {blank!r} is empty")
         return dict(data)
     if path.suffix.lower() in (".csv", ".tsv"):
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
@@ -146,9 +151,14 @@ def read_label_names(path: Path) -> dict[str, str]:
             rows = rows[1:]
         mapping: dict[str, str] = {}
         for number, row in enumerate(rows, start=1):
-            if len(row) < 2:
-                raise SgidError(f"label-names file {path}, row {number}: expected 'folder,label'")
+            if len(row) != 2:
+                raise SgidError(
+                    f"label-names file {path}, row {number}: expected 'folder,label', got {len(row)} column(s)"
+                    + ('; quote a label that holds the delimiter ("tabby cat, striped")' if len(row) > 2 else "")
+                )
             folder, label = row[0].strip(), row[1].strip()
+            if not label:
+                raise SgidError(f"label-names file {path}, row {number}: the label of {folder!r} is empty")
             if mapping.setdefault(folder, label) != label:
                 raise SgidError(f"label-names file {path}, row {number}: {folder!r} is named twice, differently")
         return mapping
