@@ -234,6 +234,21 @@ def test_method_specific_validation(two_by_two: Path, tmp_path: Path) -> None:
         AugmentConfig.build(two_by_two, tmp_path / "o", method="diverse_caption", summarize=True)
 
 
+def test_a_chain_checks_every_stage_folder_before_its_first_stage_runs(
+    two_by_two: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    other = tmp_path / "other"
+    augment(two_by_two, other, method="randaugment", cache_dir=cache_dir, **FAST)  # a run of another input
+    with pytest.raises(SgidError, match=r"other holds a run with different settings \(.*input_dir"):
+        augment(two_by_two, other, method="randaugment+sgid", cache_dir=cache_dir, **FAST)
+    assert not (tmp_path / "other.stages").exists()  # the first stage did not run
+    (tmp_path / "mine.stages").mkdir()
+    (tmp_path / "mine.stages" / "notes.txt").write_text("keep me")
+    with pytest.raises(SgidError, match=r"mine.stages holds files that are not sgid's stage runs \(notes.txt\)"):
+        augment(two_by_two, tmp_path / "mine", method="randaugment+sgid", cache_dir=cache_dir, **FAST)
+    assert [p.name for p in (tmp_path / "mine.stages").iterdir()] == ["notes.txt"]
+
+
 def test_text2img_then_sgid_keeps_provenance(two_by_two: Path, tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "out"
     augment(two_by_two, out, method="text2img+sgid", multiplier=2, cache_dir=cache_dir, **FAST)

@@ -146,6 +146,8 @@ def augment(
     for line in option_warnings(config, _given(settings)):
         warn(line)
     stages = _stages(input_dir, out_dir, preset, settings)
+    if len(stages) > 1:
+        _check_chain_outputs(stages)
     for stage in stages:
         _warn_denoising(stage)  # a dry run too: it is where a user checks a command before the long run
     if dry_run:
@@ -179,6 +181,24 @@ def _stages(
         stages.append(replace(stage, multiplier=1) if number > 1 else stage)  # one per earlier augmentation
         current = target
     return stages
+
+
+def _check_chain_outputs(stages: list[AugmentConfig]) -> None:
+    """Every stage's folder is checked (read-only) before the first stage runs: a refusal of the last one after
+    hours of the first helps no one. The intermediate runs' folder holds nothing but sgid's stage runs."""
+    stage_root = stages[0].out_dir.parent
+    if stage_root.is_dir():
+        foreign = sorted(
+            p.name for p in stage_root.iterdir() if not (p.is_dir() and p.name[:1].isdigit() and "-" in p.name)
+        )
+        if foreign:
+            raise SgidError(
+                f"{stage_root} holds files that are not sgid's stage runs ({', '.join(foreign[:3])}); a chain keeps "
+                f"its intermediate runs there: move them or choose another --out"
+            )
+    for stage in stages:
+        _check_out_dir(stage)
+        RunStore(stage.out_dir, {}, stage.identity(), overwrite=stage.overwrite).check()
 
 
 def _given(options: dict[str, Any]) -> list[str]:
