@@ -15,7 +15,7 @@ from scipy import stats
 import sgid.evaluate.api as api
 from evaluate_helpers import TINY_CLIP, TINY_VIT, tiny_data, write_folder, write_generated
 from sgid.cli import main
-from sgid.evaluate import EvalConfig, evaluate, load_classifier, predict_proba
+from sgid.evaluate import EvalConfig, evaluate, load_classifier, load_folder_dataset, predict_proba
 from sgid.evaluate.zeroshot import zero_shot_accuracy
 
 FAST = ["--backbone", "small_cnn", "--epochs", "1", "--batch-size", "8", "--threads", "1"]
@@ -500,3 +500,47 @@ def test_a_resumed_sweep_does_not_redo_its_learning_rate_search(tmp_path, monkey
     resumed = evaluate(tiny_data(per_image=0), config, tmp_path / "vit")
     assert fits == ["tiny baseline seed 1"] and (resumed.trained, resumed.reused) == (1, 1)
     assert [r.details["lr"] for r in resumed.records] == [search["chosen"]] * 2
+
+
+def _truncate(path: Path) -> None:
+    """Cut a PNG to two thirds: its header still reads, its pixels do not."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def test_unreadable_images_are_left_out_with_their_reason_not_a_stop_half_way(toy, capsys) -> None:
+    """A damaged training, test or generated image is found before training, left out, warned about and listed
+    in results.json (with a run's images made from a damaged training image): the other images still count."""
+    _truncate(toy["train"] / "dog" / "5.png")
+    _truncate(toy["test"] / "cat" / "3.png")
+    _truncate(toy["generated"] / "cat" / "0_sgid_1.png")
+    data = load_folder_dataset(toy["train"], toy["test"], generated=[str(toy["generated"])])
+    assert len(data.train) == 11 and "dog/5.png" not in {ex.key for ex in data.train}
+    assert len(data.test) == 7 and "cat/3.png" not in {ex.key for ex in data.test}
+    kept = {ex.key.split(":")[1] for ex in data.generated}
+    assert len(data.generated) == 24 - 1 - 2 and "cat/0_sgid_1.png" not in kept
+    assert not {ex.source for ex in data.generated} & {"dog/5.png"}
+
+    code = main(_args(toy, "--generated", str(toy["generated"]), "--methods", "generated", "--seeds", "1"))
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "--train" in err and "1 unreadable image(s) left out: dog/5.png (corrupt or truncated image" in err
+    assert "--test" in err and "cat/3.png" in err
+    assert "cat/0_sgid_1.png" in err and "rerun sgid augment on" in err
+    assert "2 image(s) made from unreadable training images left out (from dog/5.png)" in err
+    results = _results(toy["out"])
+    skipped = {(s["folder"], Path(s["image"]).name, s["dataset"]) for s in results["skipped_images"]}
+    assert skipped == {("--train", "5.png", "toy"), ("--test", "3.png", "toy"), ("--generated", "0_sgid_1.png", "toy")}
+    assert all(s["reason"].startswith("corrupt or truncated image") for s in results["skipped_images"])
+    assert "dog/5.png" in results["protocol"]["left out (toy)"]
+
+
+def test_a_class_whose_every_training_image_is_unreadable_is_left_out_like_an_empty_one(tmp_path) -> None:
+    train = write_folder(tmp_path / "train", {"cat": 3, "dog": 3, "owl": 2})
+    test = write_folder(tmp_path / "test", {"cat": 2, "dog": 2}, offset=100)
+    for image in (train / "owl").iterdir():
+        image.write_bytes(b"not a picture")
+    data = load_folder_dataset(train, test)
+    assert data.classes == ("cat", "dog")
+    assert any("2 unreadable image(s) left out: owl/0.png" in n for n in data.notes)
+    assert any("1 class folder(s) without images left out: owl" in n for n in data.notes)

@@ -186,6 +186,15 @@ def test_a_rerun_with_nothing_to_do_loads_no_model(tmp_path, cache_dir, capsys, 
     monkeypatch.undo()
     pipeline.augment(source, tmp_path / "out", cache_dir=cache_dir, **{**FAST, "steps": 2})
     assert (tmp_path / "out" / "metadata.jsonl").read_bytes() == manifest
+    # nor is a run one of whose images was cut short since: that image is made again, the same bytes
+    image = sorted((tmp_path / "out" / "cat").glob("*.png"))[0]
+    made = image.read_bytes()
+    image.write_bytes(made[: len(made) // 2])
+    capsys.readouterr()
+    again = pipeline.augment(source, tmp_path / "out", cache_dir=cache_dir, **{**FAST, "quiet": False, "steps": 2})
+    assert "1 image(s) changed since this run wrote them (another size): made again" in capsys.readouterr().err
+    assert (again.generated, again.already_done) == (1, 1)
+    assert image.read_bytes() == made and (tmp_path / "out" / "metadata.jsonl").read_bytes() == manifest
 
 
 # -- sgid.augment named like the flags ---------------------------------------------------------------------------

@@ -90,6 +90,23 @@ def test_an_image_deleted_by_hand_is_regenerated(tmp_path) -> None:  # type: ign
         assert not store.is_done("a")
 
 
+def test_an_image_changed_since_it_was_journaled_is_regenerated(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    with RunStore(out, {}, {"x": 1}).session() as store:
+        store.commit_image("a", {"file_name": "c/a.png", "source": "c/a.png", "k": 0}, b"png-a")
+        store.commit_image("b", {"file_name": "c/b.png", "source": "c/b.png", "k": 0}, b"png-b")
+    (out / "c" / "a.png").write_bytes(b"pn")  # cut short by a copy or a damaged disk
+    (out / "c" / "b.png").write_bytes(b"PNG-B")  # same size: not looked into (a resume reads no image)
+    assert not RunStore(out, {}, {"x": 1}).peek().is_done("a")  # --dry-run and "nothing to do" see it too
+    with RunStore(out, {}, {"x": 1}).session() as store:
+        assert not store.is_done("a") and store.is_done("b")
+    assert "1 image(s) changed since this run wrote them (another size): made again" in capsys.readouterr().err
+    # a journal written before sizes were recorded still resumes, by the files' presence alone
+    (out / JOURNAL).write_text('{"kind": "row", "key": "a", "row": {"file_name": "c/a.png", "k": 0}}\n')
+    with RunStore(out, {}, {"x": 1}).session() as store:
+        assert store.is_done("a")
+
+
 def test_a_second_concurrent_run_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with RunStore(tmp_path / "out", {}, {"x": 1}).session():
         with pytest.raises(RunDirError, match="another sgid run"):

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,7 @@ class RunStore(OwnedFolder):
         self.rows: dict[str, dict[str, Any]] = {}  # item key -> manifest row, as JSON
         self.output_errors: dict[str, dict[str, Any]] = {}  # item key -> why it ended without an image
         self.input_errors: list[Mapping[str, Any]] = []  # inputs that could not be used, found afresh each run
+        self._sizes: dict[str, int] = {}  # item key -> its file's size in bytes when journaled (newer journals)
         self._journal: int | None = None  # file descriptor of the journal, opened for appending
         self._journal_size = 0
         self._kill_after: int | None = None  # test-only (SGID_TEST_KILL_AFTER_ROWS)
@@ -154,17 +156,27 @@ class RunStore(OwnedFolder):
             if entry is None:
                 damaged += bool(line.strip())
                 continue
-            kind, key, row = entry
+            kind, key, row, size = entry
             (self.rows if kind == "row" else self.output_errors)[key] = row
             (self.output_errors if kind == "row" else self.rows).pop(key, None)
+            self._sizes.pop(key, None)
+            if size is not None:
+                self._sizes[key] = size
         if damaged:
             warn(f"{path}: {damaged} damaged line(s) ignored; their items are made again")
         if torn and repair:
             with open(path, "r+b") as handle:
                 handle.truncate(len(raw) - len(torn))
-        # An image deleted by hand since is not done: forget its row so it is regenerated.
-        for key in [k for k, row in self.rows.items() if not (self.out / row["file_name"]).is_file()]:
-            del self.rows[key]
+        # An image deleted by hand since is not done: forget its row so it is made again. So is one whose size
+        # differs from the size journaled with it (cut short by a copy or a damaged disk, edited by hand).
+        changed = 0
+        for key, row in list(self.rows.items()):
+            size = _file_size(self.out / row["file_name"])
+            if size is None or size != self._sizes.get(key, size):
+                del self.rows[key]
+                changed += size is not None
+        if changed and repair:
+            warn(f"{self.out}: {changed} image(s) changed since this run wrote them (another size): made again")
 
     # -- progress ----------------------------------------------------------------------------------------
     def is_done(self, key: str) -> bool:
@@ -178,7 +190,7 @@ class RunStore(OwnedFolder):
         with interrupt.committing():
             atomic_write(path, png)
             try:
-                self._append({"kind": "row", "key": key, "row": row})
+                self._append({"kind": "row", "key": key, "row": row, "bytes": len(png)})
             except BaseException:
                 path.unlink(missing_ok=True)  # not journaled: not done, so not left in view
                 raise
@@ -187,7 +199,7 @@ class RunStore(OwnedFolder):
     def commit_row(self, key: str, row: Mapping[str, Any]) -> None:
         """Journal a row whose file is already in place (e.g. a linked original)."""
         row = dict(row)
-        self._append({"kind": "row", "key": key, "row": row})
+        self._append({"kind": "row", "key": key, "row": row, "bytes": (self.out / row["file_name"]).stat().st_size})
         self.rows[key] = row
 
     def commit_output_error(self, key: str, row: Mapping[str, Any]) -> None:
@@ -244,8 +256,17 @@ def _count_for_kill_hook(limit: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _journal_entry(line: bytes) -> tuple[str, str, dict[str, Any]] | None:
-    """(kind, key, row) of a well-formed journal line, else None."""
+def _file_size(path: Path) -> int | None:
+    """The size of a regular file, None if there is none at ``path``."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _journal_entry(line: bytes) -> tuple[str, str, dict[str, Any], int | None] | None:
+    """(kind, key, row, the image's size in bytes if journaled) of a well-formed journal line, else None."""
     try:
         entry = loads(line)
     except ValueError:  # not JSON, not UTF-8, nested too deeply
@@ -260,7 +281,8 @@ def _journal_entry(line: bytes) -> tuple[str, str, dict[str, Any]] | None:
             relative_path(row.get("file_name"), "file_name", "journal")
         except SgidError:
             return None  # never look at (or later remove) a path outside OUT
-    return kind, key, row
+    size = entry.get("bytes")
+    return kind, key, row, size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def _row_order(row: dict[str, Any]) -> tuple[str, int, str]:

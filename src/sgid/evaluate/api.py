@@ -615,7 +615,13 @@ def _run_all(
         files = [
             store.write(
                 "results.json",
-                results_json(protocol, records, summary, statistics(config.compare_to, config.correction)),
+                results_json(
+                    protocol,
+                    records,
+                    summary,
+                    statistics(config.compare_to, config.correction),
+                    [{"dataset": d.name, **item} for d in datasets for item in d.skipped],
+                ),
             ),
             store.write(
                 "results.md",

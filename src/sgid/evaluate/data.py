@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -97,7 +99,8 @@ class EvalData:
     generated: tuple[Example, ...] = ()  # every generated set's examples (Example.group says which)
     runs: tuple[GeneratedRun, ...] = ()  # where each generated folder came from
     folders: tuple[tuple[str, Path], ...] = ()  # the folders it was read from ("the --train folder", path)
-    notes: tuple[str, ...] = ()  # what reading left out and why (class folders without images)
+    notes: tuple[str, ...] = ()  # what reading left out and why (class folders without images, unreadable images)
+    skipped: tuple[dict[str, str], ...] = ()  # every image left out: {"folder", "image", "reason"}
 
     def generated_of(self, group: str) -> tuple[Example, ...]:
         """The examples of one generated set (``--generated group=DIR``)."""
@@ -143,35 +146,84 @@ class EvalData:
 
 
 def read_image_folder(
-    root: Path, classes: Sequence[str] | None = None, *, what: str = "--train", notes: list[str] | None = None
+    root: Path,
+    classes: Sequence[str] | None = None,
+    *,
+    what: str = "--train",
+    notes: list[str] | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> tuple[tuple[str, ...], tuple[Example, ...]]:
     """``root/<class>/<image>`` as examples. With ``classes`` (from the training folder), every class folder
-    in ``root`` with images must be one of them; labels index into that list. Class folders without images are
-    left out (not a class), with a line appended to ``notes``."""
+    in ``root`` with images must be one of them; labels index into that list. Every image is decoded once here:
+    an unreadable one is left out (a line in ``notes``, the image and its reason in ``skipped``) instead of
+    stopping training half way. Class folders without (readable) images are left out (not a class), with a line
+    appended to ``notes``."""
     root = Path(root)
     if not root.is_dir():
         raise SgidError(f"{what} folder not found: {root}")
     listing = scan(root)
-    if listing.empty and notes is not None:
-        notes.append(f"{what} {empty_classes_note(root, listing.empty)}")
-    names = tuple(classes) if classes is not None else listing.classes
-    unknown = sorted(set(listing.classes) - set(names))
+    failed = unreadable([s.path for s in listing.sources])
+    sources = [s for s in listing.sources if s.path not in failed]
+    empty = sorted({*listing.empty, *(set(listing.classes) - {s.class_name for s in sources})})
+    if notes is not None:
+        if failed:
+            notes.append(left_out_note(what, root, [(str(p.relative_to(root)), r) for p, r in failed.items()]))
+        if empty:
+            notes.append(f"{what} {empty_classes_note(root, tuple(empty))}")
+    if skipped is not None:
+        skipped.extend({"folder": what, "image": str(p), "reason": r} for p, r in failed.items())
+    present = [c for c in listing.classes if c not in empty]
+    names = tuple(classes) if classes is not None else tuple(present)
+    unknown = sorted(set(present) - set(names))
     if unknown:
         raise SgidError(
             f"{what} {root} has classes that are not in the training set (a class needs training images): "
             f"{', '.join(unknown[:10])}"
         )
     index = {name: i for i, name in enumerate(names)}
-    examples = tuple(Example(key=s.relpath, label=index[s.class_name], load=FileImage(s.path)) for s in listing.sources)
+    examples = tuple(Example(key=s.relpath, label=index[s.class_name], load=FileImage(s.path)) for s in sources)
     return names, examples
 
 
+def unreadable(paths: Sequence[Path]) -> dict[Path, str]:
+    """{path: reason} for the images that do not decode (:func:`load_rgb`'s one-line reason), in ``paths``'
+    order. Decoded in threads (Pillow's decoders release the GIL); nothing is kept."""
+
+    def reason(path: Path) -> str | None:
+        try:
+            load_rgb(path)
+        except ImageError as exc:
+            return str(exc)
+        return None
+
+    if not paths:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, len(paths))) as pool:
+        reasons = list(pool.map(reason, paths))
+    return {path: r for path, r in zip(paths, reasons, strict=True) if r is not None}
+
+
+def left_out_note(what: str, root: Path, failed: Sequence[tuple[str, str]], hint: str = "", limit: int = 5) -> str:
+    """The warning for unreadable images left out: how many, the first few by name with their reasons."""
+    named = "; ".join(f"{name} ({reason})" for name, reason in failed[:limit])
+    more = f"; and {len(failed) - limit} more" if len(failed) > limit else ""
+    return f"{what} {root}: {len(failed)} unreadable image(s) left out: {named}{more}{hint}"
+
+
 def read_generated(
-    directory: Path, classes: Sequence[str], *, tag: str | None = None, group: str = GENERATED
+    directory: Path,
+    classes: Sequence[str],
+    *,
+    tag: str | None = None,
+    group: str = GENERATED,
+    notes: list[str] | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> tuple[Example, ...]:
     """The generated images of an ``sgid augment`` output folder, from its metadata.jsonl.
 
     Rows with method ``original`` are copies of real images and are skipped (the real training set has them).
+    An image that does not decode (damaged since the run wrote it) is left out, with a line in ``notes`` and
+    the image and its reason in ``skipped``; rerunning ``sgid augment`` with the same options makes it again.
     """
     directory = Path(directory)
     manifest = directory / MANIFEST
@@ -199,7 +251,26 @@ def read_generated(
                 group=group,
             )
         )
+    failed = unreadable([ex.load.path for ex in examples])  # type: ignore[attr-defined]
+    if failed:
+        if notes is not None:
+            hint = f"; rerun sgid augment on {directory} with the same options to make them again"
+            names = [(str(p.relative_to(directory)), r) for p, r in failed.items()]
+            notes.append(left_out_note(generated_flag(group), directory, names, hint))
+        if skipped is not None:
+            skipped.extend({"folder": generated_flag(group), "image": str(p), "reason": r} for p, r in failed.items())
+        examples = [ex for ex in examples if ex.load.path not in failed]  # type: ignore[attr-defined]
     return tuple(examples)
+
+
+def generated_flag(group: str) -> str:
+    """How a generated set is named in messages: ``--generated`` (the default set) or ``--generated NAME``."""
+    return "--generated" if group == GENERATED else f"--generated {group}"
+
+
+def _first_sources(examples: Sequence[Example], limit: int = 5) -> str:
+    sources = list(dict.fromkeys(str(ex.source) for ex in examples))
+    return "from " + ", ".join(sources[:limit]) + (f" and {len(sources) - limit} more" if len(sources) > limit else "")
 
 
 def generated_input_dir(directory: Path) -> str | None:
@@ -378,14 +449,18 @@ def load_folder_dataset(
     """An evaluation dataset from image folders and ``sgid augment`` output folders (``["sgid=runs/sgid",
     "runs/other"]`` or ``{"sgid": "runs/sgid"}``; a bare folder is the set ``generated``)."""
     notes: list[str] = []
-    classes, train_examples = read_image_folder(Path(train), what="--train", notes=notes)
-    _, test_examples = read_image_folder(Path(test), classes, what="--test", notes=notes)
-    val_examples = read_image_folder(Path(val), classes, what="--val", notes=notes)[1] if val is not None else ()
+    skipped: list[dict[str, str]] = []
+    classes, train_examples = read_image_folder(Path(train), what="--train", notes=notes, skipped=skipped)
+    _, test_examples = read_image_folder(Path(test), classes, what="--test", notes=notes, skipped=skipped)
+    val_examples: tuple[Example, ...] = ()
+    if val is not None:
+        val_examples = read_image_folder(Path(val), classes, what="--val", notes=notes, skipped=skipped)[1]
     folders = [("the --train folder", Path(train)), ("the --test folder", Path(test))]
     if val is not None:
         folders.append(("the --val folder", Path(val)))
     data = EvalData(name or dataset_name(Path(train)), classes, train_examples, test_examples, val_examples)
-    return attach_generated(replace(data, folders=tuple(folders), notes=tuple(notes)), generated)
+    data = replace(data, folders=tuple(folders), notes=tuple(notes), skipped=tuple(skipped))
+    return attach_generated(data, generated)
 
 
 def attach_generated(data: EvalData, directories: GeneratedSpecs) -> EvalData:
@@ -401,9 +476,23 @@ def attach_generated(data: EvalData, directories: GeneratedSpecs) -> EvalData:
         tags = [f"{i}-{tag}" for i, tag in enumerate(tags)]
     found: list[Example] = []
     runs: list[GeneratedRun] = []
+    notes, skipped = list(data.notes), list(data.skipped)
+    train_root = dict((what, folder) for what, folder in data.folders).get("the --train folder")
+    unusable = {  # training images left out as unreadable: images made from them go too
+        Path(item["image"]).relative_to(train_root).as_posix()
+        for item in data.skipped
+        if item["folder"] == "--train" and train_root is not None
+    }
     for (group, directory), tag in zip(pairs, tags, strict=True):
-        examples = read_generated(directory, data.classes, tag=tag, group=group)
+        examples = read_generated(directory, data.classes, tag=tag, group=group, notes=notes, skipped=skipped)
+        orphans = [ex for ex in examples if ex.source in unusable]
+        if orphans:
+            notes.append(
+                f"{generated_flag(group)} {directory}: {len(orphans)} image(s) made from unreadable training images "
+                f"left out ({_first_sources(orphans)})"
+            )
+            examples = tuple(ex for ex in examples if ex.source not in unusable)
         verify_sources(examples, data.train, (*data.test, *data.val), directory)
         found.extend(examples)
         runs.append(read_provenance(group, directory, len(examples)))
-    return replace(data, generated=tuple(found), runs=tuple(runs))
+    return replace(data, generated=tuple(found), runs=tuple(runs), notes=tuple(notes), skipped=tuple(skipped))

@@ -37,13 +37,16 @@ def results_json(
     records: Sequence[RunRecord],
     summary: Sequence[Summary],
     statistics: dict[str, Any] | None = None,
+    skipped: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
+    """results.json. ``skipped``: every image reading left out, ``{"dataset", "folder", "image", "reason"}``."""
     return {
         "protocol": protocol,
         "statistics": statistics or {},
         "generated": generated_provenance(records),
         "runs": [r.to_json() for r in records],
         "summary": [s.to_json() for s in summary],
+        "skipped_images": list(skipped),
     }
 
 
