@@ -189,3 +189,33 @@ def test_instruct_pix2pix_refuses_a_lora_concepts_folder(  # type: ignore[no-unt
         augment(
             source, tmp_path / "out", method="instruct_pix2pix", concepts=lora_concepts, cache_dir=cache_dir, **FAST
         )
+
+
+def test_a_learned_concept_deleted_since_is_an_error_not_the_plain_label(  # type: ignore[no-untyped-def]
+    folder_and_concepts, tmp_path: Path, cache_dir: Path, capsys
+) -> None:
+    """A class concepts.json marks learned whose file is gone would be prompted with its plain label, unsaid."""
+    import shutil
+
+    from sgid.cli import main
+
+    source, concepts = folder_and_concepts
+    copy = shutil.copytree(concepts, tmp_path / "concepts")
+    index = json.loads((copy / "concepts.json").read_text())
+    (copy / index["classes"]["cat"]["file"]).unlink()
+    args = [
+        "augment",
+        str(source),
+        "--out",
+        str(tmp_path / "out"),
+        "--concepts",
+        str(copy),
+        "--models",
+        "tiny",
+        "--quiet",
+    ]
+    assert main([*args, "--cache-dir", str(cache_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sgid: error: ") and err.count("\n") == 1
+    assert "learned concept file(s) of 1 class(es) are missing (cat); rerun sgid learn-concepts" in err
+    assert not (tmp_path / "out").exists()

@@ -38,6 +38,16 @@ def load_concepts(directory: str | Path) -> dict[str, str]:
 
 
 def _finished(directory: Path, index: dict[str, Any]) -> dict[str, str]:
+    lost = sorted(
+        name
+        for name, entry in index["classes"].items()
+        if entry.get("status") == "done" and entry.get("file") and not (directory / entry["file"]).is_file()
+    )
+    if lost:  # prompts would fall back to the plain label for these classes, unsaid
+        raise SgidError(
+            f"{directory}: the learned concept file(s) of {len(lost)} class(es) are missing ({', '.join(lost[:5])}); "
+            f"rerun sgid learn-concepts with the same options to learn them again"
+        )
     tokens = {
         name: entry["token"]
         for name, entry in sorted(index["classes"].items())
