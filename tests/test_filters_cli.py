@@ -191,3 +191,19 @@ def test_filter_help_lists_every_filter_and_every_rank_by_choice() -> None:
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     text = " ".join(commands["filter"].format_help().split())
     assert f"best_of_k: the filter whose score ranks them: {RANK_BY_NAMES} [default: original]" in text
+
+
+def test_a_setting_no_chosen_filter_reads_is_warned_about(
+    run: Path, tmp_path: Path, tiny, cache_dir: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    common = ["--cache-dir", str(cache_dir), "--quiet"]
+    args = ["filter", str(run), "--filters", "label", "--threshold", "0.5", "--seed", "3", "--rank-by", "label"]
+    assert main([*args, "--out", str(tmp_path / "f1"), *common]) == 0
+    err = capsys.readouterr().err
+    assert "sgid: warning: --threshold is read by the threshold filter only; it is ignored with --filters label" in err
+    assert "--seed is read by the realfake filter only" in err and "--rank-by is read by the best_of_k filter" in err
+    assert err.count("sgid: warning: --") == 3
+    # best_of_k reads its ranker's settings: --label-template ranks by the label filter here, so no warning
+    args = ["filter", str(run), "--filters", "best_of_k", "--rank-by", "label", "--label-template", "a {label}"]
+    assert main([*args, "--keep", "2", "--out", str(tmp_path / "f2"), *common]) == 0
+    assert "is read by" not in capsys.readouterr().err

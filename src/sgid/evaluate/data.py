@@ -254,7 +254,7 @@ def read_generated(
     failed = unreadable([ex.load.path for ex in examples])  # type: ignore[attr-defined]
     if failed:
         if notes is not None:
-            hint = f"; rerun sgid augment on {directory} with the same options to make them again"
+            hint = f"; delete them and rerun sgid augment on {directory} with the same options to make them again"
             names = [(str(p.relative_to(directory)), r) for p, r in failed.items()]
             notes.append(left_out_note(generated_flag(group), directory, names, hint))
         if skipped is not None:

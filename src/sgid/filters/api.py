@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, Filter
 from sgid.filters.chain import run_chain
 from sgid.filters.output import check_out_dir, write_output
 from sgid.filters.report import build_report, report_markdown
-from sgid.progress import note
+from sgid.progress import note, warn
 from sgid.rundir import RunDir, check_sources, read_run_dir
 
 
@@ -100,6 +100,7 @@ def filter_run(
     classes = [FILTERS.get(name) for name in names]
     for cls in classes:
         cls.check_options(options)
+    _warn_unread(options, classes)
     run = read_run_dir(run_dir, source_dir=source_dir)
     check_out_dir(out, run)
     data = _filter_input(run, {cls.name: cls.needs(options) for cls in classes})
@@ -142,6 +143,20 @@ def filter_run(
     summary = FilterSummary(out, len(data), int(chain.kept.sum()), computed, reused, time.monotonic() - started)
     note(summary.line(), quiet)
     return summary
+
+
+def _warn_unread(options: FilterOptions, classes: Sequence[type[Filter]]) -> None:
+    """One warning per setting changed from its default that no chosen filter reads (it would be ignored)."""
+    read = frozenset().union(*(cls.settings(options) for cls in classes))
+    default = FilterOptions()
+    for field in fields(FilterOptions):
+        if field.name not in read and getattr(options, field.name) != getattr(default, field.name):
+            readers = [name for name in FILTERS.names() if field.name in FILTERS.get(name).options_read]
+            flag = "--" + field.name.replace("_", "-")
+            warn(
+                f"{flag} is read by the {' and '.join(readers)} filter only; it is ignored with --filters "
+                f"{','.join(cls.name for cls in classes)}"
+            )
 
 
 def _filter_input(run: RunDir, readers: dict[str, frozenset[str]]) -> FilterInput:

@@ -130,6 +130,13 @@ class Filter(ABC):
     #: what the filter reads besides the generated images: "sources" (each one's source image), "real" (the
     #: real training images)
     reads: ClassVar[frozenset[str]] = frozenset()
+    #: the :class:`FilterOptions` fields it reads (``sgid filter`` warns about a setting no chosen filter reads)
+    options_read: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def settings(cls, options: FilterOptions) -> frozenset[str]:
+        """The :class:`FilterOptions` fields this filter reads with ``options``."""
+        return cls.options_read
 
     @classmethod
     def check_options(cls, options: FilterOptions) -> None:

@@ -19,6 +19,7 @@ from sgid.registry import did_you_mean
 @FILTERS.register("best_of_k")
 class BestOfKFilter(Filter):
     name = "best_of_k"
+    options_read = frozenset({"keep", "rank_by"})
     help = "keep the --keep best augmentations of each source by --rank-by's score (000's best-of-3)"
 
     def __init__(self, ranker: Filter, keep: int = 1) -> None:
@@ -38,6 +39,11 @@ class BestOfKFilter(Filter):
     @classmethod
     def needs(cls, options: FilterOptions) -> frozenset[str]:
         return FILTERS.get(options.rank_by).needs(options)
+
+    @classmethod
+    def settings(cls, options: FilterOptions) -> frozenset[str]:
+        ranker = FILTERS.get(options.rank_by) if options.rank_by in FILTERS else None
+        return cls.options_read | (ranker.settings(options) if ranker is not None else frozenset())
 
     @classmethod
     def uses_models(cls, options: FilterOptions) -> bool:

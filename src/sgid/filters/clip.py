@@ -22,6 +22,7 @@ from sgid.filters.rules import below_group_mean, zero_shot_margin
 @FILTERS.register("label")
 class LabelFilter(Filter):
     name = "label"
+    options_read = frozenset({"label_template"})
     help = "CLIP zero-shot over 'a photo of a {label}' for every class; reject another class (paper app. B (1))"
 
     def __init__(self, images: ImageEmbedder, texts: TextEmbedder, template: str = "a photo of a {label}") -> None:
@@ -126,6 +127,7 @@ class OriginalFilter(Filter):
 @FILTERS.register("threshold")
 class ThresholdFilter(Filter):
     name = "threshold"
+    options_read = frozenset({"threshold"})
     help = "CLIP similarity to the source image; reject below --threshold (000)"
     reads = frozenset({"sources"})
 

@@ -27,6 +27,7 @@ from sgid.images import ImageError, load_rgb
 @FILTERS.register("confidence")
 class ConfidenceFilter(Filter):
     name = "confidence"
+    options_read = frozenset({"classifier", "confidence_threshold"})
     help = "reject images a classifier trained on the real data (--classifier) confidently puts in another class"
 
     def __init__(

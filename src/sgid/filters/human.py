@@ -16,6 +16,7 @@ from sgid.filters.base import FILTERS, Filter, FilterInput, FilterModels, Filter
 @FILTERS.register("human")
 class HumanFilter(Filter):
     name = "human"
+    options_read = frozenset({"review_db"})
     help = "reject what people rejected in sgid review (--review-db FILE), and what lost a best-of-K pick"
 
     def __init__(self, review_db) -> None:

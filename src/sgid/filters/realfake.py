@@ -104,6 +104,7 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 @FILTERS.register("realfake")
 class RealFakeFilter(Filter):
     name = "realfake"
+    options_read = frozenset({"folds", "real_threshold", "seed"})
     help = "out-of-fold real-vs-generated logistic regression on CLIP features; keep images taken for real (000)"
     reads = frozenset({"real"})
 
