@@ -217,5 +217,58 @@ def test_a_learned_concept_deleted_since_is_an_error_not_the_plain_label(  # typ
     assert main([*args, "--cache-dir", str(cache_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sgid: error: ") and err.count("\n") == 1
-    assert "learned concept file(s) of 1 class(es) are missing (cat); rerun sgid learn-concepts" in err
+    assert "learned concept file(s) of 1 class(es) are missing or damaged (cat); rerun sgid learn-concepts" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _cut_short(path: Path) -> bytes:
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    return whole
+
+
+def test_a_learned_concept_cut_short_is_an_error_and_learning_again_makes_it_whole(  # type: ignore[no-untyped-def]
+    folder_and_concepts, tmp_path: Path, cache_dir: Path, capsys
+) -> None:
+    import shutil
+
+    from sgid.cli import main
+
+    source, concepts = folder_and_concepts
+    copy = shutil.copytree(concepts, tmp_path / "concepts")
+    embedding = copy / json.loads((copy / "concepts.json").read_text())["classes"]["cat"]["file"]
+    whole = _cut_short(embedding)
+    args = ["augment", str(source), "--out", str(tmp_path / "out"), "--concepts", str(copy), "--models", "tiny"]
+    assert main([*args, "--quiet", "--cache-dir", str(cache_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing or damaged (cat); rerun sgid learn-concepts" in err
+    # the rerun of learn-concepts (same settings) learns it again, to the same bytes
+    settings = TrainSettings(steps=1, batch_size=1)
+    learn_concepts(source, copy, settings, models="tiny", cache_dir=cache_dir, classes=["cat"], quiet=True)
+    assert embedding.read_bytes() == whole
+
+
+def test_lora_weights_cut_short_are_one_line_errors_before_any_model(  # type: ignore[no-untyped-def]
+    folder_and_concepts, lora_concepts: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import shutil
+
+    from sgid.cli import main
+
+    def no_models(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("sgid.execute.load_stages", no_models)
+    source, _ = folder_and_concepts
+    copy = shutil.copytree(lora_concepts, tmp_path / "lora-concepts")
+    weights = copy / "pytorch_lora_weights.safetensors"
+    _cut_short(weights)
+    base = ["augment", str(source), "--out", str(tmp_path / "out"), "--models", "tiny", "--quiet"]
+    assert main([*base, "--concepts", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read the LoRA weights {weights}: " in err
+    assert "rerun sgid learn-concepts with the same options" in err
+    assert main([*base, "--lora", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--lora {weights}: cannot read these LoRA weights (" in err
     assert not (tmp_path / "out").exists()

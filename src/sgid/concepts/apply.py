@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sgid.concepts.store import CONCEPTS_FILE, LORA_WEIGHT_NAME, read_index
+from sgid.concepts.store import CONCEPTS_FILE, LORA_WEIGHT_NAME, read_index, safetensors_problem, whole_safetensors
 from sgid.errors import SgidError, require
 
 
@@ -41,11 +41,12 @@ def _finished(directory: Path, index: dict[str, Any]) -> dict[str, str]:
     lost = sorted(
         name
         for name, entry in index["classes"].items()
-        if entry.get("status") == "done" and entry.get("file") and not (directory / entry["file"]).is_file()
+        if entry.get("status") == "done" and entry.get("file") and not whole_safetensors(directory / entry["file"])
     )
     if lost:  # prompts would fall back to the plain label for these classes, unsaid
         raise SgidError(
-            f"{directory}: the learned concept file(s) of {len(lost)} class(es) are missing ({', '.join(lost[:5])}); "
+            f"{directory}: the learned concept file(s) of {len(lost)} class(es) are missing or damaged "
+            f"({', '.join(lost[:5])}); "
             f"rerun sgid learn-concepts with the same options to learn them again"
         )
     tokens = {
@@ -66,6 +67,12 @@ def _lora_file(directory: Path, index: dict[str, Any]) -> Path | None:
     path = directory / str(lora["file"])
     if not path.is_file():
         raise SgidError(f"{directory}: concepts.json names the LoRA weights {path.name}, which are missing")
+    problem = safetensors_problem(path)
+    if problem is not None:
+        raise SgidError(
+            f"cannot read the LoRA weights {path}: {problem}; rerun sgid learn-concepts with the same options to "
+            f"learn them again"
+        )
     return path
 
 
@@ -120,7 +127,10 @@ def _read_embedding(path: Path, token: str, width: int, model: Any) -> torch.Ten
                 raise SgidError(f"{path} should hold exactly one embedding named {token}, found {names}")
             embedding = handle.get_tensor(token)
     except (OSError, SafetensorError) as exc:
-        raise SgidError(f"cannot read the learned embedding {path}: {exc}") from None
+        raise SgidError(
+            f"cannot read the learned embedding {path}: {exc}; rerun sgid learn-concepts with the same options to "
+            f"learn it again"
+        ) from None
     if embedding.dim() == 2 and embedding.shape[0] == 1:
         embedding = embedding[0]
     if embedding.dim() != 1:
@@ -166,7 +176,12 @@ def concepts_fingerprint(directory: str | Path) -> str:
 # -- LoRA --------------------------------------------------------------------------------------------------
 def resolve_lora_file(path: str | Path) -> Path:
     """The ``.safetensors`` file of a LoRA given as a file or as a folder (``pytorch_lora_weights.safetensors``,
-    or the folder's only ``.safetensors`` file). Pickle formats are refused: loading them can run code."""
+    or the folder's only ``.safetensors`` file), checked whole (its header read). Pickle formats are refused:
+    loading them can run code."""
+    return _check_lora_file(_locate_lora_file(path))
+
+
+def _locate_lora_file(path: str | Path) -> Path:
     given = Path(path).expanduser()
     if given.is_file():
         if given.suffix != ".safetensors":
@@ -282,6 +297,13 @@ def _diffusers_logging_off() -> Iterator[None]:
 def lora_fingerprint(path: str | Path) -> str:
     """SHA-256 of the LoRA file that ``apply_lora(pipe, path)`` loads."""
     return hashlib.sha256(resolve_lora_file(path).read_bytes()).hexdigest()
+
+
+def _check_lora_file(file: Path) -> Path:
+    problem = safetensors_problem(file)
+    if problem is not None:
+        raise SgidError(f"--lora {file}: cannot read these LoRA weights ({problem}); is the file whole?")
+    return file
 
 
 # -- private pipelines ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from sgid.concepts.lora import LoraSettings, LoraState, LoraTrainer
 from sgid.concepts.method import CONCEPT_METHODS, ClassImages, ConceptMethod, Counts, Job, run_steps
 from sgid.concepts.monitor import write_losses, write_samples
 from sgid.concepts.prior import CLASS_PROMPT, prior_images
-from sgid.concepts.store import JOINT_CHECKPOINT, LORA_WEIGHT_NAME, ConceptsDir
+from sgid.concepts.store import JOINT_CHECKPOINT, LORA_WEIGHT_NAME, ConceptsDir, whole_safetensors
 from sgid.concepts.tokens import choose_init_token
 from sgid.dataset import Listing
 from sgid.images import LoadedImage
@@ -118,7 +118,7 @@ def finished(store: ConceptsDir, chosen: Sequence[str]) -> bool:
     lora = store.index.get("lora")
     return (
         isinstance(lora, dict)
-        and (store.path / str(lora.get("file"))).is_file()
+        and whole_safetensors(store.path / str(lora.get("file")))
         and all(store.is_done(name) for name in chosen)
     )
 

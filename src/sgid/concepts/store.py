@@ -80,6 +80,21 @@ def read_index(directory: str | Path) -> dict[str, Any]:
     return index
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (its header must parse and cover the data: a file cut short
+    by a copy or a damaged disk does not), or None. The header is read, no tensor is."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (OSError, SafetensorError) as exc:
+        return str(exc)
+    return None
+
+
+def whole_safetensors(path: Path) -> bool:
+    return path.is_file() and safetensors_problem(path) is None
+
+
 def finished_classes(directory: str | Path) -> int:
     """Classes the index on disk marks done whose embedding file is in place (what a rerun will skip)."""
     try:
@@ -90,7 +105,7 @@ def finished_classes(directory: str | Path) -> int:
         isinstance(entry, dict)
         and entry.get("status") == "done"
         and isinstance(entry.get("file"), str)
-        and (Path(directory) / entry["file"]).is_file()
+        and whole_safetensors(Path(directory) / entry["file"])
         for entry in classes.values()
     )
 
@@ -181,7 +196,7 @@ class ConceptsDir(OwnedFolder):
         entry = self.index["classes"].get(class_name)
         if not (entry and entry.get("status") == "done"):
             return False
-        return entry.get("file") is None or (self.path / entry["file"]).is_file()
+        return entry.get("file") is None or whole_safetensors(self.path / entry["file"])
 
     def _checkpoint_path(self, class_name: str) -> Path:
         return self.path / CHECKPOINT_DIR / f"{class_name}.safetensors"
