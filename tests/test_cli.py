@@ -92,6 +92,22 @@ def test_unavailable_weights_fail_before_any_work(tmp_path: Path, image_folder: 
     assert not out.exists()
 
 
+def test_weights_cut_short_are_one_line_naming_the_model(tmp_path: Path, image_folder: Path, tiny, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A download or copy cut short: safetensors' own error was a traceback."""
+    import shutil
+
+    blip = shutil.copytree(tiny.captioner.path, tmp_path / "blip")
+    for weights in blip.rglob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    out = tmp_path / "out"
+    code, err = run_cli(
+        ["augment", str(image_folder), "--out", str(out), "--models", "tiny", "--captioner", str(blip)], capsys
+    )
+    assert code == 2 and err.count("\n") == 1
+    assert f"cannot load the captioner '{blip}': Error while deserializing header" in err
+    assert f"check that {blip} holds a complete checkpoint" in err and not out.exists()
+
+
 def test_hub_id_offline_names_the_model_and_the_fix(tmp_path: Path, image_folder: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))

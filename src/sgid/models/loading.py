@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from sgid.errors import ModelLoadError, SgidError, reason
 from sgid.registry import Registry
@@ -291,7 +292,7 @@ def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:
         raise ModelLoadError(f"cannot load the {role} {ref.name!r}: no such file or folder {local}")
     try:
         return loader()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a weights file cut short
         reason = short_reason(exc)
         if ref.path.endswith(".safetensors") and local.is_file():
             hint = (
@@ -476,7 +477,7 @@ def detect_backend(ref: ModelRef) -> str | None:
 
 
 def _safetensors_keys(path: str) -> frozenset[str]:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
     try:
         with safe_open(path, framework="pt") as handle:
