@@ -47,6 +47,7 @@ def test_gpu_throughput_smoke_runs_on_the_cpu_and_writes_its_json(
         ("bench_overhead.py", ["--images", "2", "--steps", "2", "--smoke"], "model calls"),
         ("bench_memory.py", ["--small", "4", "--large", "8"], "inputs"),
         ("bench_engine.py", ["--images", "2", "--steps", "2", "--repeats", "1", "--smoke"], "ray/local"),
+        ("bench_image_check.py", ["--jpegs", "70", "--pngs", "70", "--repeats", "1"], "unreadable()"),
     ],
 )
 def test_benchmarks_run_with_small_settings(script: str, args: list[str], printed: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -544,3 +545,22 @@ def test_a_class_whose_every_training_image_is_unreadable_is_left_out_like_an_em
     assert data.classes == ("cat", "dog")
     assert any("2 unreadable image(s) left out: owl/0.png" in n for n in data.notes)
     assert any("1 class folder(s) without images left out: owl" in n for n in data.notes)
+
+
+@pytest.mark.parametrize("side", [16, 128])  # ~1 KB files: checked in this thread; ~49 KB: in threads
+def test_the_decode_check_names_exactly_the_broken_images_in_order(tmp_path, side: int) -> None:
+    from sgid.evaluate.data import THREADED_CHECK_BYTES, unreadable
+
+    rng = np.random.default_rng(side)
+    paths = []
+    for i in range(150):
+        path = tmp_path / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    assert (paths[0].stat().st_size >= THREADED_CHECK_BYTES) == (side == 128)
+    broken = {3: b"", 70: b"GIF89a", 149: paths[149].read_bytes()[:200]}
+    for i, data in broken.items():
+        paths[i].write_bytes(data)
+    found = unreadable(paths)
+    assert list(found) == [paths[i] for i in sorted(broken)]
+    assert found[paths[3]] == "empty file (0 bytes)" and "truncated" in found[paths[149]]
