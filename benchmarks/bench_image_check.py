@@ -22,7 +22,7 @@ from sgid.images import load_rgb
 def write_images(folder: Path, count: int, size: int, suffix: str) -> list[Path]:
     """``count`` images with gradients and noise (so JPEG has real work), seeded."""
     rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     ramp = np.linspace(0, 255, size)
     paths = []
     for i in range(count):

@@ -16,6 +16,7 @@ from scipy import stats
 import sgid.evaluate.api as api
 from evaluate_helpers import TINY_CLIP, TINY_VIT, tiny_data, write_folder, write_generated
 from sgid.cli import main
+from sgid.errors import SgidError
 from sgid.evaluate import EvalConfig, evaluate, load_classifier, load_folder_dataset, predict_proba
 from sgid.evaluate.zeroshot import zero_shot_accuracy
 
@@ -509,42 +510,65 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) * 2 // 3])
 
 
-def test_unreadable_images_are_left_out_with_their_reason_not_a_stop_half_way(toy, capsys) -> None:
+def test_unreadable_images_are_left_out_with_their_reason_not_a_stop_half_way(toy, capsys, monkeypatch) -> None:
     """A damaged training, test or generated image is found before training, left out, warned about and listed
-    in results.json (with a run's images made from a damaged training image): the other images still count."""
+    in results.json (with a run's images made from a damaged training image): the other images still count.
+    The folders are given as relative paths, as people type them."""
     _truncate(toy["train"] / "dog" / "5.png")
     _truncate(toy["test"] / "cat" / "3.png")
     _truncate(toy["generated"] / "cat" / "0_sgid_1.png")
-    data = load_folder_dataset(toy["train"], toy["test"], generated=[str(toy["generated"])])
+    monkeypatch.chdir(toy["train"].parent.parent)
+    train, test, generated = (Path(toy[k]).relative_to(Path.cwd()) for k in ("train", "test", "generated"))
+    data = load_folder_dataset(train, test, generated=[str(generated)])
     assert len(data.train) == 11 and "dog/5.png" not in {ex.key for ex in data.train}
     assert len(data.test) == 7 and "cat/3.png" not in {ex.key for ex in data.test}
     kept = {ex.key.split(":")[1] for ex in data.generated}
     assert len(data.generated) == 24 - 1 - 2 and "cat/0_sgid_1.png" not in kept
     assert not {ex.source for ex in data.generated} & {"dog/5.png"}
 
-    code = main(_args(toy, "--generated", str(toy["generated"]), "--methods", "generated", "--seeds", "1"))
-    assert code == 0
+    args = ["evaluate", "--train", str(train), "--test", str(test), "--out", "out", *FAST, "--quiet"]
+    assert main([*args, "--generated", str(generated), "--methods", "generated", "--seeds", "1"]) == 0
     err = capsys.readouterr().err
     assert "--train" in err and "1 unreadable image(s) left out: dog/5.png (corrupt or truncated image" in err
     assert "--test" in err and "cat/3.png" in err
-    assert "cat/0_sgid_1.png" in err and "rerun sgid augment on" in err
-    assert "2 image(s) made from unreadable training images left out (from dog/5.png)" in err
-    results = _results(toy["out"])
-    skipped = {(s["folder"], Path(s["image"]).name, s["dataset"]) for s in results["skipped_images"]}
-    assert skipped == {("--train", "5.png", "toy"), ("--test", "3.png", "toy"), ("--generated", "0_sgid_1.png", "toy")}
-    assert all(s["reason"].startswith("corrupt or truncated image") for s in results["skipped_images"])
+    assert "cat/0_sgid_1.png" in err and "delete them and rerun the sgid command that made the folder" in err
+    assert "2 image(s) made from unreadable training images left out (dog/5_sgid_0.png: made from unreadable" in err
+    results = _results(Path("out"))
+    skipped = {(s["dataset"], s["folder"], s["image"], s["class"]) for s in results["skipped_images"]}
+    assert skipped == {
+        ("toy", "--train", "dog/5.png", "dog"),
+        ("toy", "--test", "cat/3.png", "cat"),
+        ("toy", "--generated", "cat/0_sgid_1.png", "cat"),
+        ("toy", "--generated", "dog/5_sgid_0.png", "dog"),
+        ("toy", "--generated", "dog/5_sgid_1.png", "dog"),
+    }
+    reasons = {s["image"]: s["reason"] for s in results["skipped_images"]}
+    assert reasons["dog/5_sgid_1.png"] == "made from unreadable training image dog/5.png"
+    assert reasons["cat/3.png"].startswith("corrupt or truncated image")
     assert "dog/5.png" in results["protocol"]["left out (toy)"]
 
 
 def test_a_class_whose_every_training_image_is_unreadable_is_left_out_like_an_empty_one(tmp_path) -> None:
     train = write_folder(tmp_path / "train", {"cat": 3, "dog": 3, "owl": 2})
+    generated = write_generated(tmp_path / "run", train, per_image=1)
     test = write_folder(tmp_path / "test", {"cat": 2, "dog": 2}, offset=100)
     for image in (train / "owl").iterdir():
         image.write_bytes(b"not a picture")
-    data = load_folder_dataset(train, test)
-    assert data.classes == ("cat", "dog")
+    data = load_folder_dataset(train, test, generated=[str(generated)])
+    assert data.classes == ("cat", "dog") and len(data.generated) == 6
     assert any("2 unreadable image(s) left out: owl/0.png" in n for n in data.notes)
     assert any("1 class folder(s) without images left out: owl" in n for n in data.notes)
+    lost = [s for s in data.skipped if s["folder"] == "--generated"]
+    assert [s["reason"] for s in lost] == [
+        "made from unreadable training image owl/0.png",
+        "made from unreadable training image owl/1.png",
+    ]
+    # a test folder with images of that class: says why it is not a class, instead of "not in the training set"
+    write_folder(test, {"owl": 1})
+    with pytest.raises(
+        SgidError, match=r"--test .* has images of 1 class\(es\) whose every --train image is unreadable \(owl\)"
+    ):
+        load_folder_dataset(train, test)
 
 
 @pytest.mark.parametrize("side", [16, 128])  # ~1 KB files: checked in this thread; ~49 KB: in threads
@@ -564,3 +588,11 @@ def test_the_decode_check_names_exactly_the_broken_images_in_order(tmp_path, sid
     found = unreadable(paths)
     assert list(found) == [paths[i] for i in sorted(broken)]
     assert found[paths[3]] == "empty file (0 bytes)" and "truncated" in found[paths[149]]
+
+
+def test_images_left_out_are_said_before_a_check_they_explain(toy, capsys) -> None:
+    _truncate(toy["train"] / "dog" / "5.png")  # dog: 5 readable training images
+    assert main(_args(toy, "--shots", "6", quiet=False)) == 2
+    lines = capsys.readouterr().err.splitlines()
+    left_out = next(i for i, line in enumerate(lines) if "1 unreadable image(s) left out: dog/5.png" in line)
+    assert lines[-1].startswith("sgid: error:") and "fewer than --shots 6" in lines[-1] and left_out < len(lines) - 1

@@ -7,6 +7,8 @@ whole and keeps the missing image, so every file ends byte for byte as in the un
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from method_runs import METHOD_OPTIONS, VARIANTS, assert_same_run, rows, run_killed
@@ -101,10 +103,33 @@ def test_an_image_changed_since_it_was_journaled_is_regenerated(tmp_path, capsys
     with RunStore(out, {}, {"x": 1}).session() as store:
         assert not store.is_done("a") and store.is_done("b")
     assert "1 image(s) changed since this run wrote them (another size): made again" in capsys.readouterr().err
+    # --overwrite removes every image the run wrote, changed since or not
+    with RunStore(out, {}, {"x": 1}).session() as store:
+        store.commit_image("a", {"file_name": "c/a.png", "source": "c/a.png", "k": 0}, b"png-a")
+    (out / "c" / "a.png").write_bytes(b"pn")
+    capsys.readouterr()
+    with RunStore(out, {}, {"x": 1}, overwrite=True).session() as store:
+        assert not store.is_done("a") and not store.is_done("b")
+    assert not (out / "c").exists() and "changed since" not in capsys.readouterr().err
     # a journal written before sizes were recorded still resumes, by the files' presence alone
+    (out / "c").mkdir()
+    (out / "c" / "a.png").write_bytes(b"pn")
     (out / JOURNAL).write_text('{"kind": "row", "key": "a", "row": {"file_name": "c/a.png", "k": 0}}\n')
     with RunStore(out, {}, {"x": 1}).session() as store:
         assert store.is_done("a")
+
+
+@pytest.mark.parametrize(
+    "size, done", [(5, True), (4, False), (-1, False), (True, True), (5.0, True), ("5", True), (None, True)]
+)
+def test_a_journaled_size_that_is_not_a_whole_number_is_ignored(tmp_path, size, done) -> None:  # type: ignore[no-untyped-def]
+    """Only an int (not a bool) is a size; any other value leaves the file's presence as the test."""
+    out = tmp_path / "out"
+    with RunStore(out, {}, {"x": 1}).session() as store:
+        store.commit_image("a", {"file_name": "c/a.png", "source": "c/a.png", "k": 0}, b"png-a")
+    entry = {"kind": "row", "key": "a", "row": {"file_name": "c/a.png", "k": 0}, "bytes": size}
+    (out / JOURNAL).write_text(json.dumps(entry) + "\n")
+    assert RunStore(out, {}, {"x": 1}).peek().is_done("a") is done
 
 
 def test_a_second_concurrent_run_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from sgid.cli import main
@@ -34,10 +35,16 @@ def test_single_file_errors_are_one_line(
 ) -> None:
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not safetensors")
+    unknown = tmp_path / "unknown.safetensors"  # whole, but no architecture diffusers can tell from its keys
+    safetensors.torch.save_file({"weight": torch.zeros(2)}, unknown)
+    cut = tmp_path / "cut.safetensors"  # a download cut short
+    cut.write_bytes(unknown.read_bytes()[:-4])
     pickle = tmp_path / "model.ckpt"
     pickle.write_bytes(b"pickle")
     for model, message in [
-        (broken, "--sd-config"),
+        (broken, "it is not a whole safetensors file ("),
+        (cut, "it is not a whole safetensors file (Error while deserializing header"),
+        (unknown, "--sd-config"),
         (pickle, "only .safetensors"),
         (tmp_path / "none.safetensors", "no such"),
     ]:

@@ -128,7 +128,7 @@ class RunStore(OwnedFolder):
 
     def clear(self) -> None:
         """Remove only what a previous sgid run wrote (its images, manifests, journal), never other files."""
-        self._load_journal()
+        self._load_journal(keep_changed=True)  # an image changed since is still this run's: removed too
         for row in self.rows.values():
             if row.get("file_name"):
                 (self.out / row["file_name"]).unlink(missing_ok=True)
@@ -139,11 +139,13 @@ class RunStore(OwnedFolder):
                 folder.rmdir()
         self.rows.clear()
         self.output_errors.clear()
+        self._sizes.clear()
 
-    def _load_journal(self, repair: bool = True) -> None:
+    def _load_journal(self, repair: bool = True, keep_changed: bool = False) -> None:
         """Read the journal: a torn last line (a killed run) is ignored and, with ``repair``, cut off; any
         other line that is not a well-formed entry is skipped with a warning (its item is made again). A key
-        journaled twice keeps its last entry; the order of lines does not matter."""
+        journaled twice keeps its last entry; the order of lines does not matter. An image deleted or changed
+        since (another size) is not done, unless ``keep_changed`` (every row journaled, as :meth:`clear` needs)."""
         path = self.out / JOURNAL
         if not path.exists():
             return
@@ -167,6 +169,8 @@ class RunStore(OwnedFolder):
         if torn and repair:
             with open(path, "r+b") as handle:
                 handle.truncate(len(raw) - len(torn))
+        if keep_changed:
+            return
         # An image deleted by hand since is not done: forget its row so it is made again. So is one whose size
         # differs from the size journaled with it (cut short by a copy or a damaged disk, edited by hand).
         changed = 0

@@ -522,6 +522,9 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
     spec, variant_list = config.check([GENERATED, *(name for d in datasets for name in d.generated_sets())])
     device = str(resolve_device(config.device, kinds=("cpu", "cuda")))  # the training loop runs on cpu or cuda
     trained_backbone = spec.recipe is not None
+    for d in datasets:  # what reading left out, said before a check it may explain ("fewer than --shots")
+        for line in d.notes:
+            warn(line)
     settings: dict[str, TrainSettings] = {}
     for d in datasets:
         check_data(d, variant_list if trained_backbone else [], config)
@@ -534,9 +537,6 @@ def evaluate(data: EvalData | Sequence[EvalData], config: EvalConfig, out: str |
         for run in d.runs
     ]
     check_out_dir(out, reads, command="evaluate")
-    for d in datasets:
-        for line in d.notes:
-            warn(line)
     used = {v.method.source for v in variant_list}
     warning = tiny_warning(run for d in datasets for run in d.runs if run.name in used)
     if warning:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from sgid.errors import SgidError
 from sgid.evaluate.generated import GeneratedRun, GeneratedSpecs, parse_generated, read_provenance
 from sgid.evaluate.methods import GENERATED
 from sgid.images import ImageError, load_rgb, png_bytes
-from sgid.manifest import MANIFEST, RUN_FILE, read_run, read_run_info, recorded_input_dir
+from sgid.manifest import MANIFEST, RUN_FILE, ManifestRow, read_run, read_run_info, recorded_input_dir
 from sgid.progress import note
 from sgid.runstore import atomic_write
 
@@ -152,29 +153,40 @@ def read_image_folder(
     what: str = "--train",
     notes: list[str] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    lost: Sequence[str] = (),
 ) -> tuple[tuple[str, ...], tuple[Example, ...]]:
     """``root/<class>/<image>`` as examples. With ``classes`` (from the training folder), every class folder
     in ``root`` with images must be one of them; labels index into that list. Every image is decoded once here:
-    an unreadable one is left out (a line in ``notes``, the image and its reason in ``skipped``) instead of
-    stopping training half way. Class folders without (readable) images are left out (not a class), with a line
-    appended to ``notes``."""
+    an unreadable one is left out (a line in ``notes``; in ``skipped`` its folder, path relative to ``root``,
+    class and reason) instead of stopping training half way. Class folders without (readable) images are left out
+    (not a class), with a line appended to ``notes``. ``lost``: the classes whose every training image is
+    unreadable, named as such when ``root`` has images of them."""
     root = Path(root)
     if not root.is_dir():
         raise SgidError(f"{what} folder not found: {root}")
     listing = scan(root)
     failed = unreadable([s.path for s in listing.sources])
+    broken = [s for s in listing.sources if s.path in failed]
     sources = [s for s in listing.sources if s.path not in failed]
     empty = sorted({*listing.empty, *(set(listing.classes) - {s.class_name for s in sources})})
     if notes is not None:
-        if failed:
-            notes.append(left_out_note(what, root, [(str(p.relative_to(root)), r) for p, r in failed.items()]))
+        if broken:
+            notes.append(left_out_note(what, root, [(s.relpath, failed[s.path]) for s in broken]))
         if empty:
             notes.append(f"{what} {empty_classes_note(root, tuple(empty))}")
     if skipped is not None:
-        skipped.extend({"folder": what, "image": str(p), "reason": r} for p, r in failed.items())
+        skipped.extend(
+            {"folder": what, "image": s.relpath, "class": s.class_name, "reason": failed[s.path]} for s in broken
+        )
     present = [c for c in listing.classes if c not in empty]
     names = tuple(classes) if classes is not None else tuple(present)
     unknown = sorted(set(present) - set(names))
+    vanished = [c for c in unknown if c in lost]
+    if vanished:
+        raise SgidError(
+            f"{what} {root} has images of {len(vanished)} class(es) whose every --train image is unreadable "
+            f"({', '.join(vanished[:10])}): repair those training images, or move the class out of {what}"
+        )
     if unknown:
         raise SgidError(
             f"{what} {root} has classes that are not in the training set (a class needs training images): "
@@ -205,7 +217,9 @@ def unreadable(paths: Sequence[Path]) -> dict[Path, str]:
     if _mean_file_size(chunks[0]) < THREADED_CHECK_BYTES or len(chunks) == 1:
         found = reasons(paths)  # small files: Python's share of the work dominates and threads only contend
     else:
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1, len(chunks))) as pool:
+        # load_rgb's warnings.catch_warnings is not thread-safe: whatever the threads leave in the filters is
+        # put back to this state when they are done
+        with warnings.catch_warnings(), ThreadPoolExecutor(min(8, os.cpu_count() or 1, len(chunks))) as pool:
             found = [r for part in pool.map(reasons, chunks) for r in part]
     return {path: r for path, r in zip(paths, found, strict=True) if r is not None}
 
@@ -241,12 +255,15 @@ def read_generated(
     group: str = GENERATED,
     notes: list[str] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    unusable: Collection[str] = (),
+    lost: Collection[str] = (),
 ) -> tuple[Example, ...]:
     """The generated images of an ``sgid augment`` output folder, from its metadata.jsonl.
 
     Rows with method ``original`` are copies of real images and are skipped (the real training set has them).
-    An image that does not decode (damaged since the run wrote it) is left out, with a line in ``notes`` and
-    the image and its reason in ``skipped``; rerunning ``sgid augment`` with the same options makes it again.
+    Left out, each with a line in ``notes`` and an entry in ``skipped``: an image that does not decode (damaged
+    since the run wrote it: deleting it and rerunning the command that made it makes it again), one made from a
+    training image in ``unusable`` (unreadable), and one of a class in ``lost`` (no readable training image).
     """
     directory = Path(directory)
     manifest = directory / MANIFEST
@@ -254,48 +271,66 @@ def read_generated(
         raise SgidError(f"--generated {directory} has no {MANIFEST}; expected the output folder of sgid augment")
     index = {name: i for i, name in enumerate(classes)}
     tag = tag or directory.name
+    flag = generated_flag(group)
     examples: list[Example] = []
-    paths: list[Path] = []
+    rows: list[ManifestRow] = []
+    orphans: list[dict[str, str]] = []
     for number, row in enumerate(read_run(directory).rows, start=1):
         if row.is_original:
             continue
+        if row.source in unusable or row.label in lost:
+            why = f"made from unreadable training image {row.source}" if row.source in unusable else ""
+            why = why or f"its class {row.label} has no readable training image"
+            orphans.append({"folder": flag, "image": row.file_name, "class": row.label, "reason": why})
+            continue
         if row.label not in index:
             raise SgidError(f"{manifest}, row {number}: class {row.label!r} is not in the training set")
-        path = directory / row.file_name
-        if not path.is_file():
+        if not (directory / row.file_name).is_file():
             raise SgidError(f"{manifest}, row {number}: image {row.file_name} is missing")
-        paths.append(path)
+        rows.append(row)
         examples.append(
             Example(
                 key=f"{tag}:{row.file_name}",
                 label=index[row.label],
-                load=FileImage(path),
+                load=FileImage(directory / row.file_name),
                 source=row.source,
                 generated=True,
                 source_sha256=row.source_sha256,
                 group=group,
             )
         )
-    failed = unreadable(paths)
-    if failed:
-        if notes is not None:
-            hint = f"; delete them and rerun sgid augment on {directory} with the same options to make them again"
-            names = [(str(p.relative_to(directory)), r) for p, r in failed.items()]
-            notes.append(left_out_note(generated_flag(group), directory, names, hint))
-        if skipped is not None:
-            skipped.extend({"folder": generated_flag(group), "image": str(p), "reason": r} for p, r in failed.items())
-        examples = [ex for ex, path in zip(examples, paths, strict=True) if path not in failed]
-    return tuple(examples)
+    failed = unreadable([directory / row.file_name for row in rows])
+    broken = [row for row in rows if directory / row.file_name in failed]
+    if notes is not None:
+        if broken:
+            hint = (
+                "; delete them and rerun the sgid command that made the folder (sgid augment with the same options; "
+                "for a filtered folder, then sgid filter) to make them again"
+            )
+            names = [(row.file_name, failed[directory / row.file_name]) for row in broken]
+            notes.append(left_out_note(flag, directory, names, hint))
+        if orphans:
+            notes.append(
+                f"{flag} {directory}: {len(orphans)} image(s) made from unreadable training images left out "
+                f"({orphans[0]['image']}: {orphans[0]['reason']}{'; …' if len(orphans) > 1 else ''})"
+            )
+    if skipped is not None:
+        skipped.extend(
+            {"folder": flag, "image": row.file_name, "class": row.label, "reason": failed[directory / row.file_name]}
+            for row in broken
+        )
+        skipped.extend(orphans)
+    return tuple(ex for ex, row in zip(examples, rows, strict=True) if directory / row.file_name not in failed)
+
+
+def lost_classes(skipped: Iterable[Mapping[str, str]], classes: Sequence[str]) -> list[str]:
+    """The classes whose every training image was left out as unreadable (so they are not classes)."""
+    return sorted({item["class"] for item in skipped if item["folder"] == "--train"} - set(classes))
 
 
 def generated_flag(group: str) -> str:
     """How a generated set is named in messages: ``--generated`` (the default set) or ``--generated NAME``."""
     return "--generated" if group == GENERATED else f"--generated {group}"
-
-
-def _first_sources(examples: Sequence[Example], limit: int = 5) -> str:
-    sources = list(dict.fromkeys(str(ex.source) for ex in examples))
-    return "from " + ", ".join(sources[:limit]) + (f" and {len(sources) - limit} more" if len(sources) > limit else "")
 
 
 def generated_input_dir(directory: Path) -> str | None:
@@ -476,10 +511,11 @@ def load_folder_dataset(
     notes: list[str] = []
     skipped: list[dict[str, str]] = []
     classes, train_examples = read_image_folder(Path(train), what="--train", notes=notes, skipped=skipped)
-    _, test_examples = read_image_folder(Path(test), classes, what="--test", notes=notes, skipped=skipped)
+    lost = lost_classes(skipped, classes)
+    _, test_examples = read_image_folder(Path(test), classes, what="--test", notes=notes, skipped=skipped, lost=lost)
     val_examples: tuple[Example, ...] = ()
     if val is not None:
-        val_examples = read_image_folder(Path(val), classes, what="--val", notes=notes, skipped=skipped)[1]
+        val_examples = read_image_folder(Path(val), classes, what="--val", notes=notes, skipped=skipped, lost=lost)[1]
     folders = [("the --train folder", Path(train)), ("the --test folder", Path(test))]
     if val is not None:
         folders.append(("the --val folder", Path(val)))
@@ -502,21 +538,19 @@ def attach_generated(data: EvalData, directories: GeneratedSpecs) -> EvalData:
     found: list[Example] = []
     runs: list[GeneratedRun] = []
     notes, skipped = list(data.notes), list(data.skipped)
-    train_root = dict((what, folder) for what, folder in data.folders).get("the --train folder")
-    unusable = {  # training images left out as unreadable: images made from them go too
-        Path(item["image"]).relative_to(train_root).as_posix()
-        for item in data.skipped
-        if item["folder"] == "--train" and train_root is not None
-    }
+    unusable = {item["image"] for item in data.skipped if item["folder"] == "--train"}  # unreadable training images
+    lost = lost_classes(data.skipped, data.classes)
     for (group, directory), tag in zip(pairs, tags, strict=True):
-        examples = read_generated(directory, data.classes, tag=tag, group=group, notes=notes, skipped=skipped)
-        orphans = [ex for ex in examples if ex.source in unusable]
-        if orphans:
-            notes.append(
-                f"{generated_flag(group)} {directory}: {len(orphans)} image(s) made from unreadable training images "
-                f"left out ({_first_sources(orphans)})"
-            )
-            examples = tuple(ex for ex in examples if ex.source not in unusable)
+        examples = read_generated(
+            directory,
+            data.classes,
+            tag=tag,
+            group=group,
+            notes=notes,
+            skipped=skipped,
+            unusable=unusable,
+            lost=lost,
+        )
         verify_sources(examples, data.train, (*data.test, *data.val), directory)
         found.extend(examples)
         runs.append(read_provenance(group, directory, len(examples)))

@@ -39,7 +39,8 @@ def results_json(
     statistics: dict[str, Any] | None = None,
     skipped: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """results.json. ``skipped``: every image reading left out, ``{"dataset", "folder", "image", "reason"}``."""
+    """results.json. ``skipped``: every image reading left out, as
+    ``{"dataset", "folder", "image", "class", "reason"}``."""
     return {
         "protocol": protocol,
         "statistics": statistics or {},

@@ -294,7 +294,11 @@ def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:
         return loader()
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a weights file cut short
         reason = short_reason(exc)
-        if ref.path.endswith(".safetensors") and local.is_file():
+        broken = _safetensors_problem(local) if ref.path.endswith(".safetensors") and local.is_file() else None
+        if broken is not None:
+            why = short_reason(Exception(broken), 100)
+            hint = f"it is not a whole safetensors file ({why}): download or copy it again"
+        elif ref.path.endswith(".safetensors") and local.is_file():
             hint = (
                 "a single-file checkpoint needs its architecture's configs: pass --sd-config with a diffusers "
                 "folder or hub id of the same model family (e.g. a local copy of stable-diffusion-v1-5)"
@@ -474,6 +478,18 @@ def detect_backend(ref: ModelRef) -> str | None:
     except (OSError, ValueError):
         return None
     return next((f.name for f in families if f.matches_unet(unet)), None)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (cut short, not safetensors at all), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (OSError, SafetensorError) as exc:
+        return str(exc)
+    return None
 
 
 def _safetensors_keys(path: str) -> frozenset[str]:
