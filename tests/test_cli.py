@@ -276,3 +276,41 @@ def test_unusable_cache_dir_and_weights_files_are_one_line_errors(tmp_path: Path
     assert (
         err.splitlines()[-1].startswith("sgid: error: --cache-dir ") and "the tiny models cannot be kept there" in err
     )
+
+
+def test_an_out_that_cannot_be_created_is_one_line_before_any_work(
+    tmp_path: Path, image_folder: Path, capsys, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A file where a folder should be: every command said NotADirectoryError in a traceback (metrics after its
+    CLIP work)."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    out = str(afile / "sub")
+    for args in (
+        ["augment", str(image_folder), "--out", out, "--models", "tiny"],
+        ["learn-concepts", str(image_folder), "--out", out, "--models", "tiny"],
+        ["evaluate", "--train", str(image_folder), "--test", str(tmp_path / "nowhere"), "--out", out],
+        ["demo", "--out", out],
+    ):
+        code, err = run_cli(args, capsys)
+        assert code == 2 and err.count("\n") == 1, (args, err)
+        assert "cannot be created" in err or "not found" in err, (args, err)
+    code, err = run_cli(["augment", str(image_folder), "--out", out, "--models", "tiny"], capsys)
+    assert err == f"sgid: error: --out {out} cannot be created: {afile} is a file, not a folder\n"
+    # what a command finds later (a path it writes beside its output) is one line too, never a traceback
+    import errno
+
+    def denied(args):  # type: ignore[no-untyped-def]
+        raise PermissionError(errno.EACCES, "Permission denied", "/srv/data/review.sqlite")
+
+    monkeypatch.setattr("sgid.commands.demo.run", denied)
+    code, err = run_cli(["demo", "--out", str(tmp_path / "demo")], capsys)
+    assert (code, err) == (2, "sgid: error: Permission denied: /srv/data/review.sqlite\n")
+
+    def failing_disk(args):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("sgid.commands.demo.run", failing_disk)
+    with pytest.raises(OSError, match="Input/output error"):  # not a path problem: not dressed up as one
+        main(["demo", "--out", str(tmp_path / "demo")])
+    assert afile.read_text() == "mine"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,18 @@ def test_the_caption_says_what_a_star_compares_to(records) -> None:
     assert row.ci95 is not None and row.effect_size is not None
     cell = f"{100 * row.delta:+.2f} [{100 * row.ci95[0]:+.2f}, {100 * row.ci95[1]:+.2f}], d_z {row.effect_size:.2f}"
     assert cell in default
+
+
+def test_plots_draw_class_names_as_written_not_as_maths_notation(tmp_path: Path) -> None:
+    """A class named like "$5_to_$10" made matplotlib parse maths notation and fail after the work was done."""
+    from sgid.concepts.monitor import loss_plot_png
+    from sgid.metrics.report import write_plots as metrics_plots
+
+    odd = {"$5_to_$10": 0.4, "$x": 0.6, "cat": 0.5}
+    records = [replace(r, per_class=odd) for r in [*_records("baseline", BASE), *_records("randaugment", BETTER)]]
+    files = write_plots(summarize(records), tmp_path / "evaluate")
+    assert files and all(f.read_bytes()[:4] == b"\x89PNG" for f in files)
+    per_class = {name: {"similarity": {"mean": v}, "fid": 1.0} for name, v in odd.items()}
+    report = {"per_class": per_class, "overall": {"similarity": {"mean": 0.5}, "fid": 1.0}}
+    assert metrics_plots(report, tmp_path / "metrics") == ["metrics/similarity.png", "metrics/fid.png"]
+    assert loss_plot_png([(1.0, 1.0, float("nan"))] * 3, "$5_to_$10 <sgid-$x>")[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import re
 import sys
@@ -37,6 +38,22 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+#: file-system errors about a path (permissions, a file where a folder should be, a name too long, a read-only
+#: file system): the commands check what they can up front; one found later is still one line, exit 2
+PATH_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENOENT,
+        errno.ENAMETOOLONG,
+        errno.EROFS,
+    }
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done, 2 a problem the user can fix (one line), 1 no space left to write
     (one line; rerun to resume), 130/143 stopped by SIGINT/SIGTERM (one line; rerun to resume)."""
@@ -50,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(lines), file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
+        if exc.errno in PATH_ERRNOS:  # a path the user gave or the files in it: one line, like any bad input
+            end_lines()
+            names = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+            print(f"sgid: error: {exc.strerror or exc}{': ' + names if names else ''}", file=sys.stderr)
+            return 2
         if not is_disk_full(exc):
             raise
         # a store that knows what it kept says so itself (DiskFullError); anything else writes whole files only

@@ -18,6 +18,7 @@ sgid.errors.SgidError: --out data/train/eval is inside the training folder data/
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -67,14 +68,28 @@ def check_out_dir(
                 f"--out {shown} is inside {parent}, an sgid output folder ({marker[0]}); choose a folder outside it"
             )
     if not target.exists():
+        _check_creatable(shown, target)
         return
     if not target.is_dir():
         raise SgidError(f"--out {shown} exists and is not a folder")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise SgidError(f"--out {shown}: no permission to write in it")
     if owned is not None and not is_empty(target) and not owned(target):
         raise SgidError(
             f"--out {shown} is not empty and holds no sgid {command} output; choose a new or empty folder "
             f"(sgid never writes into other files)"
         )
+
+
+def _check_creatable(shown: Path, target: Path) -> None:
+    """A new ``out`` must be creatable: its nearest existing ancestor a folder this process may write in."""
+    ancestor = next((parent for parent in target.parents if parent.exists()), None)
+    if ancestor is None:
+        return
+    if not ancestor.is_dir():
+        raise SgidError(f"--out {shown} cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SgidError(f"--out {shown} cannot be created: no permission to write in {ancestor}")
 
 
 def is_empty(folder: Path) -> bool:

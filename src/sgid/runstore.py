@@ -59,9 +59,19 @@ _journaled_in_process = 0  # entries this process has journaled, for the test-on
 
 
 def write_figure(figure: Any, path: Path, dpi: int = 120) -> None:
-    """Save a matplotlib figure as PNG with :func:`atomic_write` (never a half-written plot on a full disk)."""
+    """Save a matplotlib figure as PNG with :func:`atomic_write` (never a half-written plot on a full disk).
+
+    Every text is drawn as it is: matplotlib's maths notation is off, so a class named ``$5_to_$10`` is a label,
+    not a formula that fails to parse (the texts made so far are switched off here, the tick labels made while
+    drawing by the setting)."""
+    import matplotlib
+    from matplotlib.text import Text
+
+    for text in figure.findobj(Text):
+        text.set_parse_math(False)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        figure.savefig(buffer, format="png", dpi=dpi)
     atomic_write(path, buffer.getvalue())
 
 

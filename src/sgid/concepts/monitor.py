@@ -45,8 +45,9 @@ def loss_csv(losses: Sequence[tuple[float, float, float]]) -> str:
 
 def loss_plot_png(losses: Sequence[tuple[float, float, float]], title: str) -> bytes:
     """The loss per step (thin) and its moving average over ~1/20 of the run (thick), as PNG bytes."""
-    require("matplotlib", "concepts")
+    matplotlib = require("matplotlib", "concepts")
     from matplotlib.figure import Figure  # no pyplot: no global state, no display (Agg canvas)
+    from matplotlib.text import Text
 
     figure = Figure(figsize=(7.0, 4.0), layout="constrained")
     axes = figure.subplots()
@@ -67,7 +68,10 @@ def loss_plot_png(losses: Sequence[tuple[float, float, float]], title: str) -> b
     axes.set_title(title)
     axes.legend(fontsize=8)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    for text in figure.findobj(Text):  # a class named "$5" is a title, not maths notation that fails to parse
+        text.set_parse_math(False)
+    with matplotlib.rc_context({"text.parse_math": False}):
+        figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     return buffer.getvalue()
 
 

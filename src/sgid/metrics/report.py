@@ -65,6 +65,11 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context({"text.parse_math": False}):  # class names as written: "$5" is not maths notation
+        return _write_plots(report, folder, plt)
+
+
+def _write_plots(report: dict[str, Any], folder: Path, plt: Any) -> list[str]:
     written = []
     for key, title, ylabel in PLOTS:
         values = {label: value(m, key) for label, m in report["per_class"].items()}
