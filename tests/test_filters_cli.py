@@ -207,3 +207,37 @@ def test_a_setting_no_chosen_filter_reads_is_warned_about(
     args = ["filter", str(run), "--filters", "best_of_k", "--rank-by", "label", "--label-template", "a {label}"]
     assert main([*args, "--keep", "2", "--out", str(tmp_path / "f2"), *common]) == 0
     assert "is read by" not in capsys.readouterr().err
+
+
+def test_hand_edited_runs_are_one_line_errors_not_tracebacks(
+    run: Path, tmp_path: Path, cache_dir: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Found by a hostile-input run: a NaN in metadata.jsonl (Python's reader takes it, the writer of the kept
+    rows did not) and a run.json whose CLIP model is not a name were tracebacks."""
+    manifest = run / "metadata.jsonl"
+    lines = manifest.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["noise_rate"] = 0.5
+    lines[0] = json.dumps(first).replace('"noise_rate": 0.5', '"noise_rate": NaN')
+    manifest.write_text("\n".join(lines) + "\n")
+    for command in (["filter", "--filters", "threshold", "--threshold", "-1"], ["metrics"]):
+        code = main(
+            [command[0], str(run), *command[1:], "--out", str(tmp_path / command[0]), "--cache-dir", str(cache_dir)]
+        )
+        err = capsys.readouterr().err
+        assert code == 2 and err == f"sgid: error: {manifest}, line 1: not JSON (NaN is not a JSON number)\n"
+    manifest.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    info = json.loads((run / "run.json").read_text())
+    info["models"] = {**info.get("models", {}), "scorer": 5}
+    (run / "run.json").write_text(json.dumps(info))
+    assert main(["metrics", str(run), "--out", str(tmp_path / "m"), "--cache-dir", str(cache_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names its CLIP model 5 (models.scorer), not a model name" in err
+
+
+def test_a_label_template_is_read_like_augment_reads_it(run: Path, tmp_path: Path, tiny, cache_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """Only {label} is replaced: other braces are text (str.format made '{' or '{0}' a traceback)."""
+    args = ["filter", str(run), "--filters", "label", "--label-template", "a {label} {0} {x} {", "-q"]
+    assert main([*args, "--out", str(tmp_path / "f"), "--cache-dir", str(cache_dir)]) == 0
+    report = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert report["settings"]["options"]["label_template"] == "a {label} {0} {x} {"

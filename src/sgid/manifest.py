@@ -62,12 +62,16 @@ def dumps(row: Mapping[str, Any]) -> str:
 
 
 def loads(text: str | bytes) -> Any:
-    """``json.loads`` for data sgid did not write: any failure (not JSON, not UTF-8, nested too deeply) is a
-    ``ValueError``."""
+    """``json.loads`` for data sgid did not write: any failure (not JSON, not UTF-8, nested too deeply, the
+    ``NaN``/``Infinity`` Python's reader accepts but JSON has not and sgid never writes) is a ``ValueError``."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def default_label(class_name: str) -> str:

@@ -5,11 +5,13 @@ run's own), and the model loaded once, with its cached image features and text e
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sgid.errors import SgidError
 from sgid.features.extractors import ClipImageFeatures, ClipTexts
 from sgid.features.store import FEATURE_CACHE_FILE, FeatureCache, FeatureStore
 
@@ -70,6 +72,11 @@ def choose_clip(run_models: Mapping[str, str], run_preset: str | None, options: 
     scorer = options.scorer
     if scorer is None and options.models is None:
         scorer = run_models.get("scorer")
+        if scorer is not None and not isinstance(scorer, str):  # a run.json edited by hand
+            raise SgidError(
+                f"the run's run.json names its CLIP model {json.dumps(scorer)[:40]} (models.scorer), not a model "
+                f"name: restore it, or pass --scorer or --models"
+            )
     resolved_device = resolve_device(options.device or "auto")  # checked before resolve_models builds tiny models
     resolved_dtype = resolve_dtype(options.dtype or "auto", resolved_device)
     choice = resolve_models(options.models or run_preset or "default", cache_dir=options.root(), scorer=scorer)

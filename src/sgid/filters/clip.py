@@ -41,7 +41,9 @@ class LabelFilter(Filter):
 
     def score(self, data: FilterInput, active: np.ndarray) -> Scores:
         classes = list(data.classes)
-        prompts = [self.template.format(label=data.classes[c]) for c in classes]
+        prompts = [
+            self.template.replace("{label}", data.classes[c]) for c in classes
+        ]  # as augment reads it: no str.format
         position = {c: i for i, c in enumerate(classes)}
         label_index = np.array([position[e.label] for e in data.generated], dtype=np.int64)
         predicted, margin = zero_shot_margin(
