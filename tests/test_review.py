@@ -631,3 +631,22 @@ def test_alpha_is_undefined_without_two_annotators() -> None:
     assert krippendorff_alpha(same, "diversity") is not None
     constant = [Rating("s", a, 1, 0, "diversity", 4, "m", 0.0) for a in ("ann", "bob")]
     assert krippendorff_alpha(constant, "diversity") is None
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """Found by a hostile-input run: --db pointing at another SQLite file got sgid's tables and WAL mode."""
+    import sqlite3
+
+    theirs = tmp_path / "people.db"
+    connection = sqlite3.connect(theirs)
+    connection.execute("CREATE TABLE people (name TEXT)")
+    connection.commit()
+    connection.close()
+    before = theirs.read_bytes()
+    with pytest.raises(SgidError, match=r"another program's SQLite database \(tables people\), not an sgid review"):
+        ReviewDB(theirs)
+    assert theirs.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["people.db"]
+    empty = tmp_path / "empty.db"
+    empty.touch()  # an empty file is a new database
+    ReviewDB(empty).close()
+    ReviewDB(empty).close()  # and sgid's own opens again

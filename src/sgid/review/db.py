@@ -119,6 +119,8 @@ class ReviewDB:
                 raise SgidError(f"--db {self.path} is not a file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        if create and self.path.is_file() and self.path.stat().st_size > 0:
+            self._check_foreign()  # before any write: another program's database is never changed
         try:
             with self.write() as db:
                 if create:
@@ -127,10 +129,31 @@ class ReviewDB:
                             db.execute(statement)
                     db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
                 found = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except sqlite3.OperationalError as exc:  # locked, read-only, cannot be opened: not a question of content
+            raise SgidError(f"cannot use the review database {self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise SgidError(f"{self.path} is not an sgid review database ({exc})") from None
         if found is None or found[0] != SCHEMA_VERSION:
             raise SgidError(f"{self.path} is not an sgid review database of schema {SCHEMA_VERSION}")
+
+    def _check_foreign(self) -> None:
+        """Refuse an existing SQLite file that holds tables and no sgid schema, reading it only."""
+        try:
+            reader = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                tables = [row[0] for row in reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            finally:
+                reader.close()
+        except sqlite3.OperationalError as exc:
+            raise SgidError(f"cannot use the review database {self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise SgidError(f"{self.path} is not an sgid review database ({exc})") from None
+        if tables and "meta" not in tables:
+            names = ", ".join(sorted(tables)[:5])
+            raise SgidError(
+                f"{self.path} is another program's SQLite database (tables {names}), not an sgid review database; "
+                f"choose another --db (sgid never writes into it)"
+            )
 
     # -- connections and transactions --------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
