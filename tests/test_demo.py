@@ -6,8 +6,11 @@ import html
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import FAST, make_image_folder
 from sgid.demo import DEMO_IMAGES, build_demo_folder, run_demo
+from sgid.errors import SgidError
 from sgid.gallery import render_gallery
 from sgid.pipeline import augment
 
@@ -27,6 +30,30 @@ def test_demo_runs_and_writes_a_self_contained_page(tmp_path: Path, cache_dir: P
     assert "random-weight" in page and 'src="http' not in page and page.count("data:image/png;base64,") == 18
     for row in rows:
         assert html.escape(row["prompt"]) in page and f"{row['guidance_scale']:.3f}" in page
+
+
+def test_demo_resumes_its_own_folder_but_never_replaces_a_users_page_or_dataset(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Found by a hostile-input run: a folder holding only a user's index.html (replaced) or an input/ with the
+    user's own classes (the demo photos were added to it and the user's images augmented) passed as a demo."""
+    from sgid.demo import is_demo_output
+
+    options = {"multiplier": 1, "steps": 2, "quiet": True, "cache_dir": cache_dir}
+    run_demo(tmp_path / "demo", **options)
+    assert is_demo_output(tmp_path / "demo")
+    run_demo(tmp_path / "demo", **options)  # a rerun resumes
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("<title>my page</title>")
+    dataset = tmp_path / "data"
+    make_image_folder(dataset / "input", {"cat": 1, "zebra": 1})
+    for folder in (mine, dataset):
+        assert not is_demo_output(folder)
+        with pytest.raises(SgidError, match="holds no sgid demo output"):
+            run_demo(folder, **options)
+    assert (mine / "index.html").read_text() == "<title>my page</title>"
+    assert sorted(p.name for p in (dataset / "input").iterdir()) == ["cat", "zebra"]
 
 
 def test_gallery_escapes_every_text(tmp_path: Path, cache_dir: Path) -> None:

@@ -51,9 +51,26 @@ def build_demo_folder(dest: Path) -> Path:
 DEMO_OUTPUTS = ("input", "augmented", "augmented.stages", "index.html")
 
 
+DEMO_TITLE = "sgid demo: SGID augmentations"
+
+
 def is_demo_output(folder: Path) -> bool:
-    """A folder holding only what an earlier ``sgid demo`` wrote (rerun: resumed; nothing else is touched)."""
-    return all(p.name in DEMO_OUTPUTS or p.name.startswith(".") for p in folder.iterdir())
+    """A folder holding only what an earlier ``sgid demo`` wrote (rerun: resumed; nothing else is touched): the
+    names it writes, an ``index.html`` that is its page, and an ``input/`` of its own classes only (a user's
+    ``index.html`` or dataset there was replaced or augmented)."""
+    if not all(p.name in DEMO_OUTPUTS or p.name.startswith(".") for p in folder.iterdir()):
+        return False
+    index = folder / "index.html"
+    if index.exists() and (not index.is_file() or f"<title>{DEMO_TITLE}</title>".encode() not in index.read_bytes()):
+        return False
+    inputs = folder / "input"
+    if inputs.exists():
+        if not inputs.is_dir():
+            return False
+        names = {p.name for p in inputs.iterdir() if not p.name.startswith(".")}
+        if not names <= set(DEMO_IMAGES):
+            return False
+    return True
 
 
 def run_demo(out: Path, *, models: str = "tiny", multiplier: int = 2, **options: Any) -> Path:
@@ -73,7 +90,7 @@ def run_demo(out: Path, *, models: str = "tiny", multiplier: int = 2, **options:
     source = build_demo_folder(out / "input")
     augment(source, augmented, models=models, multiplier=multiplier, **options)
     note = TINY_WARNING if models == "tiny" else ""
-    page = render_gallery(augmented, source, title="sgid demo: SGID augmentations", note=note)
+    page = render_gallery(augmented, source, title=DEMO_TITLE, note=note)
     index = out / "index.html"
     atomic_write(index, page.encode("utf-8"))
     return index
