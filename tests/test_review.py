@@ -180,6 +180,7 @@ def test_writes_need_a_name_and_valid_input(runs: list[Path], tmp_path: Path) ->
     for body in (
         {"item": 10**6, "decision": "reject"},
         {"item": "0", "decision": "reject"},
+        {"item": True, "decision": "reject"},
         {"item": 0, "decision": "meh"},
     ):
         assert c.post("/api/decision", json=body, headers=headers).status_code == 400
@@ -650,3 +651,24 @@ def test_another_programs_sqlite_database_is_refused_and_left_as_it_was(tmp_path
     empty.touch()  # an empty file is a new database
     ReviewDB(empty).close()
     ReviewDB(empty).close()  # and sgid's own opens again
+
+
+def test_a_rating_of_an_item_no_study_has_is_refused_not_a_server_error(runs: list[Path], tmp_path: Path) -> None:
+    """Found by a hostile-input run: an item number beyond SQLite's integers was an HTTP 500 (OverflowError)."""
+    c = client(opened(runs, tmp_path, study=StudySettings(labels=1, originals=1)))
+    csrf = csrf_of(c.get("/study").text)
+    headers = {"X-CSRF-Token": csrf}
+    assert c.post("/api/name", json={"name": "ann"}, headers=headers).is_success
+    for item in (10**30, -1, 2**63, True):
+        body = {"item": item, "position": 0, "scale": "consistency", "value": 3}
+        response = c.post("/api/rating", json=body, headers=headers)
+        assert response.status_code == 400 and "item and position" in response.json()["error"], item
+
+
+def test_a_cache_dir_that_is_a_file_is_refused_before_serving(runs: list[Path], tmp_path: Path) -> None:
+    """Found by a hostile-input run: the server started and every thumbnail was an HTTP 500."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(SgidError, match=r"--cache-dir .*afile is a file, not a folder"):
+        open_session(runs, db=tmp_path / "review.sqlite", cache_dir=afile)
+    assert not (tmp_path / "review.sqlite").exists() and afile.read_text() == "mine"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote, unquote, urlencode
 
 from sgid.errors import SgidError, require
@@ -309,7 +309,7 @@ def create_app(
         return FileResponse(path, media_type=media_type, headers=headers)
 
     def item_or_none(raw: Any) -> Item | None:
-        return state.catalog.items[raw] if isinstance(raw, int) and 0 <= raw < len(state.catalog.items) else None
+        return state.catalog.items[raw] if _count(raw) and raw < len(state.catalog.items) else None
 
     # -- pages ---------------------------------------------------------------------------------------------
     async def home(request: Request) -> Response:
@@ -475,8 +475,8 @@ def create_app(
             raise SgidError("no study is open")
         annotator = reviewer_of(request)
         item, position, value = body.get("item"), body.get("position"), body.get("value")
-        if not isinstance(item, int) or not isinstance(position, int):
-            raise SgidError("item and position must be numbers")
+        if not all(_count(n) and n < 2**31 for n in (item, position)):  # SQLite's integers end at 2**63
+            raise SgidError("item and position must be numbers of the study's items")
         state.db.rate(state.study.id, annotator, item, position, str(body.get("scale")), value)  # type: ignore[arg-type]
         return JSONResponse({"saved": True})
 
@@ -510,3 +510,8 @@ def create_app(
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, LookupError: not_found})
     return Guard(app, allowed_hosts=allowed_hosts, token=token)
+
+
+def _count(value: object) -> TypeGuard[int]:
+    """A JSON number that counts things: an int >= 0, not ``true``/``false`` (Python's bools are ints)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -48,12 +48,14 @@ def open_session(
     if not runs:
         raise SgidError("give at least one run folder (RUN_DIR) to review")
     catalog = Catalog.open(runs, filters, source_dir)
-    database = ReviewDB(Path(db) if db else Path(runs[0]) / DB_NAME)
-    database.register_runs([(run.identity, str(run.path.resolve()), run.name) for run in catalog.runs])
     if cache_dir is None:
         from sgid.models.loading import default_cache_dir
 
         cache_dir = default_cache_dir()
+    if Path(cache_dir).exists() and not Path(cache_dir).is_dir():  # every thumbnail would fail, one by one
+        raise SgidError(f"--cache-dir {cache_dir} is a file, not a folder")
+    database = ReviewDB(Path(db) if db else Path(runs[0]) / DB_NAME)
+    database.register_runs([(run.identity, str(run.path.resolve()), run.name) for run in catalog.runs])
     opened = open_study(catalog, database, study, create=create_study) if study else None
     return Session(catalog, database, Thumbnails(Path(cache_dir) / "thumbnails"), opened)
 
