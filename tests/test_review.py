@@ -522,6 +522,9 @@ def test_study_is_stored_once_and_needs_the_same_input(runs: list[Path], tmp_pat
     ]  # same names, other pixels
     with pytest.raises(SgidError, match="not of the same input"):
         opened([runs[0], foreign], tmp_path / "x", study=settings)
+    # nor is a gallery over them: the second input's augmentations were shown beside the first one's original
+    with pytest.raises(SgidError, match=r"not of the same input: .* made from different images at cat/"):
+        opened([runs[0], foreign], tmp_path / "y")
     with pytest.raises(SgidError, match="labels"):
         StudySettings(labels=0)
 

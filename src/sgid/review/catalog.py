@@ -162,6 +162,7 @@ class Catalog:
                 originals.setdefault(
                     self._group_key(self.items[-1]), (entry.label, entry.label_text, path, run.source_dir)
                 )
+        self._check_same_sources()
         self.originals = [Original(i, key, *originals[key]) for i, key in enumerate(sorted(originals))]
         self.original_by_source = {o.source: o for o in self.originals}
         by_source: dict[str, list[Item]] = {}
@@ -173,6 +174,20 @@ class Catalog:
         ]
         self.item_by_key = {(item.run.identity, item.file_name): item for item in self.items}
         self.run_by_identity = {run.identity: run for run in self.runs}
+
+    def _check_same_sources(self) -> None:
+        """Runs grouped by original must agree on what each source is: one path made from two different images
+        (runs of different inputs) would show one input's augmentations beside the other's original."""
+        seen: dict[str, tuple[str, Run]] = {}
+        for item in self.items:
+            if item.source is None or item.source_sha256 is None:
+                continue
+            first = seen.setdefault(item.source, (item.source_sha256, item.run))
+            if first[0] != item.source_sha256:
+                raise SgidError(
+                    f"the runs are not of the same input: {first[1].name} and {item.run.name} were made from "
+                    f"different images at {item.source} (source_sha256 differs); review them separately"
+                )
 
     @classmethod
     def open(
