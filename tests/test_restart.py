@@ -12,7 +12,7 @@ import json
 import pytest
 
 from method_runs import METHOD_OPTIONS, VARIANTS, assert_same_run, rows, run_killed
-from sgid.errors import RunDirError
+from sgid.errors import RunDirError, SgidError
 from sgid.methods import METHODS
 from sgid.runstore import JOURNAL, RunStore
 
@@ -136,3 +136,10 @@ def test_a_second_concurrent_run_is_refused(tmp_path) -> None:  # type: ignore[n
     with RunStore(tmp_path / "out", {}, {"x": 1}).session():
         with pytest.raises(RunDirError, match="another sgid run"):
             RunStore(tmp_path / "out", {}, {"x": 1}).open()
+
+
+def test_a_junk_kill_hook_value_is_one_line_before_anything_is_written(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("SGID_TEST_KILL_AFTER_ROWS", "abc")
+    with pytest.raises(SgidError, match=r"SGID_TEST_KILL_AFTER_ROWS='abc' \(a test-only hook\) must be a whole"):
+        RunStore(tmp_path / "out", {}, {"x": 1}).open()
+    assert not (tmp_path / "out").exists()

@@ -586,9 +586,21 @@ def test_export_writes_ratings_and_the_table_2_report(runs: list[Path], tmp_path
 def test_export_without_a_study_is_one_line(
     runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["review", *map(str, runs), "--db", str(tmp_path / "r.sqlite"), "--export", str(tmp_path / "x")])
+    opened(runs, tmp_path)  # a database without a study
+    code = main(["review", *map(str, runs), "--db", str(tmp_path / "review.sqlite"), "--export", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "no study over these runs" in err and err.count("\n") == 1
+    # no database at all: said, and none is made (a failed export left a review.sqlite in the run folder)
+    code = main(["review", *map(str, runs), "--db", str(tmp_path / "r.sqlite"), "--export", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "review database not found" in err and not (tmp_path / "r.sqlite").exists()
+    # an empty or folder --export is refused (one started the server, the other wrote beside the folder)
+    (tmp_path / "exports").mkdir()
+    for export, message in (("", "--export is empty"), (str(tmp_path / "exports"), "is a folder; name the files")):
+        assert main(["review", *map(str, runs), "--export", export]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert not (runs[0] / "review.sqlite").exists() and list((tmp_path / "exports").iterdir()) == []
 
 
 def test_bad_command_lines(runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

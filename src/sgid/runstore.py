@@ -106,6 +106,7 @@ class RunStore(OwnedFolder):
 
     # -- opening -----------------------------------------------------------------------------------------
     def open(self) -> RunStore:
+        kill_after = _kill_hook_limit()  # checked before anything is written
         if self.claim() is not None and self.overwrite:
             self.clear()
         run_file = self.out / RUN_FILE
@@ -116,7 +117,7 @@ class RunStore(OwnedFolder):
         self._load_journal()
         self._journal = os.open(self.out / JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._journal_size = os.fstat(self._journal).st_size
-        self._kill_after = int(os.environ[KILL_AFTER_ROWS]) if os.environ.get(KILL_AFTER_ROWS) else None
+        self._kill_after = kill_after
         return self
 
     def peek(self) -> RunStore:
@@ -260,6 +261,15 @@ class RunStore(OwnedFolder):
             yield self
         finally:
             self.close()
+
+
+def _kill_hook_limit() -> int | None:
+    value = os.environ.get(KILL_AFTER_ROWS, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise SgidError(f"{KILL_AFTER_ROWS}={value!r} (a test-only hook) must be a whole number of journal rows")
+    return int(value)
 
 
 def _count_for_kill_hook(limit: int) -> None:

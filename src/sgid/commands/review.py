@@ -5,6 +5,7 @@ and report. Needs ``pip install 'sgid[review]'``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
         raise SgidError(f"--port {args.port} must be between 0 and 65535")
     if args.token is not None and not args.token.strip():
         raise SgidError("--token is empty")
+    if args.export is not None:
+        if not args.export.strip():
+            raise SgidError("--export is empty: name the files to write (FILE.csv, FILE.json, FILE.md)")
+        if args.export.endswith(("/", os.sep)) or Path(args.export).expanduser().is_dir():
+            raise SgidError(
+                f"--export {args.export} is a folder; name the files to write in it, e.g. {Path(args.export) / 'study'}"
+                f" (study.csv, study.json, study.md)"
+            )
     settings = StudySettings(args.labels, args.originals, args.seed) if args.study or args.export else None
     session = open_session(
         args.run_dirs,
@@ -86,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         source_dir=args.source_dir,
         study=settings,
         create_study=not args.export,
+        create_db=not args.export,  # an export reads a study: no database is made where there is none
         cache_dir=args.cache_dir,
     )
     if args.export:

@@ -43,6 +43,7 @@ def open_session(
     study: StudySettings | None = None,
     create_study: bool = True,
     cache_dir: str | Path | None = None,
+    create_db: bool = True,
 ) -> Session:
     """Read the runs, open (or create) the database and, with ``study`` settings, the study."""
     if not runs:
@@ -54,7 +55,7 @@ def open_session(
         cache_dir = default_cache_dir()
     if Path(cache_dir).exists() and not Path(cache_dir).is_dir():  # every thumbnail would fail, one by one
         raise SgidError(f"--cache-dir {cache_dir} is a file, not a folder")
-    database = ReviewDB(Path(db) if db else Path(runs[0]) / DB_NAME)
+    database = ReviewDB(Path(db) if db else Path(runs[0]) / DB_NAME, create=create_db)
     database.register_runs([(run.identity, str(run.path.resolve()), run.name) for run in catalog.runs])
     opened = open_study(catalog, database, study, create=create_study) if study else None
     return Session(catalog, database, Thumbnails(Path(cache_dir) / "thumbnails"), opened)
