@@ -77,3 +77,13 @@ def test_a_chain_is_estimated_by_its_first_method(tmp_path: Path, image_folder: 
     assert report.out_dir == tmp_path / "out.stages" / "1-text2img" and report.to_make == 6
     assert report.to_caption == 0 and report.steps == 4  # text-to-image: every step, no captions
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.stages").exists()
+
+
+def test_a_method_without_a_diffusion_model_counts_no_unet_evaluations(  # type: ignore[no-untyped-def]
+    tmp_path: Path, image_folder: Path, cache_dir: Path
+) -> None:
+    """Found by a hostile-input run: randaugment's dry run counted 1,800 UNet evaluations."""
+    report = augment(image_folder, tmp_path / "out", method="randaugment", dry_run=True, cache_dir=cache_dir)
+    assert report.steps == 0 and report.unet_evaluations == 0 and report.to_make == 6
+    assert "no UNet evaluations (this method runs no diffusion model)" in report.lines()
+    assert report.generation_seconds is not None and report.seconds is not None  # still timed: made on the CPU

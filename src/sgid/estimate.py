@@ -22,9 +22,16 @@ COMPARE_WORKERS = 8  # the estimate is also given for this many workers
 
 def denoising_steps(kind: str, config: AugmentConfig) -> int:
     """Denoising steps per image of a generator kind (img2img runs int(steps × noise))."""
-    if kind == "retrieval":
-        return 0
+    if kind == "retrieval" or is_perturbation(kind):
+        return 0  # copies of pool images, or a torchvision perturbation: no UNet
     return int(config.steps * config.noise) if kind == "img2img" else config.steps
+
+
+def is_perturbation(kind: str) -> bool:
+    """A torchvision perturbation (randaugment, random_erasing, cutmix): images made without a UNet."""
+    from sgid.stages.perturb import IMAGE_PERTURBATIONS
+
+    return kind in IMAGE_PERTURBATIONS
 
 
 def guidance_passes(kind: str, config: AugmentConfig) -> int:
@@ -89,7 +96,9 @@ class DryRun:
             f"images: {self.images} in all; {self.to_make} images to make, {self.done} already done",
             f"captions: {self.to_caption} images to caption (the others from the cache or not needed)",
             f"{self.unet_evaluations:,} UNet evaluations ({self.to_make} images × {self.steps} denoising steps × "
-            f"{self.passes} for guidance)",
+            f"{self.passes} for guidance)"
+            if self.steps
+            else "no UNet evaluations (this method runs no diffusion model)",
         ]
         if self.calibration:
             lines.append(f"calibration on {self.engine}, {self.device}: {self.calibration}")

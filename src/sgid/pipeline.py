@@ -32,7 +32,7 @@ from sgid.config import AugmentConfig
 from sgid.dataset import EMPTY_CLASS, Listing, Source, empty_classes_note, label_code_warning, read_label_names, scan
 from sgid.engines import ENGINES, Engine
 from sgid.errors import SgidError, disk_full_is_one_line
-from sgid.estimate import DryRun, denoising_steps, guidance_passes
+from sgid.estimate import DryRun, denoising_steps, guidance_passes, is_perturbation
 from sgid.execute import ItemResult, Worker, WorkerSpec
 from sgid.images import ImageError, LoadedImage, load_rgb, probe_size, sha256_bytes
 from sgid.interrupt import Interrupted, signal_name
@@ -414,7 +414,7 @@ class Augmenter:
             caption_seconds = timings[0].second / timings[0].items
             said.append(f"captions of {timings[0].items} images in {timings[0].second:.1f} s")
         generation_seconds = None
-        if report.steps:
+        if report.steps or is_perturbation(layout.batches[first][0].kind):  # retrieval: copies, nothing to time
             context = self._context(listing, infos, driver)
             work = self._plan_work(Layout((layout.batches[first],), (0,)), context, store, commit=False)
             work = self._score_chosen_captions(work, engine, driver, cache)
