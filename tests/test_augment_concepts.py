@@ -272,3 +272,47 @@ def test_lora_weights_cut_short_are_one_line_errors_before_any_model(  # type: i
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--lora {weights}: cannot read these LoRA weights (" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"file": "ABSOLUTE"}, "class 'cat': file '/.*' must be a relative path inside the folder"),
+        ({"file": "../victim/notes.txt"}, "must be a relative path inside the folder"),
+        ({"file": 7}, "missing 'file'"),
+        ({"status": "DONE"}, 'status "DONE" is neither "done" nor "failed"'),
+        ({"token": 5}, "token 5 is not text"),
+        ("cat.safetensors", "class 'cat': not an entry sgid learn-concepts writes"),
+    ],
+)
+def test_a_hand_edited_concepts_index_is_one_line_and_never_reaches_outside(  # type: ignore[no-untyped-def]
+    folder_and_concepts, tmp_path: Path, cache_dir: Path, capsys, edit, message
+) -> None:
+    """Found by a hostile-input run: an absolute 'file' made learn-concepts --overwrite delete a user's file
+    outside the folder; wrong types were tracebacks; an unknown status fell back to the plain label, unsaid."""
+    import re
+    import shutil
+
+    from sgid.cli import main
+
+    source, concepts = folder_and_concepts
+    copy = shutil.copytree(concepts, tmp_path / "concepts")
+    victim = tmp_path / "victim" / "notes.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious")
+    index = json.loads((copy / "concepts.json").read_text())
+    if isinstance(edit, dict):
+        edit = {k: str(victim) if v == "ABSOLUTE" else v for k, v in edit.items()}
+        index["classes"]["cat"].update(edit)
+    else:
+        index["classes"]["cat"] = edit
+    (copy / "concepts.json").write_text(json.dumps(index))
+    common = ["--models", "tiny", "--quiet", "--cache-dir", str(cache_dir)]
+    for args in (
+        ["augment", str(source), "--out", str(tmp_path / "out"), "--concepts", str(copy)],
+        ["learn-concepts", str(source), "--out", str(copy), "--steps", "1", "--overwrite"],
+    ):
+        assert main([*args, *common]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(message, err), err
+    assert victim.read_text() == "precious" and (copy / "concepts.json").is_file()

@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from sgid.errors import RunDirError, SgidError
+from sgid.manifest import relative_path
 from sgid.owned import OwnedFolder, atomic_write
 
 CONCEPTS_FILE = "concepts.json"
@@ -77,7 +78,30 @@ def read_index(directory: str | Path) -> dict[str, Any]:
         raise SgidError(
             f"{path} has format version {index.get('format_version')}; this sgid reads version {FORMAT_VERSION}"
         )
+    _check_entries(path, index)
     return index
+
+
+def _check_entries(path: Path, index: dict[str, Any]) -> None:
+    """Every entry as learn-concepts writes it: a file named in the index is read, hashed and (``--overwrite``)
+    removed, so it must lie inside the folder; a status sgid does not write would be read as not learned."""
+    for name, entry in index["classes"].items():
+        where = f"{path}, class {name!r}"
+        if not isinstance(entry, dict):
+            raise SgidError(f"{where}: not an entry sgid learn-concepts writes (an object)")
+        for key in ("token", "prompt_label"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise SgidError(f"{where}: {key} {json.dumps(entry[key])[:40]} is not text")
+        if entry.get("status") not in (None, "done", "failed"):
+            raise SgidError(f'{where}: status {json.dumps(entry["status"])[:40]} is neither "done" nor "failed"')
+        if entry.get("file") is not None:
+            relative_path(entry["file"], "file", where)
+    lora = index.get("lora")
+    if lora is not None:
+        if not isinstance(lora, dict):
+            raise SgidError(f"{path}: lora is not an entry sgid learn-concepts writes (an object)")
+        if lora.get("file") is not None:
+            relative_path(lora["file"], "file", f"{path}, lora")
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -180,9 +204,12 @@ class ConceptsDir(OwnedFolder):
 
     def clear(self) -> None:
         """Remove only what an earlier learn-concepts run wrote."""
-        for entry in self.read_marker()["classes"].values():
+        inside = self.path.resolve()
+        for entry in self.read_marker()["classes"].values():  # read_marker: every file inside (_check_entries)
             if isinstance(entry, dict) and entry.get("file"):
-                (self.path / entry["file"]).unlink(missing_ok=True)
+                target = self.path / entry["file"]
+                if inside in target.resolve().parents:  # and a link out of the folder is not followed either
+                    target.unlink(missing_ok=True)
         self.remove((CHECKPOINT_DIR, *OWNED))
         (self.path / CONCEPTS_FILE).unlink()
 
