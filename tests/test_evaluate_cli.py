@@ -596,3 +596,29 @@ def test_images_left_out_are_said_before_a_check_they_explain(toy, capsys) -> No
     lines = capsys.readouterr().err.splitlines()
     left_out = next(i for i, line in enumerate(lines) if "1 unreadable image(s) left out: dog/5.png" in line)
     assert lines[-1].startswith("sgid: error:") and "fewer than --shots 6" in lines[-1] and left_out < len(lines) - 1
+
+
+def test_a_hand_edited_run_record_is_one_line_on_resume(toy, capsys) -> None:
+    """Found by a hostile-input run: wrong types in runs/…/seed0.json were tracebacks on resume, and an
+    accuracy of 5 became a table cell of 500%."""
+    args = _args(toy, "--methods", "baseline", "--seeds", "1")
+    assert main(args) == 0
+    record = next((toy["out"] / "runs").rglob("seed0.json"))
+    good = json.loads(record.read_text())
+    for edit, why in (
+        ({"accuracy": None}, "accuracy is not a fraction in [0, 1]"),
+        ({"accuracy": 5}, "accuracy is not a fraction in [0, 1]"),
+        ({"accuracy": "0.5"}, "accuracy is not a fraction in [0, 1]"),
+        ({"per_class": [1]}, "per_class is not class -> fraction in [0, 1] or null"),
+        ({"seed": "0"}, "seed is not a whole number"),
+        ({"details": "x"}, "details is not an object"),
+        ({"extra": 1}, "unknown field extra"),
+    ):
+        record.write_text(json.dumps({**good, **edit}))
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is not a run record sgid evaluate wrote ({why}); delete it" in err, err
+    record.write_text(json.dumps([good]))
+    assert main(args) == 2 and "(not a JSON object)" in capsys.readouterr().err
+    record.write_text(json.dumps(good))
+    assert main(args) == 0

@@ -17,7 +17,9 @@ what sgid evaluate wrote.
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,55 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise RunDirError(f"{path} is unreadable ({exc}); delete it to redo that part") from None
+
+
+def _read_record(path: Path) -> RunRecord:
+    """A finished run's record, checked field by field (a hand-edited one made a resumed sweep a traceback, or a
+    table cell of 500%)."""
+    data = _read_json(path)
+    why = _record_problem(data)
+    if why is not None:
+        raise RunDirError(f"{path} is not a run record sgid evaluate wrote ({why}); delete it to redo that part")
+    return RunRecord.from_json(data)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    names = {f.name for f in fields(RunRecord)}
+    unknown = sorted(set(data) - names)
+    missing = sorted(
+        f.name
+        for f in fields(RunRecord)
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in data
+    )
+    if unknown or missing:
+        return f"unknown field {unknown[0]}" if unknown else f"no {missing[0]}"
+    for name in ("dataset", "variant", "label", "method"):
+        if not isinstance(data[name], str):
+            return f"{name} is not text"
+    if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
+        return "seed is not a whole number"
+    if not _number(data["accuracy"]) or not 0 <= data["accuracy"] <= 1:
+        return "accuracy is not a fraction in [0, 1]"
+    per_class = data["per_class"]
+    if not isinstance(per_class, dict) or not all(
+        v is None or (_number(v) and 0 <= v <= 1) for v in per_class.values()
+    ):
+        return "per_class is not class -> fraction in [0, 1] or null"
+    if data.get("mix") is not None and not isinstance(data["mix"], str):
+        return "mix is not text"
+    if data.get("proportion") is not None and not _number(data["proportion"]):
+        return "proportion is not a number"
+    if not isinstance(data.get("reference", False), bool):
+        return "reference is not true or false"
+    if not isinstance(data.get("details", {}), dict):
+        return "details is not an object"
+    return None
 
 
 class EvaluationStore(OwnedFolder):
@@ -124,7 +175,7 @@ class EvaluationStore(OwnedFolder):
         path = self.run_path(dataset, variant, seed)
         if not path.exists():
             return None
-        record = RunRecord.from_json(_read_json(path))
+        record = _read_record(path)
         if record.details.get("data_fingerprint") != fingerprint:
             raise RunDirError(
                 f"{path} was made from different data for dataset {dataset!r}; use another --out, "
@@ -138,7 +189,7 @@ class EvaluationStore(OwnedFolder):
     def records(self) -> list[RunRecord]:
         """Every finished run in OUT, sorted by dataset, variant folder and seed."""
         paths = sorted((self.out / "runs").glob("*/*/seed*.json"))  # as finished_runs() counts them
-        records = [RunRecord.from_json(_read_json(p)) for p in paths]
+        records = [_read_record(p) for p in paths]
         return sorted(records, key=lambda r: (r.dataset, r.variant, r.seed))
 
     # -- learning-rate search ----------------------------------------------------------------------------
