@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +193,29 @@ def test_wrn_is_28_layers_deep_and_10_wide_by_default() -> None:
     assert len(convs) == 1 + 3 * 4 * 2  # stem + 3 groups of n=(28-4)/6=4 blocks of two 3×3 convs
     assert model.fc.in_features == 64 * 10
     assert math.isclose(sum(p.numel() for p in model.parameters()) / 1e6, 36.5, abs_tol=0.2)  # WRN-28-10: 36.5M
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        ({"arch": {"width": "x"}}, "its arch does not describe a small_cnn"),
+        ({"mean": "x"}, "mean is not three numbers"),
+        ({"image_size": 0}, "image_size 0 is not between 1 and 4096"),
+        ({"image_size": 10**9}, "image_size 1000000000 is not between 1 and 4096"),
+        ({"std": [0, 0, 0]}, "std has a value that is not above 0"),
+        ({"format_version": 2}, "format version 2; this sgid reads 1"),
+        ({"classes": ["a", "a", "b"]}, "a class is named twice"),
+    ],
+)
+def test_a_hand_edited_classifier_description_is_a_one_line_error(tmp_path: Path, edit: dict, why: str) -> None:
+    """Found by a hostile-input run: each of these was a traceback (or a MemoryError) in sgid filter."""
+    spec = BACKBONES.get("small_cnn")
+    model = build_backbone("small_cnn", 3, image_size=32, pretrained=False)
+    save_classifier(
+        model, tmp_path, backbone="small_cnn", classes=["a", "b", "c"], image_size=32, mean=spec.mean, std=spec.std
+    )
+    load_classifier(tmp_path)  # as written: loads
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    (tmp_path / "classifier.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(ModelLoadError, match=re.escape(why)):
+        load_classifier(tmp_path)

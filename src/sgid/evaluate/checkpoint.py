@@ -13,6 +13,7 @@ loads the saved state dict, so a fine-tuned ViT or CLIP classifier reloads offli
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -97,12 +98,48 @@ def load_classifier(directory: Path, device: str | torch.device = "cpu") -> tupl
         backbone, classes, image_size = meta["backbone"], meta["classes"], int(meta["image_size"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{meta_path} is not a classifier description ({exc})") from None
-    model = build_backbone(backbone, len(classes), image_size=image_size, pretrained=False, arch=meta.get("arch"))
+    problem = _meta_problem(meta)
+    if problem is not None:
+        raise ModelLoadError(f"{meta_path} is not a classifier description sgid evaluate wrote ({problem})")
+    try:
+        model = build_backbone(backbone, len(classes), image_size=image_size, pretrained=False, arch=meta.get("arch"))
+    except (ValueError, TypeError, KeyError) as exc:  # an "arch" edited by hand
+        raise ModelLoadError(f"{meta_path}: its arch does not describe a {backbone} ({exc})") from None
     try:
         load_model(model, str(weights_path), strict=True, device=str(device))
     except Exception as exc:  # noqa: BLE001 - any mismatch means the files do not belong together
         raise ModelLoadError(f"{weights_path} does not match backbone {backbone!r} ({type(exc).__name__})") from None
     return model.to(device).eval(), meta
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with a classifier.json, field by field (a hand-edited one was a traceback at prediction)."""
+    if meta.get("format_version") != FORMAT_VERSION:
+        return f"format version {meta.get('format_version')!r}; this sgid reads {FORMAT_VERSION}"
+    classes = meta["classes"]
+    if not isinstance(meta["backbone"], str):
+        return "backbone is not a name"
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes is not a list of class names"
+    if len(set(classes)) != len(classes):
+        return "a class is named twice"
+    if meta.get("num_classes", len(classes)) != len(classes):
+        return "num_classes differs from the classes listed"
+    if not 1 <= int(meta["image_size"]) <= 4096:
+        return f"image_size {meta['image_size']} is not between 1 and 4096"
+    for name in ("mean", "std"):
+        values = meta.get(name)
+        if not (isinstance(values, list) and len(values) == 3 and all(_finite(v) for v in values)):
+            return f"{name} is not three numbers"
+    if not all(v > 0 for v in meta["std"]):
+        return "std has a value that is not above 0"
+    if not isinstance(meta.get("arch", {}), dict):
+        return "arch is not an object"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @torch.no_grad()
