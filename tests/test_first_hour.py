@@ -186,6 +186,12 @@ def test_a_rerun_with_nothing_to_do_loads_no_model(tmp_path, cache_dir, capsys, 
     monkeypatch.undo()
     pipeline.augment(source, tmp_path / "out", cache_dir=cache_dir, **{**FAST, "steps": 2})
     assert (tmp_path / "out" / "metadata.jsonl").read_bytes() == manifest
+    # nor is a run whose manifest was edited or damaged since: it is rebuilt from the journal
+    for damage in (b"{bad\n", manifest.replace(b'"label": "cat"', b'"label": 5', 1)):
+        assert damage != manifest
+        (tmp_path / "out" / "metadata.jsonl").write_bytes(damage)
+        pipeline.augment(source, tmp_path / "out", cache_dir=cache_dir, **{**FAST, "steps": 2})
+        assert (tmp_path / "out" / "metadata.jsonl").read_bytes() == manifest
     # nor is a run one of whose images was cut short since: that image is made again, the same bytes
     image = sorted((tmp_path / "out" / "cat").glob("*.png"))[0]
     made = image.read_bytes()

@@ -81,7 +81,7 @@ from sgid.plan import (
     target_size,
 )
 from sgid.progress import bar, counted, estimate_note, note, warn
-from sgid.runstore import ERRORS, MANIFEST, RUN_FILE, RunStore, copy_or_link, item_key
+from sgid.runstore import ERRORS, RUN_FILE, RunStore, copy_or_link, item_key
 from sgid.sample import Sample, SourceInfo
 from sgid.seeding import derive_seed
 from sgid.stages.bundle import PARTS, Stages, runs_diffusion, used_models
@@ -281,8 +281,8 @@ class Augmenter:
         if c.overwrite or not (c.out_dir / RUN_FILE).exists():
             return None
         seen = RunStore(c.out_dir, {}, store.identity).peek()  # a read-only look: no lock, no repair
-        if _count_lines(c.out_dir / MANIFEST) != len(seen.rows):
-            return None  # stopped before its manifest was written: the normal path rebuilds it
+        if not seen.manifest_is_current():
+            return None  # stopped before its manifest was written, or it was edited since: the normal path rebuilds it
         for source in listing.sources:
             keys = [item_key(source.relpath, k, self.method.name) for k in range(c.multiplier)]
             if c.include_originals:

@@ -20,6 +20,7 @@ resume tests stop a run at an exact point without timing. It is read when a stor
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -240,11 +241,29 @@ class RunStore(OwnedFolder):
             _count_for_kill_hook(self._kill_after)
 
     # -- manifests ---------------------------------------------------------------------------------------
+    def manifest_lines(self) -> Iterator[bytes]:
+        """metadata.jsonl as the journal makes it, line by line."""
+        for row in sorted(self.rows.values(), key=_row_order):
+            yield (dumps(row) + "\n").encode("utf-8")
+
+    def manifest_is_current(self) -> bool:
+        """Whether metadata.jsonl holds exactly what the journal makes (hashed as it streams: no copy in memory);
+        a line edited or damaged by hand is not."""
+        path = self.out / MANIFEST
+        if not path.is_file():
+            return False
+        expected = hashlib.sha256()
+        for line in self.manifest_lines():
+            expected.update(line)
+        found = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                found.update(chunk)
+        return found.digest() == expected.digest()
+
     def write_manifests(self) -> None:
         """Rebuild metadata.jsonl and errors.jsonl from the journal, sorted, and replace them atomically."""
-        rows = sorted(self.rows.values(), key=_row_order)
-        manifest = "".join(dumps(r) + "\n" for r in rows)
-        atomic_write(self.out / MANIFEST, manifest.encode("utf-8"))
+        atomic_write(self.out / MANIFEST, b"".join(self.manifest_lines()))
         errors = sorted([*map(dict, self.input_errors), *self.output_errors.values()], key=_row_order)
         atomic_write(self.out / ERRORS, "".join(dumps(e) + "\n" for e in errors).encode("utf-8"))
 
