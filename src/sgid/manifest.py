@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -164,6 +165,15 @@ class ManifestRow(_JsonRow):
             details={key: value for key, value in data.items() if key not in cls.CORE},
             absent=frozenset(name for name in cls.CORE if name not in data),
         )
+
+
+def json_number(value: Any) -> bool:
+    """Whether a value read from JSON is a finite number (``true``/``false`` are not, though Python's bools are ints).
+
+    >>> [json_number(v) for v in (1, 0.5, True, "1", float("nan"), None)]
+    [True, True, False, False, False, False]
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _typed(data: dict[str, Any], key: str, kind: type, where: str) -> Any:

@@ -50,6 +50,7 @@ __all__ = [
     "copy_or_link",
     "dumps",
     "identity_hash",
+    "figure_png",
     "write_figure",
 ]
 
@@ -60,11 +61,14 @@ _journaled_in_process = 0  # entries this process has journaled, for the test-on
 
 
 def write_figure(figure: Any, path: Path, dpi: int = 120) -> None:
-    """Save a matplotlib figure as PNG with :func:`atomic_write` (never a half-written plot on a full disk).
+    """Save a matplotlib figure as PNG with :func:`atomic_write` (never a half-written plot on a full disk)."""
+    atomic_write(path, figure_png(figure, dpi))
 
-    Every text is drawn as it is: matplotlib's maths notation is off, so a class named ``$5_to_$10`` is a label,
-    not a formula that fails to parse (the texts made so far are switched off here, the tick labels made while
-    drawing by the setting)."""
+
+def figure_png(figure: Any, dpi: int, **savefig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes, every text drawn as it is: maths notation is off, so a class named
+    ``$5_to_$10`` is a label, not a formula that fails to parse (the texts made so far are switched off here,
+    the tick labels made while drawing by the setting)."""
     import matplotlib
     from matplotlib.text import Text
 
@@ -72,8 +76,8 @@ def write_figure(figure: Any, path: Path, dpi: int = 120) -> None:
         text.set_parse_math(False)
     buffer = io.BytesIO()
     with matplotlib.rc_context({"text.parse_math": False}):
-        figure.savefig(buffer, format="png", dpi=dpi)
-    atomic_write(path, buffer.getvalue())
+        figure.savefig(buffer, format="png", dpi=dpi, **savefig)
+    return buffer.getvalue()
 
 
 def item_key(source: str, k: int | None, method: str) -> str:

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sgid.concepts.store import CONCEPTS_FILE, LORA_WEIGHT_NAME, read_index, safetensors_problem, whole_safetensors
+from sgid.concepts.store import CONCEPTS_FILE, LORA_WEIGHT_NAME, read_index, whole_safetensors
 from sgid.errors import SgidError, require
+from sgid.models.loading import safetensors_problem
 
 
 # -- concepts ----------------------------------------------------------------------------------------------
@@ -38,22 +39,18 @@ def load_concepts(directory: str | Path) -> dict[str, str]:
 
 
 def _finished(directory: Path, index: dict[str, Any]) -> dict[str, str]:
-    lost = sorted(
-        name
-        for name, entry in index["classes"].items()
-        if entry.get("status") == "done" and entry.get("file") and not whole_safetensors(directory / entry["file"])
-    )
+    learned = {
+        name: entry
+        for name, entry in sorted(index["classes"].items())
+        if entry.get("status") == "done" and entry.get("file")
+    }
+    lost = [name for name, entry in learned.items() if not whole_safetensors(directory / entry["file"])]
     if lost:  # prompts would fall back to the plain label for these classes, unsaid
         raise SgidError(
             f"{directory}: the learned concept file(s) of {len(lost)} class(es) are missing or damaged "
-            f"({', '.join(lost[:5])}); "
-            f"rerun sgid learn-concepts with the same options to learn them again"
+            f"({', '.join(lost[:5])}); rerun sgid learn-concepts with the same options to learn them again"
         )
-    tokens = {
-        name: entry["token"]
-        for name, entry in sorted(index["classes"].items())
-        if entry.get("status") == "done" and entry.get("file") and (directory / entry["file"]).is_file()
-    }
+    tokens = {name: entry["token"] for name, entry in learned.items()}
     if not tokens and _lora_file(directory, index) is None:
         raise SgidError(f"{directory} holds no finished concepts yet; run sgid learn-concepts to completion first")
     return tokens

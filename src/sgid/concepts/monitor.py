@@ -12,7 +12,6 @@ Written at every checkpoint and at the end, each file atomically:
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ from sgid.concepts.prior import CLASS_PROMPT, render_to
 from sgid.concepts.store import ConceptsDir
 from sgid.concepts.trainer import DiffusionParts
 from sgid.errors import require
+from sgid.runstore import figure_png
 from sgid.seeding import derive_seed
 
 LOSS_LOG = "loss.csv"
@@ -45,9 +45,8 @@ def loss_csv(losses: Sequence[tuple[float, float, float]]) -> str:
 
 def loss_plot_png(losses: Sequence[tuple[float, float, float]], title: str) -> bytes:
     """The loss per step (thin) and its moving average over ~1/20 of the run (thick), as PNG bytes."""
-    matplotlib = require("matplotlib", "concepts")
+    require("matplotlib", "concepts")
     from matplotlib.figure import Figure  # no pyplot: no global state, no display (Agg canvas)
-    from matplotlib.text import Text
 
     figure = Figure(figsize=(7.0, 4.0), layout="constrained")
     axes = figure.subplots()
@@ -67,12 +66,7 @@ def loss_plot_png(losses: Sequence[tuple[float, float, float]], title: str) -> b
     axes.set_ylabel("denoising MSE")
     axes.set_title(title)
     axes.legend(fontsize=8)
-    buffer = io.BytesIO()
-    for text in figure.findobj(Text):  # a class named "$5" is a title, not maths notation that fails to parse
-        text.set_parse_math(False)
-    with matplotlib.rc_context({"text.parse_math": False}):
-        figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return buffer.getvalue()
+    return figure_png(figure, 100, metadata={"Software": None})
 
 
 def write_losses(store: ConceptsDir, losses: Sequence[tuple[float, float, float]], title: str) -> None:

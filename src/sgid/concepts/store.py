@@ -32,6 +32,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from sgid.errors import RunDirError, SgidError
 from sgid.manifest import relative_path
+from sgid.models.loading import safetensors_problem
 from sgid.owned import OwnedFolder, atomic_write
 
 CONCEPTS_FILE = "concepts.json"
@@ -102,17 +103,6 @@ def _check_entries(path: Path, index: dict[str, Any]) -> None:
             raise SgidError(f"{path}: lora is not an entry sgid learn-concepts writes (an object)")
         if lora.get("file") is not None:
             relative_path(lora["file"], "file", f"{path}, lora")
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole safetensors file (its header must parse and cover the data: a file cut short
-    by a copy or a damaged disk does not), or None. The header is read, no tensor is."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            handle.keys()
-    except (OSError, SafetensorError) as exc:
-        return str(exc)
-    return None
 
 
 def whole_safetensors(path: Path) -> bool:

@@ -13,7 +13,6 @@ loads the saved state dict, so a fine-tuned ViT or CLIP classifier reloads offli
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -28,6 +27,7 @@ from sgid import interrupt
 from sgid.errors import ModelLoadError
 from sgid.evaluate.backbones import build_backbone
 from sgid.evaluate.transforms import eval_transform, rgb
+from sgid.manifest import json_number
 from sgid.runstore import atomic_write
 
 WEIGHTS = "classifier.safetensors"
@@ -129,17 +129,13 @@ def _meta_problem(meta: Any) -> str | None:
         return f"image_size {meta['image_size']} is not between 1 and 4096"
     for name in ("mean", "std"):
         values = meta.get(name)
-        if not (isinstance(values, list) and len(values) == 3 and all(_finite(v) for v in values)):
+        if not (isinstance(values, list) and len(values) == 3 and all(json_number(v) for v in values)):
             return f"{name} is not three numbers"
     if not all(v > 0 for v in meta["std"]):
         return "std has a value that is not above 0"
     if not isinstance(meta.get("arch", {}), dict):
         return "arch is not an object"
     return None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @torch.no_grad()

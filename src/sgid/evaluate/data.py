@@ -101,7 +101,7 @@ class EvalData:
     runs: tuple[GeneratedRun, ...] = ()  # where each generated folder came from
     folders: tuple[tuple[str, Path], ...] = ()  # the folders it was read from ("the --train folder", path)
     notes: tuple[str, ...] = ()  # what reading left out and why (class folders without images, unreadable images)
-    skipped: tuple[dict[str, str], ...] = ()  # every image left out: {"folder", "image", "reason"}
+    skipped: tuple[dict[str, str], ...] = ()  # every image left out: {"folder", "image", "class", "reason"}
 
     def generated_of(self, group: str) -> tuple[Example, ...]:
         """The examples of one generated set (``--generated group=DIR``)."""
@@ -299,16 +299,15 @@ def read_generated(
                 group=group,
             )
         )
-    failed = unreadable([directory / row.file_name for row in rows])
-    broken = [row for row in rows if directory / row.file_name in failed]
+    reasons = unreadable([directory / row.file_name for row in rows])
+    broken = {row.file_name: reasons[directory / row.file_name] for row in rows if directory / row.file_name in reasons}
     if notes is not None:
         if broken:
             hint = (
                 "; delete them and rerun the sgid command that made the folder (sgid augment with the same options; "
                 "for a filtered folder, then sgid filter) to make them again"
             )
-            names = [(row.file_name, failed[directory / row.file_name]) for row in broken]
-            notes.append(left_out_note(flag, directory, names, hint))
+            notes.append(left_out_note(flag, directory, list(broken.items()), hint))
         if orphans:
             notes.append(
                 f"{flag} {directory}: {len(orphans)} image(s) made from unreadable training images left out "
@@ -316,11 +315,12 @@ def read_generated(
             )
     if skipped is not None:
         skipped.extend(
-            {"folder": flag, "image": row.file_name, "class": row.label, "reason": failed[directory / row.file_name]}
-            for row in broken
+            {"folder": flag, "image": row.file_name, "class": row.label, "reason": broken[row.file_name]}
+            for row in rows
+            if row.file_name in broken
         )
         skipped.extend(orphans)
-    return tuple(ex for ex, row in zip(examples, rows, strict=True) if directory / row.file_name not in failed)
+    return tuple(ex for ex, row in zip(examples, rows, strict=True) if row.file_name not in broken)
 
 
 def lost_classes(skipped: Iterable[Mapping[str, str]], classes: Sequence[str]) -> list[str]:

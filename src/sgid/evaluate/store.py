@@ -17,7 +17,6 @@ what sgid evaluate wrote.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from sgid.errors import RunDirError
 from sgid.evaluate.stats import RunRecord
+from sgid.manifest import json_number
 from sgid.owned import OwnedFolder, atomic_write
 
 PROTOCOL_FILE = "evaluation.json"
@@ -59,10 +59,6 @@ def _read_record(path: Path) -> RunRecord:
     return RunRecord.from_json(data)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _record_problem(data: Any) -> str | None:
     if not isinstance(data, dict):
         return "not a JSON object"
@@ -80,16 +76,16 @@ def _record_problem(data: Any) -> str | None:
             return f"{name} is not text"
     if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
         return "seed is not a whole number"
-    if not _number(data["accuracy"]) or not 0 <= data["accuracy"] <= 1:
+    if not json_number(data["accuracy"]) or not 0 <= data["accuracy"] <= 1:
         return "accuracy is not a fraction in [0, 1]"
     per_class = data["per_class"]
     if not isinstance(per_class, dict) or not all(
-        v is None or (_number(v) and 0 <= v <= 1) for v in per_class.values()
+        v is None or (json_number(v) and 0 <= v <= 1) for v in per_class.values()
     ):
         return "per_class is not class -> fraction in [0, 1] or null"
     if data.get("mix") is not None and not isinstance(data["mix"], str):
         return "mix is not text"
-    if data.get("proportion") is not None and not _number(data["proportion"]):
+    if data.get("proportion") is not None and not json_number(data["proportion"]):
         return "proportion is not a number"
     if not isinstance(data.get("reference", False), bool):
         return "reference is not true or false"

@@ -294,7 +294,7 @@ def _load(role: str, ref: ModelRef, flag: str, loader) -> Any:
         return loader()
     except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a weights file cut short
         reason = short_reason(exc)
-        broken = _safetensors_problem(local) if ref.path.endswith(".safetensors") and local.is_file() else None
+        broken = safetensors_problem(local) if ref.path.endswith(".safetensors") and local.is_file() else None
         if broken is not None:
             why = short_reason(Exception(broken), 100)
             hint = f"it is not a whole safetensors file ({why}): download or copy it again"
@@ -480,8 +480,10 @@ def detect_backend(ref: ModelRef) -> str | None:
     return next((f.name for f in families if f.matches_unet(unet)), None)
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole safetensors file (cut short, not safetensors at all), or None."""
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (its header must parse and cover the data: a file cut short
+    by a copy or a damaged disk does not; nor is a file of another format), or None. The header is read, no
+    tensor is."""
     from safetensors import safe_open
 
     try:

@@ -11,7 +11,6 @@ listed file that resolves elsewhere (a symlink out) is refused.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sgid.errors import SgidError
+from sgid.manifest import json_number
 from sgid.rundir import RunDir, read_run_dir
 
 
@@ -77,11 +77,7 @@ class Group:
 
 
 def _float(value: Any) -> float | None:
-    return (
-        float(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        else None
-    )
+    return float(value) if json_number(value) else None
 
 
 #: Manifest fields shown under "details" when present (method-specific provenance).
